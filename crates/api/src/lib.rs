@@ -1,0 +1,108 @@
+//! Vireo's configuration types: what a VM is made of, before it is built.
+//!
+//! These are plain data shared by every front end (the command line now, the HTTP API and
+//! the host manager later). Parsing user text into them reports clear errors; checking
+//! them against the host (KVM limits, memory) is the VMM's job.
+
+mod size;
+
+pub use size::{SizeError, parse_size};
+
+use std::path::PathBuf;
+
+/// Default guest memory: 128 MiB, as Firecracker's default machine.
+pub const DEFAULT_MEMORY_BYTES: u64 = 128 << 20;
+/// Default kernel command line when the user gives none.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SerialConfig {
+    /// The VMM's standard input and output (raw mode while a terminal).
+    #[default]
+    Stdio,
+    /// Appended to a file; no input.
+    File(PathBuf),
+    /// Discarded; the port still exists so the guest sees a UART.
+    None,
+}
+
+impl std::str::FromStr for SerialConfig {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stdio" => Ok(Self::Stdio),
+            "none" => Ok(Self::None),
+            _ => match s.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+                _ => Err(format!(
+                    "invalid serial '{s}': expected stdio, none or file:PATH"
+                )),
+            },
+        }
+    }
+}
+
+/// Everything needed to boot one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Kernel image: bzImage, ELF vmlinux, or ELF with a PVH entry note.
+    pub kernel: PathBuf,
+    /// Optional initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line; [`DEFAULT_CMDLINE`] when `None`.
+    pub cmdline: Option<String>,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in bytes (whole 4 KiB pages).
+    pub memory_bytes: u64,
+    /// Serial console destination.
+    pub serial: SerialConfig,
+}
+
+impl VmConfig {
+    /// A config with Vireo's defaults for everything but the kernel.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: None,
+            vcpus: 1,
+            memory_bytes: DEFAULT_MEMORY_BYTES,
+            serial: SerialConfig::default(),
+        }
+    }
+
+    /// The command line the guest gets.
+    pub fn cmdline(&self) -> &str {
+        self.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_parses_each_form() {
+        assert_eq!("stdio".parse(), Ok(SerialConfig::Stdio));
+        assert_eq!("none".parse(), Ok(SerialConfig::None));
+        assert_eq!(
+            "file:/tmp/x.log".parse(),
+            Ok(SerialConfig::File("/tmp/x.log".into()))
+        );
+        for bad in ["", "file:", "tty", "File:/x"] {
+            let err = bad.parse::<SerialConfig>().unwrap_err();
+            assert!(err.contains("expected stdio, none or file:PATH"), "{err}");
+        }
+    }
+
+    #[test]
+    fn default_cmdline_until_one_is_given() {
+        let mut config = VmConfig::new("/k");
+        assert_eq!(config.cmdline(), DEFAULT_CMDLINE);
+        config.cmdline = Some("console=ttyS0".into());
+        assert_eq!(config.cmdline(), "console=ttyS0");
+    }
+}

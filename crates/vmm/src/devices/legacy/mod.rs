@@ -1,0 +1,7 @@
+//! Legacy PC devices: serial port, i8042 (reset), CMOS RTC and the probed-for ports.
+
+pub mod i8042;
+pub mod ports;
+pub mod rtc;
+pub mod serial;
+pub mod trigger;

@@ -1,0 +1,168 @@
+//! The 16550A UART at 0x3f8 (COM1, IRQ 4): vm-superio's model on the PIO bus.
+//!
+//! Output goes to any writer (stdout, a file, nowhere). Input is pushed in by the event loop
+//! with [`SerialDevice::enqueue_input`]; when the guest drains the receive FIFO the
+//! `input_ready` eventfd tells the event loop it may read more from the host.
+
+use std::io::{self, Write};
+
+use vm_superio::Serial;
+use vm_superio::serial::SerialEvents;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::trigger::EventFdTrigger;
+use crate::bus::BusDevice;
+
+/// I/O port base of COM1.
+pub const COM1_BASE: u64 = 0x3f8;
+/// Number of ports of a 16550A.
+pub const COM1_LEN: u64 = 8;
+/// ISA interrupt line of COM1.
+pub const COM1_IRQ: u32 = 4;
+
+/// Events from the UART model that the VMM acts on.
+pub struct SerialHostEvents {
+    input_ready: EventFd,
+}
+
+impl SerialEvents for SerialHostEvents {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {
+        log::warn!("serial: the console output failed; a byte was lost");
+    }
+    fn in_buffer_empty(&self) {
+        // The event loop may be waiting for room; a failed write only delays input.
+        let _ = self.input_ready.write(1);
+    }
+}
+
+/// Where console bytes go.
+pub type SerialOutput = Box<dyn Write + Send>;
+
+/// The UART, as a bus device.
+pub struct SerialDevice {
+    serial: Serial<EventFdTrigger, SerialHostEvents, SerialOutput>,
+}
+
+impl SerialDevice {
+    /// A UART raising `interrupt` (an irqfd) and writing to `out`; `input_ready` is signalled
+    /// when the guest has emptied its receive FIFO.
+    pub fn new(interrupt: EventFd, input_ready: EventFd, out: SerialOutput) -> Self {
+        Self {
+            serial: Serial::with_events(
+                EventFdTrigger::new(interrupt),
+                SerialHostEvents { input_ready },
+                out,
+            ),
+        }
+    }
+
+    /// Feed host input to the guest: takes as many bytes as the receive FIFO has room for
+    /// and returns how many that was (0 when full).
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let room = self.serial.fifo_capacity().min(bytes.len());
+        if room == 0 {
+            return Ok(0);
+        }
+        self.serial
+            .enqueue_raw_bytes(&bytes[..room])
+            .map_err(|e| io::Error::other(format!("serial input: {e:?}")))
+    }
+
+    /// Room left in the receive FIFO.
+    pub fn input_capacity(&self) -> usize {
+        self.serial.fifo_capacity()
+    }
+}
+
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if let (Some(first), Ok(offset)) = (data.first_mut(), u8::try_from(offset)) {
+            *first = self.serial.read(offset);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Some(&value), Ok(offset)) = (data.first(), u8::try_from(offset)) {
+            if let Err(e) = self.serial.write(offset, value) {
+                log::warn!("serial: write at offset {offset} failed: {e:?}");
+            }
+            if offset == 0 {
+                // Console output should reach the terminal as the guest writes it.
+                let _ = self.serial.writer_mut().flush();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A writer the test can look into.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn device() -> (SerialDevice, Sink, EventFd, EventFd) {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let ready = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let sink = Sink::default();
+        let dev = SerialDevice::new(
+            irq.try_clone().unwrap(),
+            ready.try_clone().unwrap(),
+            Box::new(sink.clone()),
+        );
+        (dev, sink, irq, ready)
+    }
+
+    #[test]
+    fn guest_output_reaches_the_writer() {
+        let (mut dev, sink, _, _) = device();
+        for b in b"hi\n" {
+            dev.write(0, &[*b]);
+        }
+        assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
+    }
+
+    #[test]
+    fn input_is_bounded_by_the_fifo_and_raises_the_interrupt() {
+        let (mut dev, _, irq, ready) = device();
+        dev.write(1, &[0x01]); // IER: receive-data interrupt on.
+        let big = vec![b'x'; 200];
+        let taken = dev.enqueue_input(&big).unwrap();
+        assert!(taken > 0 && taken < big.len(), "took {taken}");
+        assert_eq!(dev.enqueue_input(&big).unwrap(), 0, "FIFO full");
+        assert_eq!(irq.read().unwrap(), 1);
+        // The guest drains the FIFO: the event loop is told there is room again.
+        let mut byte = [0u8];
+        for _ in 0..taken {
+            dev.read(0, &mut byte);
+            assert_eq!(byte[0], b'x');
+        }
+        assert!(ready.read().unwrap() >= 1);
+        assert_eq!(dev.input_capacity(), taken);
+    }
+
+    #[test]
+    fn odd_accesses_do_not_panic() {
+        let (mut dev, _, _, _) = device();
+        dev.write(0, &[]);
+        dev.read(0, &mut []);
+        dev.write(u64::MAX, &[1]);
+        let mut data = [0u8; 4];
+        dev.read(300, &mut data);
+        dev.read(5, &mut data); // LSR with a wide access.
+    }
+}

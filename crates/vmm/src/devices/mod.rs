@@ -1,0 +1,3 @@
+//! Emulated devices. Each holds its logic and answers bus accesses; none knows the VM.
+
+pub mod legacy;

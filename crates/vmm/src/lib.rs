@@ -1,0 +1,11 @@
+//! Vireo's virtual machine: everything between `/dev/kvm` and a running guest.
+//!
+//! The modules mirror the machine. Dependencies flow one way, downward:
+//! [`kvm`] and [`memory`] ← [`bus`] and [`devices`] ← [`vm`] and [`vcpu`] ← [`builder`].
+//! A device never reaches up into the builder; it is handed what it needs.
+
+pub mod arch;
+pub mod bus;
+pub mod devices;
+pub mod kvm;
+pub mod memory;

@@ -1,0 +1,154 @@
+//! Guest RAM: checking the requested size and laying it out around the 32-bit MMIO hole.
+//!
+//! RAM covers `[0, min(size, MMIO_HOLE_START))` and, for guests larger than that, resumes
+//! at 4 GiB. Memory is mapped private, anonymous and `MAP_NORESERVE`, so the host only
+//! backs the pages the guest touches.
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::arch::x86_64::layout::{MMIO_HOLE_START, RAM_ABOVE_4G_START};
+
+/// Guest memory as Vireo uses it (no dirty bitmap yet).
+pub type GuestMemory = GuestMemoryMmap<()>;
+
+/// Smallest guest Vireo builds: the boot structures below 1 MiB plus room for a kernel.
+pub const MIN_MEMORY_BYTES: u64 = 16 << 20;
+/// Page size; guest memory is a whole number of pages.
+const PAGE_SIZE: u64 = 4096;
+
+/// Why guest memory could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The size is below [`MIN_MEMORY_BYTES`].
+    #[error("guest memory of {0} bytes is too small: at least 16 MiB is needed")]
+    TooSmall(u64),
+    /// The size is not a whole number of 4 KiB pages.
+    #[error("guest memory of {0} bytes is not a whole number of 4 KiB pages")]
+    Unaligned(u64),
+    /// The host does not have that much memory.
+    #[error("guest memory of {requested} MiB is more than this host has ({host} MiB)")]
+    MoreThanHost {
+        /// Requested MiB.
+        requested: u64,
+        /// Host total MiB.
+        host: u64,
+    },
+    /// mmap failed.
+    #[error("cannot map guest memory: {0}")]
+    Map(#[source] vm_memory::mmap::FromRangesError),
+}
+
+/// Check a requested size against the rules and what the host has.
+pub fn check_size(bytes: u64, host_bytes: u64) -> Result<(), MemoryError> {
+    if bytes < MIN_MEMORY_BYTES {
+        return Err(MemoryError::TooSmall(bytes));
+    }
+    if !bytes.is_multiple_of(PAGE_SIZE) {
+        return Err(MemoryError::Unaligned(bytes));
+    }
+    if bytes > host_bytes {
+        return Err(MemoryError::MoreThanHost {
+            requested: bytes >> 20,
+            host: host_bytes >> 20,
+        });
+    }
+    Ok(())
+}
+
+/// Total RAM of the host, in bytes.
+pub fn host_memory_bytes() -> u64 {
+    // SAFETY: `sysinfo` only writes into the zeroed struct we pass it.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable sysinfo struct.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return u64::MAX; // Unknown: let the mmap decide.
+    }
+    (info.totalram as u64).saturating_mul(u64::from(info.mem_unit))
+}
+
+/// The RAM regions for a guest of `bytes`: below the MMIO hole, then from 4 GiB.
+pub fn ram_regions(bytes: u64) -> Vec<(GuestAddress, u64)> {
+    let low = bytes.min(MMIO_HOLE_START);
+    let mut regions = vec![(GuestAddress(0), low)];
+    if bytes > low {
+        regions.push((GuestAddress(RAM_ABOVE_4G_START), bytes - low));
+    }
+    regions
+}
+
+/// Check `bytes` and map that much guest RAM.
+pub fn create_guest_memory(bytes: u64) -> Result<GuestMemory, MemoryError> {
+    check_size(bytes, host_memory_bytes())?;
+    let ranges: Vec<(GuestAddress, usize)> = ram_regions(bytes)
+        .into_iter()
+        .map(|(addr, len)| (addr, len as usize))
+        .collect();
+    GuestMemoryMmap::from_ranges(&ranges).map_err(MemoryError::Map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryBackend;
+
+    #[test]
+    fn small_guest_is_one_region_from_zero() {
+        assert_eq!(ram_regions(128 << 20), vec![(GuestAddress(0), 128 << 20)]);
+        assert_eq!(
+            ram_regions(MMIO_HOLE_START),
+            vec![(GuestAddress(0), MMIO_HOLE_START)]
+        );
+    }
+
+    #[test]
+    fn large_guest_skips_the_mmio_hole() {
+        let regions = ram_regions(4 << 30);
+        assert_eq!(
+            regions,
+            vec![
+                (GuestAddress(0), MMIO_HOLE_START),
+                (
+                    GuestAddress(RAM_ABOVE_4G_START),
+                    (4 << 30) - MMIO_HOLE_START
+                )
+            ]
+        );
+        let total: u64 = regions.iter().map(|r| r.1).sum();
+        assert_eq!(total, 4 << 30);
+    }
+
+    #[test]
+    fn size_rules() {
+        let host = 8 << 30;
+        assert!(check_size(128 << 20, host).is_ok());
+        assert!(matches!(
+            check_size(1 << 20, host),
+            Err(MemoryError::TooSmall(_))
+        ));
+        assert!(matches!(
+            check_size((128 << 20) + 1, host),
+            Err(MemoryError::Unaligned(_))
+        ));
+        let err = check_size(16 << 30, host).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "guest memory of 16384 MiB is more than this host has (8192 MiB)"
+        );
+    }
+
+    #[test]
+    fn maps_a_large_guest_without_touching_it() {
+        // 5 GiB of address space, reserved lazily: the hole stays unmapped.
+        let mem = GuestMemoryMmap::<()>::from_ranges(
+            &ram_regions(5 << 30)
+                .into_iter()
+                .map(|(a, l)| (a, l as usize))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert_eq!(mem.num_regions(), 2);
+        assert!(mem.address_in_range(GuestAddress(MMIO_HOLE_START - 1)));
+        assert!(!mem.address_in_range(GuestAddress(MMIO_HOLE_START)));
+        assert!(mem.address_in_range(GuestAddress(RAM_ABOVE_4G_START)));
+    }
+}
