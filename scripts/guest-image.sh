@@ -126,7 +126,13 @@ download_and_unpack() { # <package> <dest dir>
     # As root apt would try to drop to the _apt user, who cannot write our
     # private work dir; downloading as root is what it falls back to anyway.
     [[ $EUID == 0 ]] && apt_opts=(-o APT::Sandbox::User=root)
-    (cd "$WORK/debs" && apt-get "${apt_opts[@]}" download "$pkg" >&2)
+    # A stale package list can name a version the mirror no longer has:
+    # refresh the list once and retry.
+    if ! (cd "$WORK/debs" && apt-get "${apt_opts[@]}" download "$pkg" >&2); then
+        [[ $EUID == 0 && $APT_UPDATED == 0 ]] || die "apt-get download $pkg failed"
+        apt_update_once
+        (cd "$WORK/debs" && apt-get "${apt_opts[@]}" download "$pkg" >&2)
+    fi
     debs=("$WORK/debs/${pkg}"_*.deb)
     [[ -f ${debs[0]} ]] || die "apt-get download $pkg left no .deb"
     log "unpacking $(basename "${debs[0]}")"

@@ -41,7 +41,8 @@
 /* Real-mode part: boot sector and setup header.                            */
 /* ------------------------------------------------------------------------ */
     .code16
-file_start:
+    .globl  bzimage_file_start
+bzimage_file_start:
     /* A BIOS would run this; nothing should. Halt if something does. */
     PARK
 

@@ -1,1 +1,365 @@
-//! placeholder
+//! Tiny guest programs for Vireo's KVM integration tests.
+//!
+//! Each guest is a few dozen instructions of GNU assembler in
+//! `crates/test-guests/guests/<name>.s`, assembled and linked at build time
+//! by `build.rs` (GNU `as` and `ld` from binutils) into `$OUT_DIR/<name>`.
+//! [`path`] gives the file; [`ALL`] lists every guest. The guests talk to
+//! the test only through the serial port (COM1, I/O port 0x3f8) and end with
+//! an i8042 reset (a write of 0xfe to port 0x64), which the VMM turns into a
+//! clean exit, unless said otherwise. The exact serial output of each guest
+//! on success is in [`expected`].
+//!
+//! # Boot ABI the VMM provides
+//!
+//! All of them need guest RAM from address 0 (128 MiB in the tests), COM1 at
+//! 0x3f8 (the guests only write the THR; they never poll LSR) and the i8042
+//! reset. The ELF guests are linked at 0x200000 (one `PT_LOAD`, physical =
+//! virtual address); 0x10000..0x1ffff is scratch memory some guests use at
+//! run time. Three entry conventions are used:
+//!
+//! * **64-bit ELF entry** (plain ELF64, no PVH note): the vCPU starts at
+//!   `e_entry` in long mode, paging on, first 4 GiB identity mapped with
+//!   2 MiB pages, CS = 0x08 (64-bit code), DS/ES/SS = 0x10, RSI = 0x7000
+//!   (the zero page, `struct boot_params`, whose `hdr.header` must be
+//!   `"HdrS"`), RSP = 0x8ff0, interrupts off, IDT limit 0. The guests do not
+//!   use the stack.
+//! * **PVH entry**: an ELF whose `PT_NOTE` segment holds a `"Xen"` note of
+//!   type 18 (`XEN_ELFNOTE_PHYS32_ENTRY`) with the 32-bit entry address. The
+//!   vCPU starts there in 32-bit protected mode, paging off, flat 4 GiB
+//!   segments, interrupts off, EBX = address of `struct hvm_start_info`.
+//! * **bzImage entry**: a raw Linux bzImage (not ELF). The VMM loads the
+//!   protected-mode part at `code32_start` (0x100000), copies the setup
+//!   header into the zero page and enters at load address + 0x200 with the
+//!   same state as the 64-bit ELF entry.
+//!
+//! See `crates/test-guests/README.md` for the details.
+//!
+//! # Example
+//!
+//! ```
+//! let elf = test_guests::path(test_guests::HELLO64);
+//! assert!(elf.is_file());
+//! assert_eq!(
+//!     test_guests::expected::HELLO64,
+//!     "vireo-guest: hello from 64-bit entry\nzero page ok\n"
+//! );
+//! ```
+
+use std::path::PathBuf;
+
+/// 64-bit ELF entry at 0x200000. Prints
+/// `"vireo-guest: hello from 64-bit entry\n"`, then checks that the zero page
+/// at RSI has `"HdrS"` (0x53726448) at offset 0x202 and prints
+/// `"zero page ok\n"` (or `"zero page bad\n"`, also for an RSI at or above
+/// 4 GiB). Then resets.
+pub const HELLO64: &str = "hello64";
+
+/// PVH entry: ELF64 with a `XEN_ELFNOTE_PHYS32_ENTRY` note giving the 32-bit
+/// entry 0x200000. Prints `"vireo-guest: hello from PVH entry\n"`, checks the
+/// `hvm_start_info` magic (0x336ec578) at EBX and prints
+/// `"start_info ok\n"`, then `"cmdline: "`, the NUL-terminated string at
+/// `cmdline_paddr` (at most 4096 bytes; nothing if the address is 0,
+/// `"<above 4G>"` if it is not reachable without paging), and `"\n"`. With a
+/// bad magic it prints `"start_info bad\n"` and no cmdline line. Then
+/// resets.
+///
+/// Its `e_entry` is a separate 64-bit stub that prints
+/// `"vireo-guest: hello_pvh entered at its 64-bit e_entry: PVH note ignored\n"`
+/// and resets, so a VMM that misses the note fails clearly.
+pub const HELLO_PVH: &str = "hello_pvh";
+
+/// bzImage entry: a raw bzImage file (setup header at 0x1f1, protocol
+/// 2.15, one setup sector, 4 KiB protected-mode part, `code32_start`
+/// 0x100000, `XLF_KERNEL_64`). The 64-bit entry at load address + 0x200
+/// prints `"vireo-guest: hello from bzImage entry\n"`, then
+/// `"zero page ok\n"` / `"zero page bad\n"` like [`HELLO64`], and resets.
+/// The code is position independent. The 32-bit entry (load address + 0)
+/// prints a line saying it is unsupported, assuming the default load
+/// address, and resets.
+pub const HELLO_BZIMAGE: &str = "hello_bzimage";
+
+/// Two-vCPU start, 64-bit ELF entry at 0x200000; run with 2 vCPUs. The BSP
+/// prints `"bsp up\n"`, copies a real-mode trampoline to 0x10000, sends INIT
+/// and then two STARTUP IPIs (vector 0x10) to APIC ID 1 through the xAPIC ICR
+/// at 0xfee00300. The AP, at 0x1000:0000 in real mode, prints `"ap up\n"`,
+/// sets the byte at 0x11000 to 1 and halts for good. The BSP polls that byte
+/// (up to 1,000,000 times) and prints `"smp ok: 2 cpus\n"` or
+/// `"smp timeout\n"`, then resets. The output order is deterministic. The
+/// timeout path takes a few seconds here.
+pub const SMP: &str = "smp";
+
+/// Triple fault, 64-bit ELF entry at 0x200000. Prints
+/// `"about to triple fault\n"`, loads an IDT with limit 0 and reads from a
+/// non-canonical address: #GP, then #DF, then a triple fault, so the vCPU
+/// shuts down (`KVM_EXIT_SHUTDOWN`). Prints nothing more and never resets;
+/// `"triple fault did not happen\n"` means the read completed.
+pub const TRIPLE_FAULT: &str = "triple_fault";
+
+/// Unclaimed I/O, 64-bit ELF entry at 0x200000. Reads port 0x1234 (byte;
+/// must be 0xff), PCI config data 0xcfc after writing 0x80000000 to 0xcf8
+/// (u32; must be 0xffffffff, i.e. no PCI), MMIO 0xd0000000 (u32; must be
+/// 0xffffffff); writes bytes to ports 0x80 and 0x5678 and a u32 to
+/// 0xd0000000; reads CMOS register 0x0a (`out 0x70`, `in 0x71`) without
+/// checking it. Prints `"ports ok\n"`, or `"ports bad:"` followed by
+/// ` pio-0x1234`, ` pci-0xcfc`, ` mmio-0xd0000000` for each failed check and
+/// `"\n"`. Then resets.
+pub const PORTS: &str = "ports";
+
+/// Endless counter, 64-bit ELF entry at 0x200000, for pause/resume and
+/// snapshot tests. Loops for ever: increments the u64 at
+/// [`COUNT_COUNTER_ADDR`], writes its low 32 bits with `out dx, eax` to
+/// [`COUNT_DEBUG_PORT`], and prints `"."` each time the counter reaches a
+/// multiple of 256. Prints nothing else and never resets.
+pub const COUNT: &str = "count";
+
+/// Every guest, in the order above.
+pub const ALL: &[&str] = &[
+    HELLO64,
+    HELLO_PVH,
+    HELLO_BZIMAGE,
+    SMP,
+    TRIPLE_FAULT,
+    PORTS,
+    COUNT,
+];
+
+/// Guest-physical address of the u64 counter the [`COUNT`] guest increments.
+pub const COUNT_COUNTER_ADDR: u64 = 0x12000;
+
+/// I/O port the [`COUNT`] guest writes the counter's low 32 bits to.
+pub const COUNT_DEBUG_PORT: u16 = 0x510;
+
+/// Guest-physical address where the ELF guests are linked (their `e_entry`,
+/// except [`HELLO_PVH`]'s, whose PVH entry is here).
+pub const ELF_LOAD_ADDR: u64 = 0x20_0000;
+
+/// Exact serial (COM1) output of each guest when everything the VMM does is
+/// right. Guests that never stop have no entry.
+pub mod expected {
+    /// [`HELLO64`](crate::HELLO64).
+    pub const HELLO64: &str = "vireo-guest: hello from 64-bit entry\nzero page ok\n";
+
+    /// [`HELLO_PVH`](crate::HELLO_PVH) run with the command line
+    /// `cmdline`.
+    pub fn hello_pvh(cmdline: &str) -> String {
+        format!("vireo-guest: hello from PVH entry\nstart_info ok\ncmdline: {cmdline}\n")
+    }
+
+    /// [`HELLO_BZIMAGE`](crate::HELLO_BZIMAGE).
+    pub const HELLO_BZIMAGE: &str = "vireo-guest: hello from bzImage entry\nzero page ok\n";
+
+    /// [`SMP`](crate::SMP), with 2 vCPUs.
+    pub const SMP: &str = "bsp up\nap up\nsmp ok: 2 cpus\n";
+
+    /// [`SMP`](crate::SMP) when the AP never starts (e.g. 1 vCPU).
+    pub const SMP_TIMEOUT: &str = "bsp up\nsmp timeout\n";
+
+    /// [`TRIPLE_FAULT`](crate::TRIPLE_FAULT): this, then a shutdown.
+    pub const TRIPLE_FAULT: &str = "about to triple fault\n";
+
+    /// [`PORTS`](crate::PORTS).
+    pub const PORTS: &str = "ports ok\n";
+}
+
+/// Path of the built guest `name` (one of [`ALL`]).
+///
+/// # Panics
+///
+/// If `name` is not a known guest.
+pub fn path(name: &str) -> PathBuf {
+    assert!(
+        ALL.contains(&name),
+        "test-guests: unknown guest {name:?}; the guests are {ALL:?}"
+    );
+    PathBuf::from(env!("OUT_DIR")).join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What build.rs actually built.
+    const BUILT: &[&str] = include!(concat!(env!("OUT_DIR"), "/built_guests.rs"));
+
+    const PT_LOAD: u32 = 1;
+    const PT_NOTE: u32 = 4;
+    const MIB: u64 = 1 << 20;
+
+    fn u16_at(b: &[u8], off: usize) -> u16 {
+        u16::from_le_bytes(b[off..off + 2].try_into().unwrap())
+    }
+    fn u32_at(b: &[u8], off: usize) -> u32 {
+        u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+    }
+    fn u64_at(b: &[u8], off: usize) -> u64 {
+        u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+    }
+
+    /// The fields of an ELF64 program header that matter here.
+    #[derive(Debug)]
+    struct Phdr {
+        p_type: u32,
+        offset: u64,
+        paddr: u64,
+        filesz: u64,
+        memsz: u64,
+    }
+
+    /// Checks the ELF header; returns (e_entry, program headers).
+    fn parse_elf(b: &[u8]) -> (u64, Vec<Phdr>) {
+        assert_eq!(&b[..4], b"\x7fELF", "not ELF");
+        assert_eq!(b[4], 2, "not ELFCLASS64");
+        assert_eq!(b[5], 1, "not little-endian");
+        assert_eq!(u16_at(b, 16), 2, "not ET_EXEC");
+        assert_eq!(u16_at(b, 18), 62, "not EM_X86_64");
+        let entry = u64_at(b, 24);
+        let phoff = u64_at(b, 32) as usize;
+        assert_eq!(u16_at(b, 54), 56, "e_phentsize");
+        let phnum = u16_at(b, 56) as usize;
+        let phdrs = (0..phnum)
+            .map(|i| {
+                let p = &b[phoff + i * 56..phoff + (i + 1) * 56];
+                Phdr {
+                    p_type: u32_at(p, 0),
+                    offset: u64_at(p, 8),
+                    paddr: u64_at(p, 24),
+                    filesz: u64_at(p, 32),
+                    memsz: u64_at(p, 40),
+                }
+            })
+            .collect();
+        (entry, phdrs)
+    }
+
+    /// Every PT_LOAD sits in [1 MiB, 128 MiB) and `addr` is inside one.
+    fn check_loads(name: &str, phdrs: &[Phdr], addr: u64) {
+        let loads: Vec<&Phdr> = phdrs.iter().filter(|p| p.p_type == PT_LOAD).collect();
+        assert!(!loads.is_empty(), "{name}: no PT_LOAD");
+        for p in &loads {
+            assert!(p.paddr >= MIB, "{name}: PT_LOAD below 1 MiB: {p:?}");
+            assert!(
+                p.paddr + p.memsz <= 128 * MIB,
+                "{name}: PT_LOAD above 128 MiB"
+            );
+        }
+        assert!(
+            loads
+                .iter()
+                .any(|p| (p.paddr..p.paddr + p.filesz).contains(&addr)),
+            "{name}: {addr:#x} is not in a loaded segment"
+        );
+    }
+
+    /// The (name, type, desc) of every note in a PT_NOTE segment.
+    fn notes<'a>(b: &'a [u8], p: &Phdr) -> Vec<(&'a [u8], u32, &'a [u8])> {
+        let align4 = |n: usize| (n + 3) & !3;
+        let seg = &b[p.offset as usize..(p.offset + p.filesz) as usize];
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < seg.len() {
+            let namesz = u32_at(seg, at) as usize;
+            let descsz = u32_at(seg, at + 4) as usize;
+            let ty = u32_at(seg, at + 8);
+            let name = &seg[at + 12..at + 12 + namesz];
+            let desc_at = at + 12 + align4(namesz);
+            out.push((name, ty, &seg[desc_at..desc_at + descsz]));
+            at = desc_at + align4(descsz);
+        }
+        out
+    }
+
+    fn read(name: &str) -> Vec<u8> {
+        let p = path(name);
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn all_guests_are_built() {
+        let mut all = ALL.to_vec();
+        let mut built = BUILT.to_vec();
+        all.sort_unstable();
+        built.sort_unstable();
+        assert_eq!(all, built, "ALL and build.rs's GUESTS differ");
+        for name in ALL {
+            assert!(!read(name).is_empty(), "{name} is empty");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "unknown guest")]
+    fn unknown_guest_panics() {
+        path("no_such_guest");
+    }
+
+    #[test]
+    fn elf64_entry_guests() {
+        for name in [HELLO64, SMP, TRIPLE_FAULT, PORTS, COUNT] {
+            let b = read(name);
+            let (entry, phdrs) = parse_elf(&b);
+            assert_eq!(entry, ELF_LOAD_ADDR, "{name}: e_entry");
+            check_loads(name, &phdrs, entry);
+            // No PT_NOTE at all, so no VMM can mistake it for a PVH kernel.
+            assert!(
+                phdrs.iter().all(|p| p.p_type != PT_NOTE),
+                "{name}: unexpected PT_NOTE"
+            );
+        }
+    }
+
+    #[test]
+    fn pvh_note() {
+        let b = read(HELLO_PVH);
+        let (entry, phdrs) = parse_elf(&b);
+        let note_segs: Vec<&Phdr> = phdrs.iter().filter(|p| p.p_type == PT_NOTE).collect();
+        assert_eq!(note_segs.len(), 1, "exactly one PT_NOTE");
+        let notes = notes(&b, note_segs[0]);
+        let pvh: Vec<_> = notes
+            .iter()
+            .filter(|(name, ty, _)| *name == b"Xen\0" && *ty == 18)
+            .collect();
+        assert_eq!(pvh.len(), 1, "one XEN_ELFNOTE_PHYS32_ENTRY note: {notes:?}");
+        let desc = pvh[0].2;
+        assert_eq!(desc.len(), 4);
+        let pvh_entry = u64::from(u32_at(desc, 0));
+        assert_eq!(pvh_entry, ELF_LOAD_ADDR, "PVH entry");
+        check_loads(HELLO_PVH, &phdrs, pvh_entry);
+        // e_entry: the 64-bit "note ignored" stub, also loaded, also >= 1 MiB.
+        assert_ne!(entry, pvh_entry);
+        check_loads(HELLO_PVH, &phdrs, entry);
+    }
+
+    #[test]
+    fn bzimage_header() {
+        let b = read(HELLO_BZIMAGE);
+        let setup_sects = b[0x1f1];
+        assert_eq!(setup_sects, 1);
+        let setup_size = (usize::from(setup_sects) + 1) * 512;
+        let syssize = u32_at(&b, 0x1f4) as usize;
+        assert_eq!(u16_at(&b, 0x1fe), 0xaa55, "boot_flag");
+        assert_eq!(b[0x200], 0xeb, "jump: jmp short");
+        assert_eq!(0x202 + usize::from(b[0x201]), 0x26c, "header end");
+        assert_eq!(&b[0x202..0x206], b"HdrS");
+        assert_eq!(u32_at(&b, 0x202), 0x5372_6448);
+        assert_eq!(u16_at(&b, 0x206), 0x020f, "version");
+        assert_eq!(b[0x211] & 1, 1, "loadflags LOADED_HIGH");
+        assert_eq!(u32_at(&b, 0x214), 0x10_0000, "code32_start");
+        assert_eq!(u32_at(&b, 0x230), 0x20_0000, "kernel_alignment");
+        assert_eq!(b[0x234], 1, "relocatable_kernel");
+        assert_eq!(u16_at(&b, 0x236) & 1, 1, "xloadflags XLF_KERNEL_64");
+        assert_eq!(u64_at(&b, 0x258), 0x10_0000, "pref_address");
+        // The protected-mode part is the rest of the file.
+        let pm = &b[setup_size..];
+        assert_eq!(pm.len(), syssize * 16, "syssize");
+        let init_size = u32_at(&b, 0x260) as usize;
+        assert!(
+            init_size >= pm.len() && init_size.is_multiple_of(4096),
+            "init_size"
+        );
+        // kernel_info, relative to the protected-mode part.
+        let ki = u32_at(&b, 0x268) as usize;
+        assert_eq!(&pm[ki..ki + 4], b"LToP", "kernel_info");
+        // The 64-bit entry at +0x200 starts with `cli`, as does the 32-bit one.
+        assert_eq!(pm[0x200], 0xfa, "64-bit entry");
+        assert_eq!(pm[0], 0xfa, "32-bit entry");
+    }
+}

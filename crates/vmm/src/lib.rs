@@ -5,7 +5,12 @@
 //! A device never reaches up into the builder; it is handed what it needs.
 
 pub mod arch;
+pub mod builder;
 pub mod bus;
 pub mod devices;
+pub mod event_loop;
 pub mod kvm;
+pub mod loader;
 pub mod memory;
+pub mod vcpu;
+pub mod vm;

@@ -1,0 +1,127 @@
+//! The command line: `vireo run ...` and `vireo probe-kvm`, parsed into a [`VmConfig`].
+
+use std::path::PathBuf;
+
+use api::{SerialConfig, VmConfig, parse_size};
+use clap::{Args, Parser, Subcommand};
+
+/// Vireo: a KVM virtual machine monitor. One process runs one VM.
+#[derive(Parser, Debug)]
+#[command(name = "vireo", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log level on stderr: error, warn, info, debug or trace.
+    #[arg(long, global = true, default_value = "warn", env = "VIREO_LOG", value_parser = parse_level)]
+    pub log_level: log::LevelFilter,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Boot a Linux kernel (bzImage, ELF vmlinux or PVH ELF) in a new VM.
+    Run(RunArgs),
+    /// Time a tiny guest loop to tell hardware KVM from an emulated one.
+    ProbeKvm(ProbeArgs),
+}
+
+fn parse_level(text: &str) -> Result<log::LevelFilter, String> {
+    text.parse()
+        .map_err(|_| format!("invalid log level '{text}': expected off, error, warn, info, debug or trace"))
+}
+
+/// `vireo run` options.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Kernel image: bzImage, ELF vmlinux, or ELF with a PVH entry note.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line [default: "console=ttyS0 reboot=k panic=1"].
+    #[arg(long, value_name = "STR")]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: u32,
+    /// Guest memory: a number of MiB, or with a K, M, G or T suffix.
+    #[arg(long, default_value = "128M", value_name = "SIZE")]
+    pub memory: String,
+    /// Serial console: stdio, file:PATH or none.
+    #[arg(long, default_value = "stdio", value_name = "stdio|file:PATH|none")]
+    pub serial: SerialConfig,
+}
+
+/// `vireo probe-kvm` options.
+#[derive(Args, Debug)]
+pub struct ProbeArgs {
+    /// Loop iterations (two instructions each).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub iterations: u32,
+}
+
+impl RunArgs {
+    /// The VM config these options describe.
+    pub fn into_config(self) -> Result<VmConfig, String> {
+        let memory_bytes =
+            parse_size(&self.memory).map_err(|e| format!("--memory: {e}"))?;
+        Ok(VmConfig {
+            kernel: self.kernel,
+            initrd: self.initrd,
+            cmdline: self.cmdline,
+            vcpus: self.cpus,
+            memory_bytes,
+            serial: self.serial,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vireo").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn run_with_every_option() {
+        let cli = parse(&[
+            "run", "--kernel", "/k", "--initrd", "/i", "--cmdline", "console=ttyS0 quiet",
+            "--cpus", "2", "--memory", "1G", "--serial", "file:/tmp/s",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else { panic!("not run") };
+        let config = args.into_config().unwrap();
+        assert_eq!(config.kernel, PathBuf::from("/k"));
+        assert_eq!(config.initrd, Some(PathBuf::from("/i")));
+        assert_eq!(config.cmdline(), "console=ttyS0 quiet");
+        assert_eq!((config.vcpus, config.memory_bytes), (2, 1 << 30));
+        assert_eq!(config.serial, SerialConfig::File("/tmp/s".into()));
+    }
+
+    #[test]
+    fn defaults() {
+        let Command::Run(args) = parse(&["run", "--kernel", "/k"]).unwrap().command else {
+            panic!("not run")
+        };
+        let config = args.into_config().unwrap();
+        assert_eq!((config.vcpus, config.memory_bytes), (1, 128 << 20));
+        assert_eq!(config.serial, SerialConfig::Stdio);
+        assert_eq!(config.cmdline(), api::DEFAULT_CMDLINE);
+    }
+
+    #[test]
+    fn malformed_values_are_refused() {
+        let Command::Run(args) = parse(&["run", "--kernel", "/k", "--memory", "lots"]).unwrap().command
+        else {
+            panic!("not run")
+        };
+        assert!(args.into_config().unwrap_err().starts_with("--memory: invalid size 'lots'"));
+        assert!(parse(&["run", "--kernel", "/k", "--cpus", "-1"]).is_err());
+        assert!(parse(&["run", "--kernel", "/k", "--serial", "tty"]).is_err());
+        assert!(parse(&["run"]).is_err(), "--kernel is required");
+    }
+}

@@ -1,0 +1,282 @@
+//! From a [`VmConfig`] to a running VM.
+//!
+//! Everything that can fail on user input (vCPU count, memory size, kernel, initrd,
+//! command line) is checked and set up before any vCPU thread starts, so a refused config
+//! leaves nothing half-started.
+
+use std::sync::{Arc, Mutex};
+
+use api::{SerialConfig, VmConfig};
+use kvm_ioctls::{Cap, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::mptable::{self, MptableError};
+use crate::arch::x86_64::regs::{self, EntryMode, RegsError};
+use crate::arch::x86_64::boot::{self, BootError};
+use crate::bus::{Bus, BusError, SharedDevice};
+use crate::devices::legacy::i8042::{I8042, I8042_BASE, I8042_LEN};
+use crate::devices::legacy::ports::{AllOnes, PCI_CONFIG_BASE, PCI_CONFIG_LEN, POST_PORT};
+use crate::devices::legacy::rtc::Rtc;
+use crate::devices::legacy::serial::{COM1_BASE, COM1_IRQ, COM1_LEN, SerialDevice, SerialOutput};
+use crate::event_loop::{EventLoop, EventLoopError, SerialInput, Stdin, Subscriber};
+use crate::kvm::{KvmContext, KvmError};
+use crate::loader::{self, LoaderError};
+use crate::memory::{self, GuestMemory, MemoryError};
+use crate::vcpu::{BootState, StopReason, StopSignal, UnhandledLog, Vcpu, VcpuError, VcpuHandle};
+use crate::vm::{self, VmError};
+
+/// CMOS RTC ports.
+const RTC_BASE: u64 = 0x70;
+const RTC_LEN: u64 = 2;
+/// Most vCPUs Vireo builds: APIC ids 0..=253 (255 is broadcast, 254 the IOAPIC's at most).
+pub const MAX_VCPUS: u32 = mptable::MAX_CPUS as u32;
+/// Entries asked of KVM_GET_SUPPORTED_CPUID (KVM_MAX_CPUID_ENTRIES).
+const CPUID_ENTRIES: usize = 256;
+
+/// Why a VM could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Zero vCPUs asked for.
+    #[error("a VM needs at least 1 vCPU")]
+    NoVcpus,
+    /// More vCPUs than KVM or Vireo allows.
+    #[error("{asked} vCPUs asked for; at most {max} are possible on this host")]
+    TooManyVcpus {
+        /// Asked for.
+        asked: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// KVM could not be used.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// Guest memory was refused or could not be mapped.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The VM could not be created.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Kernel, initrd or command line.
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    /// Boot structures.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// GDT or page tables.
+    #[error(transparent)]
+    Regs(#[from] RegsError),
+    /// MP table.
+    #[error(transparent)]
+    Mptable(#[from] MptableError),
+    /// Device placement on a bus.
+    #[error("device layout: {0}")]
+    Bus(#[from] BusError),
+    /// A vCPU.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// The event loop.
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+    /// KVM refused a request while wiring devices or CPUID.
+    #[error("{what}: {source}")]
+    Kvm2 {
+        /// What was being done.
+        what: &'static str,
+        /// KVM's error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// An eventfd or the serial output could not be opened.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
+    let what = what.into();
+    move |source| BuildError::Io { what, source }
+}
+
+/// A running VM: its vCPU threads, event loop, and what keeps guest memory and KVM alive.
+pub struct Vmm {
+    vcpus: Vec<VcpuHandle>,
+    event_loop: Option<EventLoop>,
+    stop: Arc<StopSignal>,
+    // Dropped last: the VM fd, then the memory KVM maps.
+    _vm: VmFd,
+    _memory: GuestMemory,
+}
+
+impl Vmm {
+    /// What the VMM waits on; signal handlers may write its eventfd.
+    pub fn stop_signal(&self) -> &Arc<StopSignal> {
+        &self.stop
+    }
+
+    /// Block until the guest stops or a stop is requested.
+    pub fn wait(&self) -> StopReason {
+        self.stop.wait()
+    }
+
+    /// Stop every vCPU thread and the event loop.
+    pub fn shutdown(mut self) {
+        for vcpu in self.vcpus.drain(..) {
+            vcpu.exit();
+        }
+        if let Some(event_loop) = self.event_loop.take() {
+            event_loop.stop();
+        }
+    }
+}
+
+/// Check the vCPU count against Vireo's and the host's limits.
+pub fn check_vcpus(asked: u32, kvm_max: usize) -> Result<(), BuildError> {
+    let max = MAX_VCPUS.min(u32::try_from(kvm_max).unwrap_or(u32::MAX));
+    match asked {
+        0 => Err(BuildError::NoVcpus),
+        n if n > max => Err(BuildError::TooManyVcpus { asked: n, max }),
+        _ => Ok(()),
+    }
+}
+
+/// The serial console's output for `config`.
+fn serial_output(config: &SerialConfig) -> Result<SerialOutput, BuildError> {
+    Ok(match config {
+        SerialConfig::Stdio => Box::new(std::io::stdout()),
+        SerialConfig::None => Box::new(std::io::sink()),
+        SerialConfig::File(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(io_error(format!("cannot open serial output {}", path.display())))?,
+        ),
+    })
+}
+
+/// Build the VM described by `config` and start its vCPUs.
+pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
+    let kvm = KvmContext::new()?;
+    check_vcpus(config.vcpus, kvm.max_vcpus())?;
+    let mem = memory::create_guest_memory(config.memory_bytes)?;
+    let vm = vm::create_vm(kvm.kvm(), &mem)?;
+
+    // Guest software and what it is told at entry.
+    let kernel = loader::load_kernel(&mem, &config.kernel)?;
+    let initrd = match &config.initrd {
+        Some(path) => Some(loader::load_initrd(&mem, path, &kernel)?),
+        None => None,
+    };
+    let cmdline_len = loader::load_cmdline_for(&mem, config.cmdline(), &kernel)?;
+    match kernel.mode {
+        EntryMode::Long64 => {
+            boot::write_zero_page(&mem, kernel.setup_header, cmdline_len, initrd)?;
+            regs::write_page_tables(&mem)?;
+        }
+        EntryMode::Pvh32 => {
+            boot::write_pvh_start_info(&mem, initrd)?;
+        }
+    }
+    regs::write_gdt(&mem, kernel.mode)?;
+    // At most MAX_VCPUS (254), checked above.
+    mptable::setup_mptable(&mem, config.vcpus as u8)?;
+
+    // Devices.
+    let stop = Arc::new(StopSignal::new().map_err(io_error("cannot create the stop event"))?);
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("cannot create an eventfd"))?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ)
+        .map_err(|source| BuildError::Kvm2 { what: "cannot wire the serial interrupt", source })?;
+    let input_ready = EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("cannot create an eventfd"))?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        serial_irq,
+        input_ready.try_clone().map_err(io_error("cannot clone an eventfd"))?,
+        serial_output(&config.serial)?,
+    )));
+    let i8042 = I8042::new(stop.eventfd().try_clone().map_err(io_error("cannot clone an eventfd"))?);
+
+    let mut pio = Bus::new();
+    let serial_dev: SharedDevice = serial.clone();
+    pio.insert(serial_dev, COM1_BASE, COM1_LEN)?;
+    pio.insert(Arc::new(Mutex::new(i8042)), I8042_BASE, I8042_LEN)?;
+    pio.insert(Arc::new(Mutex::new(Rtc::new())), RTC_BASE, RTC_LEN)?;
+    pio.insert(Arc::new(Mutex::new(AllOnes)), PCI_CONFIG_BASE, PCI_CONFIG_LEN)?;
+    pio.insert(Arc::new(Mutex::new(AllOnes)), POST_PORT, 1)?;
+    let pio = Arc::new(pio);
+    let mmio = Arc::new(Bus::new());
+
+    let mut subscribers: Vec<Subscriber> = Vec::new();
+    if config.serial == SerialConfig::Stdio {
+        subscribers.push(Box::new(SerialInput::new(Stdin, serial, input_ready)));
+    }
+
+    // vCPUs: all created and configured before any runs.
+    let supported_cpuid = kvm
+        .kvm()
+        .get_supported_cpuid(CPUID_ENTRIES)
+        .map_err(|source| BuildError::Kvm2 { what: "cannot read KVM's supported CPUID", source })?;
+    let boot_state = BootState {
+        supported_cpuid: &supported_cpuid,
+        cpu_count: config.vcpus,
+        tsc_deadline: kvm.kvm().check_extension(Cap::TscDeadlineTimer),
+        mode: kernel.mode,
+        entry: vm_memory::Address::raw_value(&kernel.entry),
+    };
+    let unhandled = Arc::new(UnhandledLog::default());
+    let vcpus = (0..config.vcpus)
+        .map(|index| {
+            Vcpu::new(&vm, index, &boot_state, (pio.clone(), mmio.clone()), unhandled.clone(), stop.clone())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let event_loop = EventLoop::start(subscribers)?;
+    let mut handles = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        match vcpu.start() {
+            Ok(handle) => handles.push(handle),
+            Err(e) => {
+                // Stop what already runs before reporting.
+                handles.into_iter().for_each(VcpuHandle::exit);
+                event_loop.stop();
+                return Err(e.into());
+            }
+        }
+    }
+
+    Ok(Vmm {
+        vcpus: handles,
+        event_loop: Some(event_loop),
+        stop,
+        _vm: vm,
+        _memory: mem,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vcpu_count_limits() {
+        assert!(matches!(check_vcpus(0, 288), Err(BuildError::NoVcpus)));
+        assert!(check_vcpus(1, 288).is_ok());
+        assert!(check_vcpus(254, 288).is_ok());
+        let err = check_vcpus(255, 288).unwrap_err();
+        assert_eq!(err.to_string(), "255 vCPUs asked for; at most 254 are possible on this host");
+        let err = check_vcpus(9, 8).unwrap_err();
+        assert_eq!(err.to_string(), "9 vCPUs asked for; at most 8 are possible on this host");
+    }
+
+    #[test]
+    fn serial_file_that_cannot_be_opened_is_named() {
+        let err = match serial_output(&SerialConfig::File("/nonexistent/dir/log".into())) {
+            Err(e) => e,
+            Ok(_) => panic!("opened a file in a missing directory"),
+        };
+        assert!(err.to_string().contains("/nonexistent/dir/log"), "{err}");
+    }
+}

@@ -1,0 +1,69 @@
+//! The KVM VM: guest memory slots, the in-kernel interrupt controllers and PIT, and the
+//! addresses KVM needs for its own use on x86.
+
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::memory::GuestMemory;
+
+/// Why the VM could not be set up; each names the KVM call that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// KVM_CREATE_VM failed.
+    #[error("cannot create the VM (KVM_CREATE_VM): {0}")]
+    Create(#[source] kvm_ioctls::Error),
+    /// KVM_SET_USER_MEMORY_REGION failed.
+    #[error("cannot register guest memory slot {slot} with KVM: {source}")]
+    MemorySlot {
+        /// The slot.
+        slot: u32,
+        /// KVM's error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// KVM_SET_TSS_ADDR or KVM_SET_IDENTITY_MAP_ADDR failed.
+    #[error("cannot place KVM's TSS/identity map: {0}")]
+    SystemAddresses(#[source] kvm_ioctls::Error),
+    /// KVM_CREATE_IRQCHIP failed.
+    #[error("cannot create the in-kernel interrupt controllers: {0}")]
+    Irqchip(#[source] kvm_ioctls::Error),
+    /// KVM_CREATE_PIT2 failed.
+    #[error("cannot create the in-kernel PIT: {0}")]
+    Pit(#[source] kvm_ioctls::Error),
+}
+
+/// Create a VM with `mem` as its RAM, the in-kernel PIC/IOAPIC/LAPIC and PIT.
+///
+/// Memory is registered before the irqchip exists: KVM makes slot changes far costlier
+/// once an irqchip is present (~5 ms against ~0.1 ms on the project's machines).
+pub fn create_vm(kvm: &Kvm, mem: &GuestMemory) -> Result<VmFd, VmError> {
+    let vm = kvm.create_vm().map_err(VmError::Create)?;
+    for (slot, region) in mem.iter().enumerate() {
+        let slot = slot as u32;
+        let region_desc = kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping of `memory_size` bytes owned by `mem`, which
+        // the VMM keeps alive (and unmoved) for as long as the VM exists.
+        unsafe { vm.set_user_memory_region(region_desc) }
+            .map_err(|source| VmError::MemorySlot { slot, source })?;
+    }
+    vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+        .map_err(VmError::SystemAddresses)?;
+    vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+        .map_err(VmError::SystemAddresses)?;
+    vm.create_irq_chip().map_err(VmError::Irqchip)?;
+    // The dummy speaker lets KVM answer port 0x61 itself.
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(VmError::Pit)?;
+    Ok(vm)
+}
