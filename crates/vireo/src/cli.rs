@@ -27,8 +27,9 @@ pub enum Command {
 }
 
 fn parse_level(text: &str) -> Result<log::LevelFilter, String> {
-    text.parse()
-        .map_err(|_| format!("invalid log level '{text}': expected off, error, warn, info, debug or trace"))
+    text.parse().map_err(|_| {
+        format!("invalid log level '{text}': expected off, error, warn, info, debug or trace")
+    })
 }
 
 /// `vireo run` options.
@@ -65,8 +66,7 @@ pub struct ProbeArgs {
 impl RunArgs {
     /// The VM config these options describe.
     pub fn into_config(self) -> Result<VmConfig, String> {
-        let memory_bytes =
-            parse_size(&self.memory).map_err(|e| format!("--memory: {e}"))?;
+        let memory_bytes = parse_size(&self.memory).map_err(|e| format!("--memory: {e}"))?;
         Ok(VmConfig {
             kernel: self.kernel,
             initrd: self.initrd,
@@ -89,11 +89,24 @@ mod tests {
     #[test]
     fn run_with_every_option() {
         let cli = parse(&[
-            "run", "--kernel", "/k", "--initrd", "/i", "--cmdline", "console=ttyS0 quiet",
-            "--cpus", "2", "--memory", "1G", "--serial", "file:/tmp/s",
+            "run",
+            "--kernel",
+            "/k",
+            "--initrd",
+            "/i",
+            "--cmdline",
+            "console=ttyS0 quiet",
+            "--cpus",
+            "2",
+            "--memory",
+            "1G",
+            "--serial",
+            "file:/tmp/s",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command else { panic!("not run") };
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
         let config = args.into_config().unwrap();
         assert_eq!(config.kernel, PathBuf::from("/k"));
         assert_eq!(config.initrd, Some(PathBuf::from("/i")));
@@ -115,11 +128,17 @@ mod tests {
 
     #[test]
     fn malformed_values_are_refused() {
-        let Command::Run(args) = parse(&["run", "--kernel", "/k", "--memory", "lots"]).unwrap().command
+        let Command::Run(args) = parse(&["run", "--kernel", "/k", "--memory", "lots"])
+            .unwrap()
+            .command
         else {
             panic!("not run")
         };
-        assert!(args.into_config().unwrap_err().starts_with("--memory: invalid size 'lots'"));
+        assert!(
+            args.into_config()
+                .unwrap_err()
+                .starts_with("--memory: invalid size 'lots'")
+        );
         assert!(parse(&["run", "--kernel", "/k", "--cpus", "-1"]).is_err());
         assert!(parse(&["run", "--kernel", "/k", "--serial", "tty"]).is_err());
         assert!(parse(&["run"]).is_err(), "--kernel is required");

@@ -84,7 +84,9 @@ fn report(reason: &StopReason) {
         StopReason::GuestReset => log::info!("guest reset: VM stopped"),
         StopReason::Signal(signal) => log::info!("stopped on signal {signal}"),
         StopReason::TripleFault { vcpu, registers } => {
-            eprintln!("vireo: guest triple fault on vcpu{vcpu} (KVM shutdown exit); VM stopped\n{registers}");
+            eprintln!(
+                "vireo: guest triple fault on vcpu{vcpu} (KVM shutdown exit); VM stopped\n{registers}"
+            );
         }
         StopReason::VcpuError {
             vcpu,
@@ -102,7 +104,11 @@ fn probe_kvm(iterations: u32) -> ExitCode {
         });
     match result {
         Ok(speed) => {
-            let kind = if speed.is_emulated() { "emulated" } else { "hardware" };
+            let kind = if speed.is_emulated() {
+                "emulated"
+            } else {
+                "hardware"
+            };
             println!(
                 "kvm={kind} iterations={} elapsed_us={}",
                 speed.iterations,

@@ -46,7 +46,9 @@ pub fn warn_if_kvm_is_emulated(raw_terminal: bool) {
     let _ = std::thread::Builder::new()
         .name("kvm-probe".into())
         .spawn(move || {
-            let Ok(kvm) = kvm_ioctls::Kvm::new() else { return };
+            let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+                return;
+            };
             match vmm::kvm::probe_guest_speed(&kvm, PROBE_ITERATIONS) {
                 Ok(speed) if speed.is_emulated() => {
                     let per_iteration = speed.elapsed.as_nanos() / u128::from(PROBE_ITERATIONS);

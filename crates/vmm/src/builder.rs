@@ -10,9 +10,9 @@ use api::{SerialConfig, VmConfig};
 use kvm_ioctls::{Cap, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::arch::x86_64::boot::{self, BootError};
 use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::arch::x86_64::regs::{self, EntryMode, RegsError};
-use crate::arch::x86_64::boot::{self, BootError};
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::devices::legacy::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::legacy::ports::{AllOnes, PCI_CONFIG_BASE, PCI_CONFIG_LEN, POST_PORT};
@@ -154,7 +154,10 @@ fn serial_output(config: &SerialConfig) -> Result<SerialOutput, BuildError> {
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(io_error(format!("cannot open serial output {}", path.display())))?,
+                .map_err(io_error(format!(
+                    "cannot open serial output {}",
+                    path.display()
+                )))?,
         ),
     })
 }
@@ -188,23 +191,38 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
 
     // Devices.
     let stop = Arc::new(StopSignal::new().map_err(io_error("cannot create the stop event"))?);
-    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("cannot create an eventfd"))?;
+    let serial_irq =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("cannot create an eventfd"))?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)
-        .map_err(|source| BuildError::Kvm2 { what: "cannot wire the serial interrupt", source })?;
-    let input_ready = EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("cannot create an eventfd"))?;
+        .map_err(|source| BuildError::Kvm2 {
+            what: "cannot wire the serial interrupt",
+            source,
+        })?;
+    let input_ready =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("cannot create an eventfd"))?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         serial_irq,
-        input_ready.try_clone().map_err(io_error("cannot clone an eventfd"))?,
+        input_ready
+            .try_clone()
+            .map_err(io_error("cannot clone an eventfd"))?,
         serial_output(&config.serial)?,
     )));
-    let i8042 = I8042::new(stop.eventfd().try_clone().map_err(io_error("cannot clone an eventfd"))?);
+    let i8042 = I8042::new(
+        stop.eventfd()
+            .try_clone()
+            .map_err(io_error("cannot clone an eventfd"))?,
+    );
 
     let mut pio = Bus::new();
     let serial_dev: SharedDevice = serial.clone();
     pio.insert(serial_dev, COM1_BASE, COM1_LEN)?;
     pio.insert(Arc::new(Mutex::new(i8042)), I8042_BASE, I8042_LEN)?;
     pio.insert(Arc::new(Mutex::new(Rtc::new())), RTC_BASE, RTC_LEN)?;
-    pio.insert(Arc::new(Mutex::new(AllOnes)), PCI_CONFIG_BASE, PCI_CONFIG_LEN)?;
+    pio.insert(
+        Arc::new(Mutex::new(AllOnes)),
+        PCI_CONFIG_BASE,
+        PCI_CONFIG_LEN,
+    )?;
     pio.insert(Arc::new(Mutex::new(AllOnes)), POST_PORT, 1)?;
     let pio = Arc::new(pio);
     let mmio = Arc::new(Bus::new());
@@ -218,7 +236,10 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
     let supported_cpuid = kvm
         .kvm()
         .get_supported_cpuid(CPUID_ENTRIES)
-        .map_err(|source| BuildError::Kvm2 { what: "cannot read KVM's supported CPUID", source })?;
+        .map_err(|source| BuildError::Kvm2 {
+            what: "cannot read KVM's supported CPUID",
+            source,
+        })?;
     let boot_state = BootState {
         supported_cpuid: &supported_cpuid,
         cpu_count: config.vcpus,
@@ -229,7 +250,14 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
     let unhandled = Arc::new(UnhandledLog::default());
     let vcpus = (0..config.vcpus)
         .map(|index| {
-            Vcpu::new(&vm, index, &boot_state, (pio.clone(), mmio.clone()), unhandled.clone(), stop.clone())
+            Vcpu::new(
+                &vm,
+                index,
+                &boot_state,
+                (pio.clone(), mmio.clone()),
+                unhandled.clone(),
+                stop.clone(),
+            )
         })
         .collect::<Result<Vec<_>, _>>()?;
 
@@ -266,9 +294,15 @@ mod tests {
         assert!(check_vcpus(1, 288).is_ok());
         assert!(check_vcpus(254, 288).is_ok());
         let err = check_vcpus(255, 288).unwrap_err();
-        assert_eq!(err.to_string(), "255 vCPUs asked for; at most 254 are possible on this host");
+        assert_eq!(
+            err.to_string(),
+            "255 vCPUs asked for; at most 254 are possible on this host"
+        );
         let err = check_vcpus(9, 8).unwrap_err();
-        assert_eq!(err.to_string(), "9 vCPUs asked for; at most 8 are possible on this host");
+        assert_eq!(
+            err.to_string(),
+            "9 vCPUs asked for; at most 8 are possible on this host"
+        );
     }
 
     #[test]

@@ -40,7 +40,11 @@ impl<R: Read + AsRawFd> SerialInput<R> {
             return;
         }
         let events = Events::new_raw(self.input.as_raw_fd(), EventSet::IN);
-        let result = if on { ops.add(events) } else { ops.remove(events) };
+        let result = if on {
+            ops.add(events)
+        } else {
+            ops.remove(events)
+        };
         match result {
             Ok(()) => self.watching_input = on,
             // E.g. stdin is a regular file or /dev/null, which epoll refuses: no console input.

@@ -42,7 +42,9 @@ pub enum LoaderError {
     #[error("{0} is not a kernel: expected an ELF vmlinux or a bzImage")]
     NotAKernel(PathBuf),
     /// A bzImage without the 64-bit entry point Vireo uses.
-    #[error("{0} is a bzImage without a 64-bit entry point (xloadflags bit 0); Vireo boots 64-bit kernels")]
+    #[error(
+        "{0} is a bzImage without a 64-bit entry point (xloadflags bit 0); Vireo boots 64-bit kernels"
+    )]
     No64BitEntry(PathBuf),
     /// linux-loader refused the image (bad headers, segments below 1 MiB, too big for RAM).
     #[error("cannot load kernel {path}: {source}")]
@@ -89,7 +91,9 @@ impl LoadedKernel {
             .setup_header
             .filter(|h| h.version >= 0x0206 && h.cmdline_size > 0)
             .map(|h| h.cmdline_size as usize);
-        from_header.unwrap_or(CMDLINE_MAX_SIZE - 1).min(CMDLINE_MAX_SIZE - 1)
+        from_header
+            .unwrap_or(CMDLINE_MAX_SIZE - 1)
+            .min(CMDLINE_MAX_SIZE - 1)
     }
 }
 
@@ -99,7 +103,10 @@ fn read_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) ->
 }
 
 /// Load the kernel at `path` into `mem`, whatever its format.
-pub fn load_kernel<M: GuestMemoryBackend>(mem: &M, path: &Path) -> Result<LoadedKernel, LoaderError> {
+pub fn load_kernel<M: GuestMemoryBackend>(
+    mem: &M,
+    path: &Path,
+) -> Result<LoadedKernel, LoaderError> {
     let mut file = File::open(path).map_err(read_error("kernel", path))?;
     let mut magic = [0u8; 4];
     let is_elf = file.read_exact(&mut magic).is_ok() && magic == *b"\x7fELF";
@@ -129,7 +136,9 @@ pub fn load_kernel<M: GuestMemoryBackend>(mem: &M, path: &Path) -> Result<Loaded
     } else if is_bzimage {
         let result = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
             .map_err(kernel_error)?;
-        let header = result.setup_header.ok_or_else(|| LoaderError::NotAKernel(path.into()))?;
+        let header = result
+            .setup_header
+            .ok_or_else(|| LoaderError::NotAKernel(path.into()))?;
         if header.version < 0x020c || header.xloadflags & XLF_KERNEL_64 == 0 {
             return Err(LoaderError::No64BitEntry(path.into()));
         }
@@ -183,8 +192,8 @@ pub fn load_cmdline_for<M: GuestMemoryBackend>(
             max,
         });
     }
-    let mut line = Cmdline::new(CMDLINE_MAX_SIZE)
-        .map_err(|e| LoaderError::CmdlineInvalid(e.to_string()))?;
+    let mut line =
+        Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| LoaderError::CmdlineInvalid(e.to_string()))?;
     line.insert_str(cmdline)
         .map_err(|e| LoaderError::CmdlineInvalid(e.to_string()))?;
     load_cmdline(mem, GuestAddress(CMDLINE_START), &line)
@@ -238,7 +247,10 @@ mod tests {
     fn unreadable_kernel_is_an_error() {
         // A directory opens but cannot be read as a kernel.
         let err = load_kernel(&mem(), &std::env::temp_dir()).unwrap_err();
-        assert!(matches!(err, LoaderError::Read { .. } | LoaderError::NotAKernel(_)), "{err}");
+        assert!(
+            matches!(err, LoaderError::Read { .. } | LoaderError::NotAKernel(_)),
+            "{err}"
+        );
     }
 
     #[test]
@@ -248,7 +260,10 @@ mod tests {
         assert!(matches!(err, LoaderError::NotAKernel(_)));
         assert!(err.to_string().contains("is not a kernel"));
         let empty = temp_file("empty", &[]);
-        assert!(matches!(load_kernel(&mem(), &empty), Err(LoaderError::NotAKernel(_))));
+        assert!(matches!(
+            load_kernel(&mem(), &empty),
+            Err(LoaderError::NotAKernel(_))
+        ));
     }
 
     #[test]
@@ -256,7 +271,10 @@ mod tests {
         let mut elf = vec![0u8; 64];
         elf[..4].copy_from_slice(b"\x7fELF");
         let path = temp_file("broken.elf", &elf);
-        assert!(matches!(load_kernel(&mem(), &path), Err(LoaderError::Kernel { .. })));
+        assert!(matches!(
+            load_kernel(&mem(), &path),
+            Err(LoaderError::Kernel { .. })
+        ));
     }
 
     #[test]
@@ -276,9 +294,15 @@ mod tests {
     #[test]
     fn old_or_32bit_bzimage_is_refused() {
         let path = temp_file("bz32", &bzimage(0x020f, 0, &[0; 512]));
-        assert!(matches!(load_kernel(&mem(), &path), Err(LoaderError::No64BitEntry(_))));
+        assert!(matches!(
+            load_kernel(&mem(), &path),
+            Err(LoaderError::No64BitEntry(_))
+        ));
         let path = temp_file("bzold", &bzimage(0x0206, XLF_KERNEL_64, &[0; 512]));
-        assert!(matches!(load_kernel(&mem(), &path), Err(LoaderError::No64BitEntry(_))));
+        assert!(matches!(
+            load_kernel(&mem(), &path),
+            Err(LoaderError::No64BitEntry(_))
+        ));
     }
 
     #[test]
@@ -290,18 +314,29 @@ mod tests {
             setup_header: None,
             end: 0x200_0000,
         };
-        assert_eq!(load_cmdline_for(&mem, "console=ttyS0", &elf_kernel).unwrap(), 13);
+        assert_eq!(
+            load_cmdline_for(&mem, "console=ttyS0", &elf_kernel).unwrap(),
+            13
+        );
         let mut buf = [0u8; 14];
-        mem.read_slice(&mut buf, GuestAddress(CMDLINE_START)).unwrap();
+        mem.read_slice(&mut buf, GuestAddress(CMDLINE_START))
+            .unwrap();
         assert_eq!(&buf, b"console=ttyS0\0");
 
         let long = "x".repeat(CMDLINE_MAX_SIZE);
         let err = load_cmdline_for(&mem, &long, &elf_kernel).unwrap_err();
-        assert_eq!(err.to_string(), "kernel command line is 2048 bytes; the limit is 2047");
+        assert_eq!(
+            err.to_string(),
+            "kernel command line is 2048 bytes; the limit is 2047"
+        );
         assert!(load_cmdline_for(&mem, &"x".repeat(2047), &elf_kernel).is_ok());
 
         let bz_kernel = LoadedKernel {
-            setup_header: Some(setup_header { version: 0x020f, cmdline_size: 255, ..Default::default() }),
+            setup_header: Some(setup_header {
+                version: 0x020f,
+                cmdline_size: 255,
+                ..Default::default()
+            }),
             ..elf_kernel
         };
         assert!(matches!(
@@ -327,7 +362,11 @@ mod tests {
         assert_eq!(byte, 7);
 
         let err = load_initrd(&mem, Path::new("/nonexistent/initrd"), &kernel).unwrap_err();
-        assert!(err.to_string().contains("cannot read initrd /nonexistent/initrd"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("cannot read initrd /nonexistent/initrd"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -340,6 +379,9 @@ mod tests {
             end: 0x1f0_0000,
         };
         let path = temp_file("big-initrd", &vec![0u8; 2 << 20]);
-        assert!(matches!(load_initrd(&mem, &path, &kernel), Err(LoaderError::Initrd(_))));
+        assert!(matches!(
+            load_initrd(&mem, &path, &kernel),
+            Err(LoaderError::Initrd(_))
+        ));
     }
 }

@@ -133,11 +133,17 @@ pub struct UnhandledLog(Mutex<HashSet<(bool, u64)>>);
 impl UnhandledLog {
     /// Log an access nobody owns, the first time it is seen.
     fn report(&self, pio: bool, addr: u64, write: bool, len: usize) {
-        let first = self.0.lock().unwrap_or_else(|e| e.into_inner()).insert((pio, addr));
+        let first = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((pio, addr));
         if first {
             let space = if pio { "port" } else { "MMIO address" };
             let dir = if write { "write to" } else { "read from" };
-            log::info!("unhandled {len}-byte {dir} {space} {addr:#x} (reads as all-ones; further accesses not logged)");
+            log::info!(
+                "unhandled {len}-byte {dir} {space} {addr:#x} (reads as all-ones; further accesses not logged)"
+            );
         }
     }
 }
@@ -210,7 +216,13 @@ impl Vcpu {
         let fd = vm
             .create_vcpu(u64::from(index))
             .map_err(|e| VcpuError::Create(index, e))?;
-        let setup = |what: &'static str| move |source| VcpuError::Setup { index, what, source };
+        let setup = |what: &'static str| {
+            move |source| VcpuError::Setup {
+                index,
+                what,
+                source,
+            }
+        };
 
         let mut entries = boot.supported_cpuid.as_slice().to_vec();
         cpuid::normalize(
@@ -426,8 +438,24 @@ impl Vcpu {
                      rsi={:#018x} rdi={:#018x} rbp={:#018x}\n\
                      r8={:#018x} r9={:#018x} r10={:#018x} r11={:#018x}\n\
                      r12={:#018x} r13={:#018x} r14={:#018x} r15={:#018x}",
-                    r.rip, r.rsp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp,
-                    r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15
+                    r.rip,
+                    r.rsp,
+                    r.rflags,
+                    r.rax,
+                    r.rbx,
+                    r.rcx,
+                    r.rdx,
+                    r.rsi,
+                    r.rdi,
+                    r.rbp,
+                    r.r8,
+                    r.r9,
+                    r.r10,
+                    r.r11,
+                    r.r12,
+                    r.r13,
+                    r.r14,
+                    r.r15
                 );
             }
             Err(e) => {
@@ -439,8 +467,20 @@ impl Vcpu {
                 out,
                 "\ncr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}\n\
                  cs={:#06x} (base {:#x}, l={} db={}) ss={:#06x} idt={:#x}+{:#x} gdt={:#x}+{:#x}",
-                s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.cs.selector, s.cs.base, s.cs.l, s.cs.db,
-                s.ss.selector, s.idt.base, s.idt.limit, s.gdt.base, s.gdt.limit
+                s.cr0,
+                s.cr2,
+                s.cr3,
+                s.cr4,
+                s.efer,
+                s.cs.selector,
+                s.cs.base,
+                s.cs.l,
+                s.cs.db,
+                s.ss.selector,
+                s.idt.base,
+                s.idt.limit,
+                s.gdt.base,
+                s.gdt.limit
             );
         }
         out

@@ -1,0 +1,84 @@
+//! Helpers shared by the integration tests: run the `vireo` binary with a deadline.
+
+#![allow(dead_code, missing_docs)]
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a finished `vireo` run left behind.
+pub struct Run {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+/// `vireo` with `args`, stdin from /dev/null, stdout and stderr piped.
+pub fn vireo(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vireo"));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("VIREO_LOG");
+    cmd
+}
+
+/// Wait for `child` up to `deadline`; kill it (and fail) if it is still running then.
+pub fn finish(mut child: Child, deadline: Duration) -> Run {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for vireo") {
+            break status;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let out = collect(&mut child);
+            panic!(
+                "vireo still running after {deadline:?}\nstdout:\n{}\nstderr:\n{}",
+                out.0, out.1
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let (stdout, stderr) = collect(&mut child);
+    Run {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+fn collect(child: &mut Child) -> (String, String) {
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_string(&mut stdout);
+    }
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut stderr);
+    }
+    (stdout, stderr)
+}
+
+/// Run `vireo args` to completion (10 s at most).
+pub fn run(args: &[&str]) -> Run {
+    finish(
+        vireo(args).spawn().expect("start vireo"),
+        Duration::from_secs(10),
+    )
+}
+
+/// Boot the tiny guest `name` with extra `args`.
+pub fn run_guest(name: &str, args: &[&str]) -> Run {
+    let kernel = test_guests::path(name);
+    let mut all = vec!["run", "--kernel", kernel.to_str().unwrap()];
+    all.extend_from_slice(args);
+    run(&all)
+}

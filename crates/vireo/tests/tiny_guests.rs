@@ -1,0 +1,135 @@
+//! Layer 2: tiny guests, assembled by the project (crates/test-guests), booted by the real
+//! `vireo` binary on real KVM. Each guest prints fixed lines on the serial port; the tests
+//! compare them exactly and check how `vireo` ended.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{finish, run_guest, vireo};
+use test_guests::expected;
+
+#[test]
+fn elf_64bit_entry_prints_and_resets() {
+    let run = run_guest(test_guests::HELLO64, &[]);
+    assert_eq!(run.stdout, expected::HELLO64, "stderr: {}", run.stderr);
+    assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
+}
+
+#[test]
+fn pvh_entry_gets_start_info_and_cmdline() {
+    let cmdline = "console=ttyS0 vireo.test=pvh";
+    let run = run_guest(test_guests::HELLO_PVH, &["--cmdline", cmdline]);
+    assert_eq!(
+        run.stdout,
+        expected::hello_pvh(cmdline),
+        "stderr: {}",
+        run.stderr
+    );
+    assert_eq!(run.code(), Some(0));
+}
+
+#[test]
+fn bzimage_64bit_entry_gets_the_zero_page() {
+    let run = run_guest(test_guests::HELLO_BZIMAGE, &[]);
+    assert_eq!(
+        run.stdout,
+        expected::HELLO_BZIMAGE,
+        "stderr: {}",
+        run.stderr
+    );
+    assert_eq!(run.code(), Some(0));
+}
+
+#[test]
+fn boot_cpu_wakes_the_second_vcpu_with_init_sipi() {
+    let run = run_guest(test_guests::SMP, &["--cpus", "2"]);
+    assert_eq!(run.stdout, expected::SMP, "stderr: {}", run.stderr);
+    assert_eq!(run.code(), Some(0));
+}
+
+#[test]
+fn triple_fault_stops_with_registers_logged() {
+    let run = run_guest(test_guests::TRIPLE_FAULT, &[]);
+    assert_eq!(run.stdout, expected::TRIPLE_FAULT);
+    assert_eq!(run.code(), Some(2), "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.contains("guest triple fault on vcpu0"),
+        "{}",
+        run.stderr
+    );
+    for register in ["rip=0x", "rsp=0x", "rflags=0x", "cr3=0x9000", "efer=0x500"] {
+        assert!(
+            run.stderr.contains(register),
+            "no {register} in:\n{}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn unknown_ports_and_mmio_read_all_ones_and_are_logged_once() {
+    let run = run_guest(test_guests::PORTS, &["--log-level", "info"]);
+    assert_eq!(run.stdout, expected::PORTS, "stderr: {}", run.stderr);
+    assert_eq!(run.code(), Some(0));
+    for addr in ["port 0x1234", "port 0x5678", "MMIO address 0xd0000000"] {
+        let times = run.stderr.matches(addr).count();
+        assert_eq!(times, 1, "{addr} logged {times} times:\n{}", run.stderr);
+    }
+    // The ports Vireo answers itself are not "unhandled".
+    for owned in [
+        "port 0xcf8",
+        "port 0xcfc",
+        "port 0x80 ",
+        "port 0x70",
+        "port 0x71",
+    ] {
+        assert!(
+            !run.stderr.contains(owned),
+            "{owned} reported unhandled:\n{}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn serial_to_a_file() {
+    let dir = std::env::temp_dir().join(format!("vireo-serial-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("console.log");
+    let serial = format!("file:{}", log.display());
+    let run = run_guest(test_guests::HELLO64, &["--serial", &serial]);
+    assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
+    assert_eq!(run.stdout, "");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), expected::HELLO64);
+    let run = run_guest(test_guests::HELLO64, &["--serial", "none"]);
+    assert_eq!((run.code(), run.stdout.as_str()), (Some(0), ""));
+}
+
+#[test]
+fn sigterm_and_sigint_stop_a_running_guest_cleanly() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let kernel = test_guests::path(test_guests::COUNT);
+        let child = vireo(&[
+            "--log-level",
+            "info",
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+        // The counting guest never stops by itself; let it print a little first.
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let run = finish(child, Duration::from_secs(5));
+        assert_eq!(run.code(), Some(0), "signal {signal}: {}", run.stderr);
+        assert!(run.stdout.contains('.'), "the guest ran: {:?}", run.stdout);
+        assert!(
+            run.stderr.contains(&format!("stopped on signal {signal}")),
+            "{}",
+            run.stderr
+        );
+    }
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Vireo's test command (README.md): formatting, lints, then every test layer that can
+# run on this host.
+#
+#  - unit tests (layer 1) and tiny-guest KVM tests (layer 2): always;
+#  - Linux early boot (layer 4, both kernel formats): always, with the Debian guest built
+#    (or taken from its cache) by scripts/guest-image.sh;
+#  - full Linux boots (layer 4): only where `vireo probe-kvm` reports hardware KVM.
+#    Elsewhere they stay `ignored` in cargo's report: skipped, never counted as passed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== guest image"
+scripts/guest-image.sh >/dev/null
+
+cargo build --quiet -p vireo
+probe=$(target/debug/vireo probe-kvm)
+echo "== KVM: $probe"
+include=()
+if [[ $probe == *kvm=hardware* ]]; then
+    include=(--include-ignored)
+else
+    echo "   (emulated KVM: full Linux boots are skipped and reported as ignored)"
+fi
+
+echo "== cargo test"
+cargo test --workspace -- "${include[@]}"
