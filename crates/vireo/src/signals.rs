@@ -40,12 +40,17 @@ pub fn pending_signal() -> Option<i32> {
 
 /// Iterations of the start-up probe loop: ~4 µs on hardware KVM, ~5 ms emulated.
 const PROBE_ITERATIONS: u32 = 2000;
+/// The probe waits this long first: a VM that is done by then (a tiny guest, a bad config)
+/// pays nothing for it, and it never competes with the boot path for a CPU.
+const PROBE_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// In the background, time a tiny guest; if KVM turns out to be emulated, say so once.
+/// In the background, shortly after start, time a tiny guest; if KVM turns out to be
+/// emulated, say so once.
 pub fn warn_if_kvm_is_emulated(raw_terminal: bool) {
     let _ = std::thread::Builder::new()
         .name("kvm-probe".into())
         .spawn(move || {
+            std::thread::sleep(PROBE_DELAY);
             let Ok(kvm) = kvm_ioctls::Kvm::new() else {
                 return;
             };
