@@ -21,6 +21,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("triple_fault", "elf64.ld"),
     ("ports", "elf64.ld"),
     ("count", "elf64.ld"),
+    ("acpi_poweroff", "elf64.ld"),
 ];
 
 /// Files every guest depends on besides its own source and link script.

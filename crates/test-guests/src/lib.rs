@@ -112,6 +112,11 @@ pub const PORTS: &str = "ports";
 /// multiple of 256. Prints nothing else and never resets.
 pub const COUNT: &str = "count";
 
+/// Powers off through the ACPI sleep control register (S5), 64-bit ELF entry
+/// at 0x200000: prints `"vireo-guest: powering off via ACPI S5\n"`, writes
+/// SLP_TYP=5|SLP_EN to port 0x600, and parks if the write was ignored.
+pub const ACPI_POWEROFF: &str = "acpi_poweroff";
+
 /// Every guest, in the order above.
 pub const ALL: &[&str] = &[
     HELLO64,
@@ -121,6 +126,7 @@ pub const ALL: &[&str] = &[
     TRIPLE_FAULT,
     PORTS,
     COUNT,
+    ACPI_POWEROFF,
 ];
 
 /// Guest-physical address of the u64 counter the [`COUNT`] guest increments.
@@ -159,6 +165,9 @@ pub mod expected {
 
     /// [`PORTS`](crate::PORTS).
     pub const PORTS: &str = "ports ok\n";
+
+    /// [`ACPI_POWEROFF`](crate::ACPI_POWEROFF).
+    pub const ACPI_POWEROFF: &str = "vireo-guest: powering off via ACPI S5\n";
 }
 
 /// Path of the built guest `name` (one of [`ALL`]).
@@ -293,7 +302,7 @@ mod tests {
 
     #[test]
     fn elf64_entry_guests() {
-        for name in [HELLO64, SMP, TRIPLE_FAULT, PORTS, COUNT] {
+        for name in [HELLO64, SMP, TRIPLE_FAULT, PORTS, COUNT, ACPI_POWEROFF] {
             let b = read(name);
             let (entry, phdrs) = parse_elf(&b);
             assert_eq!(entry, ELF_LOAD_ADDR, "{name}: e_entry");

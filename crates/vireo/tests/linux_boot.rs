@@ -151,10 +151,16 @@ fn early_boot(kernel: &str) {
         format!("console=ttyS0 earlycon=uart8250,io,0x3f8 reboot=k panic=-1 vireo.test={kernel}");
     let banner = "Linux version ";
     let cmdline_line = format!("Command line: {cmdline}");
-    let mut needles = vec![banner, cmdline_line.as_str()];
+    // The Debian kernel finds the vCPUs through Vireo's ACPI MADT (it has no MP-table parser).
+    let mut needles = vec![
+        banner,
+        cmdline_line.as_str(),
+        "ACPI: Using ACPI (MADT) for SMP configuration information",
+        "smpboot: Allowing 2 CPUs",
+    ];
     needles.extend(E820_LINES);
 
-    let mut console = Console::start(kernel, &cmdline, "1");
+    let mut console = Console::start(kernel, &cmdline, "2");
     // Emulated KVM: the bzImage decompressor alone takes minutes of guest time.
     let exited = console.wait_for(&needles, Duration::from_secs(600));
     let text = console.text();
@@ -171,12 +177,15 @@ fn early_boot(kernel: &str) {
     }
 }
 
-fn full_boot(kernel: &str) {
+/// Boot to the initramfs' marker; the guest ends the VM with `reboot -f` (through the
+/// i8042, `reboot=k`) or, with `vireo.poweroff`, `poweroff -f` (through ACPI S5).
+fn full_boot(kernel: &str, end: &str) {
     assert!(
         !kvm_is_emulated(),
         "full Linux boots need hardware KVM; this host's KVM is emulated (scripts/test.sh leaves these tests ignored here)"
     );
-    let cmdline = "console=ttyS0 reboot=k panic=-1";
+    let cmdline = format!("console=ttyS0 reboot=k panic=-1 {end}");
+    let cmdline = cmdline.as_str();
     let mut console = Console::start(kernel, cmdline, "2");
     let status = console.wait_for(&["\u{0}never"], Duration::from_secs(120));
     let text = console.text();
@@ -204,11 +213,11 @@ fn early_boot_bzimage() {
 #[test]
 #[ignore = "needs hardware KVM; scripts/test.sh runs it where `vireo probe-kvm` reports hardware"]
 fn full_boot_vmlinux_pvh() {
-    full_boot("vmlinux");
+    full_boot("vmlinux", "vireo.reboot");
 }
 
 #[test]
 #[ignore = "needs hardware KVM; scripts/test.sh runs it where `vireo probe-kvm` reports hardware"]
 fn full_boot_bzimage() {
-    full_boot("bzImage");
+    full_boot("bzImage", "vireo.poweroff");
 }

@@ -49,6 +49,18 @@ fn boot_cpu_wakes_the_second_vcpu_with_init_sipi() {
 }
 
 #[test]
+fn acpi_s5_powers_off_cleanly() {
+    let run = run_guest(test_guests::ACPI_POWEROFF, &[]);
+    assert_eq!(
+        run.stdout,
+        expected::ACPI_POWEROFF,
+        "stderr: {}",
+        run.stderr
+    );
+    assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
+}
+
+#[test]
 fn triple_fault_stops_with_registers_logged() {
     let run = run_guest(test_guests::TRIPLE_FAULT, &[]);
     assert_eq!(run.stdout, expected::TRIPLE_FAULT);

@@ -10,10 +10,12 @@ use api::{SerialConfig, VmConfig};
 use kvm_ioctls::{Cap, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::arch::x86_64::acpi::{self, AcpiConfig, AcpiError, DsdtDevice};
 use crate::arch::x86_64::boot::{self, BootError};
 use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::arch::x86_64::regs::{self, EntryMode, RegsError};
 use crate::bus::{Bus, BusError, SharedDevice};
+use crate::devices::legacy::acpi_pm::{ACPI_PM_BASE, ACPI_PM_LEN, AcpiPm, AcpiPmPorts};
 use crate::devices::legacy::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::legacy::ports::{AllOnes, PCI_CONFIG_BASE, PCI_CONFIG_LEN, POST_PORT};
 use crate::devices::legacy::rtc::Rtc;
@@ -22,12 +24,15 @@ use crate::event_loop::{EventLoop, EventLoopError, SerialInput, Stdin, Subscribe
 use crate::kvm::{KvmContext, KvmError};
 use crate::loader::{self, LoaderError};
 use crate::memory::{self, GuestMemory, MemoryError};
-use crate::vcpu::{BootState, StopReason, StopSignal, UnhandledLog, Vcpu, VcpuError, VcpuHandle};
+use crate::stop::{ResetTrigger, StopReason, StopSignal};
+use crate::vcpu::{BootState, UnhandledLog, Vcpu, VcpuError, VcpuHandle};
 use crate::vm::{self, VmError};
 
 /// CMOS RTC ports.
 const RTC_BASE: u64 = 0x70;
 const RTC_LEN: u64 = 2;
+/// ISA interrupt of the i8042's keyboard port (named in the DSDT; nothing raises it).
+const I8042_IRQ: u32 = 1;
 /// Most vCPUs Vireo builds: APIC ids 0..=253 (255 is broadcast, 254 the IOAPIC's at most).
 pub const MAX_VCPUS: u32 = mptable::MAX_CPUS as u32;
 /// Entries asked of KVM_GET_SUPPORTED_CPUID (KVM_MAX_CPUID_ENTRIES).
@@ -68,6 +73,9 @@ pub enum BuildError {
     /// MP table.
     #[error(transparent)]
     Mptable(#[from] MptableError),
+    /// ACPI tables.
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
     /// Device placement on a bus.
     #[error("device layout: {0}")]
     Bus(#[from] BusError),
@@ -162,6 +170,17 @@ fn serial_output(config: &SerialConfig) -> Result<SerialOutput, BuildError> {
     })
 }
 
+/// The legacy devices as the DSDT describes them. With hardware-reduced ACPI Linux has no
+/// legacy PIC and maps no ISA interrupt by default: a device gets its IRQ only from its
+/// `_CRS` here.
+fn legacy_dsdt_devices() -> Result<Vec<DsdtDevice>, AcpiError> {
+    Ok(vec![
+        DsdtDevice::uart_16550("COM1", 1, COM1_BASE as u16, COM1_IRQ)?,
+        DsdtDevice::i8042(I8042_BASE as u16, I8042_BASE as u16 + 4, Some(I8042_IRQ)),
+        DsdtDevice::cmos_rtc(RTC_BASE as u16),
+    ])
+}
+
 /// Build the VM described by `config` and start its vCPUs.
 pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
     let kvm = KvmContext::new()?;
@@ -176,18 +195,27 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
         None => None,
     };
     let cmdline_len = loader::load_cmdline_for(&mem, config.cmdline(), &kernel)?;
+    // Both MP table (for kernels without ACPI) and ACPI (for kernels without MP-table
+    // parsing, such as Debian's cloud kernel). At most MAX_VCPUS (254), checked above.
+    mptable::setup_mptable(&mem, config.vcpus as u8)?;
+    let rsdp = acpi::setup_acpi_tables(
+        &mem,
+        &AcpiConfig {
+            num_cpus: config.vcpus,
+            pm: AcpiPmPorts::default(),
+            devices: &legacy_dsdt_devices()?,
+        },
+    )?;
     match kernel.mode {
         EntryMode::Long64 => {
-            boot::write_zero_page(&mem, kernel.setup_header, cmdline_len, initrd)?;
+            boot::write_zero_page(&mem, kernel.setup_header, cmdline_len, initrd, Some(rsdp))?;
             regs::write_page_tables(&mem)?;
         }
         EntryMode::Pvh32 => {
-            boot::write_pvh_start_info(&mem, initrd)?;
+            boot::write_pvh_start_info(&mem, initrd, Some(rsdp))?;
         }
     }
     regs::write_gdt(&mem, kernel.mode)?;
-    // At most MAX_VCPUS (254), checked above.
-    mptable::setup_mptable(&mem, config.vcpus as u8)?;
 
     // Devices.
     let stop = Arc::new(StopSignal::new().map_err(io_error("cannot create the stop event"))?);
@@ -207,11 +235,7 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
             .map_err(io_error("cannot clone an eventfd"))?,
         serial_output(&config.serial)?,
     )));
-    let i8042 = I8042::new(
-        stop.eventfd()
-            .try_clone()
-            .map_err(io_error("cannot clone an eventfd"))?,
-    );
+    let i8042 = I8042::new(ResetTrigger(stop.clone()));
 
     let mut pio = Bus::new();
     let serial_dev: SharedDevice = serial.clone();
@@ -224,6 +248,8 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
         PCI_CONFIG_LEN,
     )?;
     pio.insert(Arc::new(Mutex::new(AllOnes)), POST_PORT, 1)?;
+    let acpi_pm = AcpiPm::new(ResetTrigger(stop.clone()));
+    pio.insert(Arc::new(Mutex::new(acpi_pm)), ACPI_PM_BASE, ACPI_PM_LEN)?;
     let pio = Arc::new(pio);
     let mmio = Arc::new(Bus::new());
 

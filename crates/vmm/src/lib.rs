@@ -12,5 +12,6 @@ pub mod event_loop;
 pub mod kvm;
 pub mod loader;
 pub mod memory;
+pub mod stop;
 pub mod vcpu;
 pub mod vm;

@@ -16,80 +16,12 @@ use std::thread::JoinHandle;
 
 use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, kvm_run};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
-use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{Killable, register_signal_handler};
 
 use crate::arch::x86_64::cpuid::{self, VcpuTopology};
 use crate::arch::x86_64::{interrupts, msr, regs};
 use crate::bus::Bus;
-
-/// Why the VM stopped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StopReason {
-    /// The guest reset or powered off the machine (i8042, KVM system event).
-    GuestReset,
-    /// A vCPU hit a triple fault (KVM shutdown exit).
-    TripleFault {
-        /// The vCPU.
-        vcpu: u32,
-        /// Its registers at the time.
-        registers: String,
-    },
-    /// KVM could not go on running a vCPU.
-    VcpuError {
-        /// The vCPU.
-        vcpu: u32,
-        /// What happened.
-        what: String,
-        /// Its registers at the time.
-        registers: String,
-    },
-    /// The VMM got a termination signal.
-    Signal(i32),
-}
-
-/// The one place vCPUs, devices and signal handlers report that the VM should stop.
-/// The first recorded reason wins; the eventfd wakes whoever waits for the stop.
-pub struct StopSignal {
-    evt: EventFd,
-    reason: Mutex<Option<StopReason>>,
-}
-
-impl StopSignal {
-    /// A signal with a fresh (blocking) eventfd.
-    pub fn new() -> std::io::Result<Self> {
-        Ok(Self {
-            evt: EventFd::new(0)?,
-            reason: Mutex::new(None),
-        })
-    }
-
-    /// The eventfd; devices that only know "reset" (the i8042) write it directly.
-    pub fn eventfd(&self) -> &EventFd {
-        &self.evt
-    }
-
-    /// Record `reason` (unless one is recorded already) and wake the waiter.
-    pub fn stop(&self, reason: StopReason) {
-        let mut slot = self.reason.lock().unwrap_or_else(|e| e.into_inner());
-        slot.get_or_insert(reason);
-        drop(slot);
-        // An eventfd write fails only on counter overflow, which cannot matter here.
-        let _ = self.evt.write(1);
-    }
-
-    /// Block until a stop is signalled; a bare eventfd write means a guest reset.
-    pub fn wait(&self) -> StopReason {
-        // A read error (EINTR) is retried by the loop; the count itself does not matter.
-        while self.evt.read().is_err() {}
-        self.take().unwrap_or(StopReason::GuestReset)
-    }
-
-    /// The recorded reason, if any.
-    pub fn take(&self) -> Option<StopReason> {
-        self.reason.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
+pub use crate::stop::{StopReason, StopSignal};
 
 /// Why a vCPU could not be configured.
 #[derive(Debug, thiserror::Error)]
@@ -323,6 +255,10 @@ impl Vcpu {
             if let Some(reason) = self.run_once() {
                 self.stop.stop(reason);
                 state = State::Stopped;
+            } else if self.stop.is_requested() {
+                // A device this vCPU just wrote to (reset, power-off) stopped the machine:
+                // the guest must not run past that write.
+                state = State::Stopped;
             }
         }
         // The mapping of kvm_run goes away with the fd; the handler must not touch it after.
@@ -555,21 +491,6 @@ fn install_kick_handler() -> Result<(), VcpuError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn first_stop_reason_wins() {
-        let stop = StopSignal::new().unwrap();
-        stop.stop(StopReason::Signal(15));
-        stop.stop(StopReason::GuestReset);
-        assert_eq!(stop.wait(), StopReason::Signal(15));
-    }
-
-    #[test]
-    fn bare_eventfd_write_means_reset() {
-        let stop = StopSignal::new().unwrap();
-        stop.eventfd().write(1).unwrap();
-        assert_eq!(stop.wait(), StopReason::GuestReset);
-    }
 
     #[test]
     fn unhandled_accesses_are_remembered_per_address() {

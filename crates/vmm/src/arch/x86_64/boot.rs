@@ -126,6 +126,7 @@ pub fn write_zero_page<M: GuestMemoryBackend>(
     header: Option<setup_header>,
     cmdline_len: usize,
     initrd: Option<InitrdRegion>,
+    rsdp: Option<GuestAddress>,
 ) -> Result<boot_params, BootError> {
     let mut params = boot_params::default();
     match header {
@@ -139,6 +140,8 @@ pub fn write_zero_page<M: GuestMemoryBackend>(
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     params.hdr.cmd_line_ptr = CMDLINE_START as u32;
     params.hdr.cmdline_size = cmdline_len as u32;
+    // Read by kernels of boot protocol 2.14+; older ones scan 0xe0000..1 MiB for the RSDP.
+    params.acpi_rsdp_addr = rsdp.map_or(0, |a| a.raw_value());
     if let Some(initrd) = initrd {
         params.hdr.ramdisk_image = initrd.addr.raw_value() as u32;
         params.hdr.ramdisk_size = initrd.size as u32;
@@ -166,6 +169,7 @@ pub fn write_zero_page<M: GuestMemoryBackend>(
 pub fn write_pvh_start_info<M: GuestMemoryBackend>(
     mem: &M,
     initrd: Option<InitrdRegion>,
+    rsdp: Option<GuestAddress>,
 ) -> Result<hvm_start_info, BootError> {
     let memmap: Vec<hvm_memmap_table_entry> = memory_map(mem)
         .into_iter()
@@ -180,6 +184,7 @@ pub fn write_pvh_start_info<M: GuestMemoryBackend>(
         magic: XEN_HVM_START_MAGIC,
         version: 1,
         cmdline_paddr: CMDLINE_START,
+        rsdp_paddr: rsdp.map_or(0, |a| a.raw_value()),
         memmap_paddr: PVH_MEMMAP_START,
         memmap_entries: memmap.len() as u32,
         ..Default::default()
@@ -239,7 +244,7 @@ mod tests {
             addr: GuestAddress(0x700_0000),
             size: 0x12345,
         };
-        write_zero_page(&mem, None, 42, Some(initrd)).unwrap();
+        write_zero_page(&mem, None, 42, Some(initrd), Some(GuestAddress(0xe0000))).unwrap();
         let params: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         let hdr = params.hdr;
         assert_eq!({ hdr.boot_flag }, KERNEL_BOOT_FLAG_MAGIC);
@@ -251,6 +256,7 @@ mod tests {
             ({ hdr.ramdisk_image }, { hdr.ramdisk_size }),
             (0x700_0000, 0x12345)
         );
+        assert_eq!({ params.acpi_rsdp_addr }, 0xe0000);
         assert_eq!(params.e820_entries, 2);
         let e = params.e820_table;
         assert_eq!(
@@ -273,7 +279,7 @@ mod tests {
             initrd_addr_max: 0x7fff_ffff,
             ..Default::default()
         };
-        write_zero_page(&mem, Some(hdr), 10, None).unwrap();
+        write_zero_page(&mem, Some(hdr), 10, None, None).unwrap();
         let params: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         assert_eq!(
             ({ params.hdr.version }, { params.hdr.setup_sects }),
@@ -293,10 +299,13 @@ mod tests {
             addr: GuestAddress(0x800_0000),
             size: 0x1000,
         };
-        write_pvh_start_info(&mem, Some(initrd)).unwrap();
+        write_pvh_start_info(&mem, Some(initrd), Some(GuestAddress(0xe0000))).unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!((info.magic, info.version), (XEN_HVM_START_MAGIC, 1));
-        assert_eq!(info.cmdline_paddr, CMDLINE_START);
+        assert_eq!(
+            (info.cmdline_paddr, info.rsdp_paddr),
+            (CMDLINE_START, 0xe0000)
+        );
         assert_eq!(
             (info.nr_modules, info.modlist_paddr),
             (1, PVH_MODLIST_START)
@@ -321,7 +330,7 @@ mod tests {
     #[test]
     fn pvh_start_info_without_initrd() {
         let mem = mem(128 << 20);
-        let info = write_pvh_start_info(&mem, None).unwrap();
+        let info = write_pvh_start_info(&mem, None, None).unwrap();
         assert_eq!(
             (info.nr_modules, info.modlist_paddr, info.memmap_entries),
             (0, 0, 2)

@@ -1,5 +1,6 @@
 //! x86-64 machine set-up: memory map, boot structures, vCPU registers, CPUID and MSRs.
 
+pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod gdt;

@@ -1,5 +1,6 @@
 //! Legacy PC devices: serial port, i8042 (reset), CMOS RTC and the probed-for ports.
 
+pub mod acpi_pm;
 pub mod i8042;
 pub mod ports;
 pub mod rtc;
