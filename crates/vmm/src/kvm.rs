@@ -61,24 +61,35 @@ pub struct KvmContext {
     max_vcpus: usize,
 }
 
+/// Check what a KVM handle reports: its API `version`, and `has_cap` for each capability
+/// Vireo needs.
+fn check_kvm(version: i32, has_cap: impl Fn(Cap) -> bool) -> Result<(), KvmError> {
+    if version != KVM_API_VERSION {
+        return Err(KvmError::ApiVersion(version));
+    }
+    match REQUIRED_CAPS.iter().find(|(c, _)| !has_cap(*c)) {
+        Some((cap, why)) => Err(KvmError::MissingCap {
+            cap: format!("{cap:?}"),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
 impl KvmContext {
     /// Open `/dev/kvm` and check its API version and capabilities.
     pub fn new() -> Result<Self, KvmError> {
-        let kvm = Kvm::new().map_err(|e| match e.errno() {
+        Self::open(c"/dev/kvm")
+    }
+
+    /// Open the KVM device at `path` and check it.
+    pub fn open(path: &std::ffi::CStr) -> Result<Self, KvmError> {
+        let kvm = Kvm::new_with_path(path).map_err(|e| match e.errno() {
             libc::ENOENT | libc::ENODEV | libc::ENXIO => KvmError::NoDevice,
             libc::EACCES | libc::EPERM => KvmError::PermissionDenied,
             _ => KvmError::Open(e),
         })?;
-        let version = kvm.get_api_version();
-        if version != KVM_API_VERSION {
-            return Err(KvmError::ApiVersion(version));
-        }
-        if let Some((cap, why)) = REQUIRED_CAPS.iter().find(|(c, _)| !kvm.check_extension(*c)) {
-            return Err(KvmError::MissingCap {
-                cap: format!("{cap:?}"),
-                why,
-            });
-        }
+        check_kvm(kvm.get_api_version(), |cap| kvm.check_extension(cap))?;
         let max_vcpus = kvm.get_max_vcpus();
         Ok(Self { kvm, max_vcpus })
     }
@@ -172,4 +183,66 @@ pub fn probe_guest_speed(kvm: &Kvm, iterations: u32) -> Result<GuestSpeed, Probe
         iterations,
         elapsed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_device_says_there_is_no_kvm() {
+        let err = KvmContext::open(c"/nonexistent/kvm").err().unwrap();
+        assert!(matches!(err, KvmError::NoDevice));
+        assert!(
+            err.to_string()
+                .contains("load the kvm_intel or kvm_amd module"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_device_that_is_not_kvm_is_refused() {
+        // /dev/null opens, but answers no KVM ioctl: its "API version" is an error (-1).
+        let err = KvmContext::open(c"/dev/null").err().unwrap();
+        assert!(matches!(err, KvmError::ApiVersion(-1)), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "KVM API version -1 is not supported (expected 12)"
+        );
+    }
+
+    #[test]
+    fn permission_message_names_the_group() {
+        let text = KvmError::PermissionDenied.to_string();
+        assert!(
+            text.contains("'kvm'") && text.contains("usermod -aG kvm"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_required_capability_is_checked() {
+        assert!(check_kvm(KVM_API_VERSION, |_| true).is_ok());
+        assert!(matches!(
+            check_kvm(11, |_| true),
+            Err(KvmError::ApiVersion(11))
+        ));
+        for (missing, why) in REQUIRED_CAPS {
+            let err = check_kvm(KVM_API_VERSION, |cap| cap as u32 != *missing as u32).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("KVM lacks the capability {missing:?} (needed for {why})")
+            );
+        }
+    }
+
+    #[test]
+    fn emulation_threshold() {
+        let speed = |us| GuestSpeed {
+            iterations: 1000,
+            elapsed: Duration::from_micros(us),
+        };
+        assert!(!speed(2).is_emulated(), "hardware: ~1 ns an iteration");
+        assert!(speed(2000).is_emulated(), "emulated: ~2 µs an iteration");
+    }
 }
