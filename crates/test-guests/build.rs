@@ -22,6 +22,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("ports", "elf64.ld"),
     ("count", "elf64.ld"),
     ("acpi_poweroff", "elf64.ld"),
+    ("echo", "elf64.ld"),
 ];
 
 /// Files every guest depends on besides its own source and link script.

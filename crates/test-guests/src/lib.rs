@@ -117,6 +117,11 @@ pub const COUNT: &str = "count";
 /// SLP_TYP=5|SLP_EN to port 0x600, and parks if the write was ignored.
 pub const ACPI_POWEROFF: &str = "acpi_poweroff";
 
+/// Serial input, 64-bit ELF entry at 0x200000: prints `"echo ready\n"`, then
+/// echoes each byte it receives on COM1 as `"got: <byte>\n"`, polling the line
+/// status register; resets after echoing `q`.
+pub const ECHO: &str = "echo";
+
 /// Every guest, in the order above.
 pub const ALL: &[&str] = &[
     HELLO64,
@@ -127,6 +132,7 @@ pub const ALL: &[&str] = &[
     PORTS,
     COUNT,
     ACPI_POWEROFF,
+    ECHO,
 ];
 
 /// Guest-physical address of the u64 counter the [`COUNT`] guest increments.
@@ -302,7 +308,15 @@ mod tests {
 
     #[test]
     fn elf64_entry_guests() {
-        for name in [HELLO64, SMP, TRIPLE_FAULT, PORTS, COUNT, ACPI_POWEROFF] {
+        for name in [
+            HELLO64,
+            SMP,
+            TRIPLE_FAULT,
+            PORTS,
+            COUNT,
+            ACPI_POWEROFF,
+            ECHO,
+        ] {
             let b = read(name);
             let (entry, phdrs) = parse_elf(&b);
             assert_eq!(entry, ELF_LOAD_ADDR, "{name}: e_entry");

@@ -168,3 +168,32 @@ fn version_and_help() {
         );
     }
 }
+
+#[test]
+fn kvm_permission_denied_names_the_group() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: dropping to another user needs root");
+        return;
+    }
+    // As root, run vireo as `nobody`, who may not open /dev/kvm (root:root 0600 or kvm 0660).
+    let kernel = test_guests::path(test_guests::HELLO64);
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_vireo"),
+        ])
+        .args(["run", "--kernel", kernel.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(BUILD_FAILED), "{stderr}");
+    assert!(
+        stderr.contains("permission denied opening /dev/kvm"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("usermod -aG kvm"), "{stderr}");
+}

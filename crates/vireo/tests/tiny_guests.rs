@@ -145,3 +145,37 @@ fn sigterm_and_sigint_stop_a_running_guest_cleanly() {
         );
     }
 }
+
+#[test]
+fn threads_are_named_and_a_guest_above_4gib_boots() {
+    // 5 GiB: RAM below the MMIO hole and again from 4 GiB; reserved lazily, so cheap.
+    let run = run_guest(test_guests::HELLO64, &["--memory", "5G"]);
+    assert_eq!(
+        (run.stdout.as_str(), run.code()),
+        (expected::HELLO64, Some(0)),
+        "{}",
+        run.stderr
+    );
+
+    let kernel = test_guests::path(test_guests::COUNT);
+    let child = vireo(&["run", "--kernel", kernel.to_str().unwrap(), "--cpus", "2"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect();
+    names.sort();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let run = finish(child, Duration::from_secs(5));
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    for thread in ["vcpu0", "vcpu1", "event-loop"] {
+        assert!(
+            names.iter().any(|n| n == thread),
+            "no {thread} thread in {names:?}"
+        );
+    }
+}

@@ -169,12 +169,19 @@ impl EventLoop {
     }
 }
 
-/// The raw fd of standard input, for [`SerialInput`].
+/// Standard input, read unbuffered: a buffered reader could take in bytes that epoll then
+/// never reports again, leaving them stuck short of the guest.
 pub struct Stdin;
 
 impl Read for Stdin {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        std::io::stdin().lock().read(buf)
+        // SAFETY: reads at most `buf.len()` bytes into `buf`, which is valid for writes.
+        let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
     }
 }
 
