@@ -72,9 +72,13 @@ impl UnhandledLog {
             .insert((pio, addr));
         if first {
             let space = if pio { "port" } else { "MMIO address" };
-            let dir = if write { "write to" } else { "read from" };
+            let (dir, effect) = if write {
+                ("write to", "dropped")
+            } else {
+                ("read from", "all-ones")
+            };
             log::info!(
-                "unhandled {len}-byte {dir} {space} {addr:#x} (reads as all-ones; further accesses not logged)"
+                "unhandled {len}-byte {dir} {space} {addr:#x}: {effect} (further accesses to it not logged)"
             );
         }
     }
