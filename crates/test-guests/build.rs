@@ -23,6 +23,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("count", "elf64.ld"),
     ("acpi_poweroff", "elf64.ld"),
     ("echo", "elf64.ld"),
+    ("mmio_exec", "elf64.ld"),
 ];
 
 /// Files every guest depends on besides its own source and link script.

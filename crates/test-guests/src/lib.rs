@@ -122,6 +122,11 @@ pub const ACPI_POWEROFF: &str = "acpi_poweroff";
 /// status register; resets after echoing `q`.
 pub const ECHO: &str = "echo";
 
+/// KVM internal error on purpose, 64-bit ELF entry at 0x200000: prints
+/// `"jumping into MMIO\n"` and jumps to 0xd0000000 (no memory there), which KVM
+/// cannot fetch from.
+pub const MMIO_EXEC: &str = "mmio_exec";
+
 /// Every guest, in the order above.
 pub const ALL: &[&str] = &[
     HELLO64,
@@ -133,6 +138,7 @@ pub const ALL: &[&str] = &[
     COUNT,
     ACPI_POWEROFF,
     ECHO,
+    MMIO_EXEC,
 ];
 
 /// Guest-physical address of the u64 counter the [`COUNT`] guest increments.

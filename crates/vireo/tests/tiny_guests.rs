@@ -80,6 +80,24 @@ fn triple_fault_stops_with_registers_logged() {
 }
 
 #[test]
+fn kvm_internal_error_stops_with_the_reason_and_registers() {
+    let run = run_guest(test_guests::MMIO_EXEC, &[]);
+    assert_eq!(run.stdout, "jumping into MMIO\n");
+    assert_eq!(run.code(), Some(2), "stderr: {}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("vireo: vcpu0: KVM internal error 1: instruction emulation failed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("rip=0x00000000d0000000"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn unknown_ports_and_mmio_read_all_ones_and_are_logged_once() {
     let run = run_guest(test_guests::PORTS, &["--log-level", "info"]);
     assert_eq!(run.stdout, expected::PORTS, "stderr: {}", run.stderr);
