@@ -26,7 +26,7 @@ const EDX_HTT: u32 = 1 << 28;
 /// Leaf 6 EAX: turbo boost; leaf 6 ECX: energy-performance bias. Neither is the guest's.
 const EAX_TURBO: u32 = 1 << 1;
 const ECX_EPB: u32 = 1 << 3;
-/// Topology level types in leaves 0xb/0x1f ECX[15:8].
+/// Topology level types in leaves 0xb/0x1f ECX bits 15..8.
 const LEVEL_SMT: u32 = 1;
 const LEVEL_CORE: u32 = 2;
 /// "KVMKVMKVM\0\0\0" as the three signature registers of leaf 0x4000_0000.
@@ -141,7 +141,7 @@ pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, topo: VcpuTopology) {
     }
 }
 
-/// Cache leaves 4 and 0x8000_001d, EAX[25:14]: logical processors sharing this cache minus
+/// Cache leaves 4 and 0x8000_001d, EAX bits 25..14: logical processors sharing this cache minus
 /// one. Level 1 and 2 caches are per core (one thread each); the last level is shared by all.
 fn cache_sharing(entry: &mut kvm_cpuid_entry2, count: u32) {
     let level = (entry.eax >> 5) & 0x7;

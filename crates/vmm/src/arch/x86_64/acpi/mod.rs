@@ -58,6 +58,13 @@
 //! `num_cpus` (as in the MP table) and GSI base 0. The local APIC NMI entry wires LINT1 of
 //! every processor (UID 0xff) to the NMI, as [`super::interrupts`] programs it. The flags
 //! say PCAT_COMPAT: KVM emulates the 8259 pair next to the IOAPIC.
+//!
+//! # Where things are
+//!
+//! This module builds the tables and writes them: their constants, [`AcpiConfig`],
+//! [`AcpiError`] and [`setup_acpi_tables`]. What the DSDT says about a device —
+//! [`DsdtDevice`], its [`DsdtResource`]s and their AML — is the `dsdt` submodule's, and
+//! re-exported here.
 
 use acpi_tables::fadt::{FADTBuilder, Flags, PmProfile};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -65,11 +72,15 @@ use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
-use acpi_tables::{Aml, AmlSink, aml};
+use acpi_tables::{Aml, aml};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
 
 use super::layout::{APIC_START, HIMEM_START, IOAPIC_START};
 use crate::devices::legacy::acpi_pm::{AcpiPmPorts, RESET_VALUE, S5_SLP_TYP};
+
+mod dsdt;
+
+pub use dsdt::{DsdtDevice, DsdtResource, IrqPolarity, IrqTrigger};
 
 /// Where the RSDP, and with it the ACPI tables, start: the first address Linux's scan of
 /// the BIOS area looks at.
@@ -164,242 +175,6 @@ pub enum AcpiError {
     Write(#[source] GuestMemoryError),
 }
 
-/// When an interrupt line signals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IrqTrigger {
-    /// On an edge (ISA devices, KVM irqfds).
-    Edge,
-    /// While the line is asserted.
-    Level,
-}
-
-/// Which level or edge of an interrupt line is active.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IrqPolarity {
-    /// High level or rising edge (ISA devices).
-    ActiveHigh,
-    /// Low level or falling edge (PCI INTx).
-    ActiveLow,
-}
-
-/// One resource a device decodes, as its `_CRS` lists it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DsdtResource {
-    /// I/O ports `[base, base + len)`, 16-bit decode.
-    Io {
-        /// First port.
-        base: u16,
-        /// Number of ports.
-        len: u8,
-    },
-    /// A read-write MMIO window `[base, base + len)` below 4 GiB.
-    Mmio32 {
-        /// First address.
-        base: u32,
-        /// Length in bytes.
-        len: u32,
-    },
-    /// An interrupt line, by its GSI (= IOAPIC pin); exclusive to the device.
-    Interrupt {
-        /// Global system interrupt.
-        gsi: u32,
-        /// Edge or level.
-        trigger: IrqTrigger,
-        /// Active high or low.
-        polarity: IrqPolarity,
-    },
-}
-
-impl Aml for DsdtResource {
-    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
-        match *self {
-            Self::Io { base, len } => {
-                // Fixed range: minimum = maximum = base, byte aligned.
-                aml::IO::new(base, base, 1, len).to_aml_bytes(sink);
-            }
-            Self::Mmio32 { base, len } => {
-                aml::Memory32Fixed::new(true, base, len).to_aml_bytes(sink);
-            }
-            Self::Interrupt {
-                gsi,
-                trigger,
-                polarity,
-            } => aml::Interrupt::new(
-                true,
-                trigger == IrqTrigger::Edge,
-                polarity == IrqPolarity::ActiveLow,
-                false,
-                gsi,
-            )
-            .to_aml_bytes(sink),
-        }
-    }
-}
-
-/// A device in the DSDT's `\_SB_` scope: `Device (NAME) { _HID, _UID, _CRS }`.
-///
-/// Build one with [`DsdtDevice::new`] and [`DsdtDevice::with_resource`], or with the
-/// constructors for the PC devices Vireo has.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DsdtDevice {
-    /// Four-character ACPI name, validated.
-    name: String,
-    /// Hardware id, validated.
-    hid: String,
-    /// Whether `hid` is a PNP id (encoded as a compressed EISA id) or an ACPI id (a string).
-    hid_is_pnp: bool,
-    /// Unique id among the devices with the same `hid`.
-    uid: u32,
-    /// What `_CRS` lists, in order; no `_CRS` when empty.
-    resources: Vec<DsdtResource>,
-}
-
-/// Whether `name` is a valid four-character ACPI name segment.
-fn is_acpi_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    bytes.len() == 4
-        && (bytes[0].is_ascii_uppercase() || bytes[0] == b'_')
-        && bytes[1..]
-            .iter()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
-}
-
-/// Whether `id` is a PNP id: three uppercase letters and four hex digits ("PNP0501").
-fn is_pnp_id(id: &str) -> bool {
-    let bytes = id.as_bytes();
-    bytes.len() == 7
-        && bytes[..3].iter().all(u8::is_ascii_uppercase)
-        && bytes[3..].iter().all(is_upper_hex)
-}
-
-/// Whether `id` is an ACPI id: four uppercase letters or digits and four hex digits
-/// ("LNRO0005").
-fn is_acpi_id(id: &str) -> bool {
-    let bytes = id.as_bytes();
-    bytes.len() == 8
-        && bytes[..4]
-            .iter()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-        && bytes[4..].iter().all(is_upper_hex)
-}
-
-fn is_upper_hex(b: &u8) -> bool {
-    b.is_ascii_digit() || (b'A'..=b'F').contains(b)
-}
-
-impl DsdtDevice {
-    /// A device named `name` (four characters, e.g. "COM1") with hardware id `hid` (a PNP
-    /// id such as "PNP0501" or an ACPI id such as "LNRO0005") and unique id `uid`, with no
-    /// resources yet.
-    pub fn new(name: &str, hid: &str, uid: u32) -> Result<Self, AcpiError> {
-        if !is_acpi_name(name) {
-            return Err(AcpiError::InvalidName(name.to_owned()));
-        }
-        let hid_is_pnp = is_pnp_id(hid);
-        if !hid_is_pnp && !is_acpi_id(hid) {
-            return Err(AcpiError::InvalidHid(hid.to_owned()));
-        }
-        Ok(Self {
-            name: name.to_owned(),
-            hid: hid.to_owned(),
-            hid_is_pnp,
-            uid,
-            resources: Vec::new(),
-        })
-    }
-
-    /// The device with `resource` appended to its `_CRS`.
-    pub fn with_resource(mut self, resource: DsdtResource) -> Self {
-        self.resources.push(resource);
-        self
-    }
-
-    /// A 16550A UART ("PNP0501") named `name` at I/O `port` (8 ports), raising the ISA
-    /// interrupt `gsi` (edge, active high).
-    pub fn uart_16550(name: &str, uid: u32, port: u16, gsi: u32) -> Result<Self, AcpiError> {
-        Ok(Self::new(name, "PNP0501", uid)?
-            .with_resource(DsdtResource::Io { base: port, len: 8 })
-            .with_resource(isa_interrupt(gsi)))
-    }
-
-    /// The i8042 keyboard controller ("PNP0303"), named `PS2_`, with its data and
-    /// command/status ports and, if it has one, its keyboard interrupt (edge, active high).
-    pub fn i8042(data_port: u16, command_port: u16, gsi: Option<u32>) -> Self {
-        let mut device = Self {
-            name: "PS2_".to_owned(),
-            hid: "PNP0303".to_owned(),
-            hid_is_pnp: true,
-            uid: 0,
-            resources: vec![
-                DsdtResource::Io {
-                    base: data_port,
-                    len: 1,
-                },
-                DsdtResource::Io {
-                    base: command_port,
-                    len: 1,
-                },
-            ],
-        };
-        if let Some(gsi) = gsi {
-            device.resources.push(isa_interrupt(gsi));
-        }
-        device
-    }
-
-    /// The MC146818 CMOS RTC ("PNP0B00"), named `RTC_`, at I/O `port` (index and data
-    /// ports), without an interrupt: Linux's driver then runs it without alarms.
-    pub fn cmos_rtc(port: u16) -> Self {
-        Self {
-            name: "RTC_".to_owned(),
-            hid: "PNP0B00".to_owned(),
-            hid_is_pnp: true,
-            uid: 0,
-            resources: vec![DsdtResource::Io { base: port, len: 2 }],
-        }
-    }
-
-    /// The device's ACPI name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-/// An ISA interrupt line: edge triggered, active high.
-fn isa_interrupt(gsi: u32) -> DsdtResource {
-    DsdtResource::Interrupt {
-        gsi,
-        trigger: IrqTrigger::Edge,
-        polarity: IrqPolarity::ActiveHigh,
-    }
-}
-
-impl Aml for DsdtDevice {
-    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
-        // Name and ids were validated when the device was built, so the encoders below,
-        // which assert on malformed input, accept them.
-        let pnp_hid;
-        let acpi_hid;
-        let hid: &dyn Aml = if self.hid_is_pnp {
-            pnp_hid = aml::EISAName::new(&self.hid);
-            &pnp_hid
-        } else {
-            acpi_hid = self.hid.clone();
-            &acpi_hid
-        };
-        let hid = aml::Name::new("_HID".into(), hid);
-        let uid = aml::Name::new("_UID".into(), &self.uid);
-        let resources: Vec<&dyn Aml> = self.resources.iter().map(|r| r as &dyn Aml).collect();
-        let template = aml::ResourceTemplate::new(resources);
-        let crs = aml::Name::new("_CRS".into(), &template);
-        let mut children: Vec<&dyn Aml> = vec![&hid, &uid];
-        if !self.resources.is_empty() {
-            children.push(&crs);
-        }
-        aml::Device::new(self.name.as_str().into(), children).to_aml_bytes(sink);
-    }
-}
-
 /// What [`setup_acpi_tables`] describes.
 #[derive(Debug, Clone, Copy)]
 pub struct AcpiConfig<'a> {
@@ -414,8 +189,8 @@ pub struct AcpiConfig<'a> {
 /// The DSDT: `\_S5_` and the devices.
 fn dsdt(devices: &[DsdtDevice]) -> Result<Sdt, AcpiError> {
     for (i, device) in devices.iter().enumerate() {
-        if devices[..i].iter().any(|d| d.name == device.name) {
-            return Err(AcpiError::DuplicateName(device.name.clone()));
+        if devices[..i].iter().any(|d| d.name() == device.name()) {
+            return Err(AcpiError::DuplicateName(device.name().to_owned()));
         }
     }
     let mut body = Vec::new();
@@ -563,19 +338,20 @@ pub fn setup_acpi_tables<M: GuestMemoryBackend>(
     Ok(GuestAddress(rsdp_addr))
 }
 
+/// Reading the tables back out of guest memory, and checking them on the way: shared by the
+/// tests of this module and of `dsdt`.
 #[cfg(test)]
-mod tests {
+mod test_util {
     use super::*;
-    use crate::devices::legacy::acpi_pm::{ACPI_PM_BASE, S5_SLEEP_CONTROL};
     use vm_memory::GuestMemoryMmap;
 
-    const MIB: usize = 1 << 20;
+    pub(super) const MIB: usize = 1 << 20;
 
-    fn memory(size: usize) -> GuestMemoryMmap<()> {
+    pub(super) fn memory(size: usize) -> GuestMemoryMmap<()> {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap()
     }
 
-    fn config(num_cpus: u32, devices: &[DsdtDevice]) -> AcpiConfig<'_> {
+    pub(super) fn config(num_cpus: u32, devices: &[DsdtDevice]) -> AcpiConfig<'_> {
         AcpiConfig {
             num_cpus,
             pm: AcpiPmPorts::default(),
@@ -584,7 +360,7 @@ mod tests {
     }
 
     /// The PC devices the builder lists.
-    fn pc_devices() -> Vec<DsdtDevice> {
+    pub(super) fn pc_devices() -> Vec<DsdtDevice> {
         vec![
             DsdtDevice::uart_16550("COM1", 1, 0x3f8, 4).unwrap(),
             DsdtDevice::i8042(0x60, 0x64, Some(1)),
@@ -592,31 +368,31 @@ mod tests {
         ]
     }
 
-    fn bytes(mem: &GuestMemoryMmap<()>, addr: u64, len: usize) -> Vec<u8> {
+    pub(super) fn bytes(mem: &GuestMemoryMmap<()>, addr: u64, len: usize) -> Vec<u8> {
         let mut buf = vec![0u8; len];
         mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
         buf
     }
 
-    fn u16_at(b: &[u8], at: usize) -> u16 {
+    pub(super) fn u16_at(b: &[u8], at: usize) -> u16 {
         u16::from_le_bytes(b[at..at + 2].try_into().unwrap())
     }
 
-    fn u32_at(b: &[u8], at: usize) -> u32 {
+    pub(super) fn u32_at(b: &[u8], at: usize) -> u32 {
         u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
     }
 
-    fn u64_at(b: &[u8], at: usize) -> u64 {
+    pub(super) fn u64_at(b: &[u8], at: usize) -> u64 {
         u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
     }
 
-    fn sum(b: &[u8]) -> u8 {
+    pub(super) fn sum(b: &[u8]) -> u8 {
         b.iter().fold(0u8, |s, x| s.wrapping_add(*x))
     }
 
     /// A table at `addr` with signature `sig`: checks its length field and checksum and
     /// that it lies in the BIOS area, and returns its bytes.
-    fn table(mem: &GuestMemoryMmap<()>, addr: u64, sig: &[u8; 4]) -> Vec<u8> {
+    pub(super) fn table(mem: &GuestMemoryMmap<()>, addr: u64, sig: &[u8; 4]) -> Vec<u8> {
         assert!((ACPI_START..ACPI_END).contains(&addr), "{addr:#x}");
         assert_eq!(addr % TABLE_ALIGN, 0, "{addr:#x}");
         let header = bytes(mem, addr, 36);
@@ -632,7 +408,7 @@ mod tests {
     }
 
     /// The RSDP, checked; returns the XSDT's address.
-    fn rsdp(mem: &GuestMemoryMmap<()>) -> u64 {
+    pub(super) fn rsdp(mem: &GuestMemoryMmap<()>) -> u64 {
         let r = bytes(mem, ACPI_START, 36);
         assert_eq!(&r[..8], b"RSD PTR ");
         assert_eq!(sum(&r[..20]), 0);
@@ -645,7 +421,7 @@ mod tests {
     }
 
     /// The tables XSDT lists, by signature: (signature, address).
-    fn xsdt_entries(mem: &GuestMemoryMmap<()>) -> Vec<([u8; 4], u64)> {
+    pub(super) fn xsdt_entries(mem: &GuestMemoryMmap<()>) -> Vec<([u8; 4], u64)> {
         let xsdt = table(mem, rsdp(mem), b"XSDT");
         assert_eq!((xsdt.len() - 36) % 8, 0);
         xsdt[36..]
@@ -658,32 +434,39 @@ mod tests {
             .collect()
     }
 
-    fn find(mem: &GuestMemoryMmap<()>, sig: &[u8; 4]) -> Vec<u8> {
+    pub(super) fn find(mem: &GuestMemoryMmap<()>, sig: &[u8; 4]) -> Vec<u8> {
         let entries = xsdt_entries(mem);
         let (_, addr) = entries.iter().find(|(s, _)| s == sig).unwrap();
         table(mem, *addr, sig)
     }
 
-    fn fadt_of(mem: &GuestMemoryMmap<()>) -> Vec<u8> {
+    pub(super) fn fadt_of(mem: &GuestMemoryMmap<()>) -> Vec<u8> {
         find(mem, b"FACP")
     }
 
-    fn dsdt_of(mem: &GuestMemoryMmap<()>) -> Vec<u8> {
+    pub(super) fn dsdt_of(mem: &GuestMemoryMmap<()>) -> Vec<u8> {
         let fadt = fadt_of(mem);
         assert_eq!(u32_at(&fadt, 40), 0, "32-bit DSDT pointer unused");
         table(mem, u64_at(&fadt, 140), b"DSDT")
     }
 
-    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    pub(super) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         haystack.windows(needle.len()).any(|w| w == needle)
     }
 
-    fn setup(num_cpus: u32, devices: &[DsdtDevice]) -> GuestMemoryMmap<()> {
+    pub(super) fn setup(num_cpus: u32, devices: &[DsdtDevice]) -> GuestMemoryMmap<()> {
         let mem = memory(2 * MIB);
         let rsdp = setup_acpi_tables(&mem, &config(num_cpus, devices)).unwrap();
         assert_eq!(rsdp, GuestAddress(ACPI_START));
         mem
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::*;
+    use super::*;
+    use crate::devices::legacy::acpi_pm::{ACPI_PM_BASE, S5_SLEEP_CONTROL};
 
     #[test]
     fn rsdp_points_at_an_xsdt_listing_fadt_and_madt() {
@@ -849,132 +632,6 @@ mod tests {
         );
         assert_eq!(S5_SLP_TYP, 5);
         assert_eq!(S5_SLEEP_CONTROL, (S5_SLP_TYP << 2) | (1 << 5));
-    }
-
-    #[test]
-    fn dsdt_describes_the_devices() {
-        // What a virtio-mmio device will look like, next to the PC devices.
-        let mut devices = pc_devices();
-        devices.push(
-            DsdtDevice::new("VR00", "LNRO0005", 0)
-                .unwrap()
-                .with_resource(DsdtResource::Mmio32 {
-                    base: 0xd000_0000,
-                    len: 0x1000,
-                })
-                .with_resource(DsdtResource::Interrupt {
-                    gsi: 5,
-                    trigger: IrqTrigger::Edge,
-                    polarity: IrqPolarity::ActiveHigh,
-                }),
-        );
-        devices.push(
-            DsdtDevice::new("LVL_", "ABCD00FF", 7)
-                .unwrap()
-                .with_resource(DsdtResource::Interrupt {
-                    gsi: 23,
-                    trigger: IrqTrigger::Level,
-                    polarity: IrqPolarity::ActiveLow,
-                }),
-        );
-        let mem = setup(1, &devices);
-        let dsdt = dsdt_of(&mem);
-
-        // ScopeOp, then \_SB_.
-        assert!(contains(&dsdt, &[0x10]));
-        assert!(contains(&dsdt, b"\\_SB_"));
-        for name in ["COM1", "PS2_", "RTC_", "VR00", "LVL_"] {
-            // ExtOpPrefix DeviceOp, a package length, then the name.
-            assert!(contains(&dsdt, name.as_bytes()), "{name}");
-        }
-        // _HID: PNP ids compressed (DWordPrefix, EISA id), ACPI ids as strings.
-        let eisa = |id: u32| {
-            let mut b = vec![0x08, b'_', b'H', b'I', b'D', 0x0c];
-            b.extend_from_slice(&id.to_le_bytes());
-            b
-        };
-        assert!(contains(&dsdt, &eisa(0x0105_d041)), "PNP0501");
-        assert!(contains(&dsdt, &eisa(0x0303_d041)), "PNP0303");
-        assert!(contains(&dsdt, &eisa(0x000b_d041)), "PNP0B00");
-        assert!(contains(&dsdt, b"\x08_HID\x0dLNRO0005\x00"));
-        assert!(contains(&dsdt, b"\x08_HID\x0dABCD00FF\x00"));
-        // _UID 1 for COM1 (OneOp), 7 for LVL_.
-        assert!(contains(&dsdt, b"\x08_UID\x01"));
-        assert!(contains(&dsdt, b"\x08_UID\x0a\x07"));
-        // Resources: I/O descriptors, 32-bit fixed memory, extended interrupts.
-        assert!(
-            contains(&dsdt, &[0x47, 1, 0xf8, 3, 0xf8, 3, 1, 8]),
-            "COM1 ports"
-        );
-        assert!(
-            contains(&dsdt, &[0x47, 1, 0x60, 0, 0x60, 0, 1, 1]),
-            "i8042 data"
-        );
-        assert!(
-            contains(&dsdt, &[0x47, 1, 0x64, 0, 0x64, 0, 1, 1]),
-            "i8042 command"
-        );
-        assert!(contains(&dsdt, &[0x47, 1, 0x70, 0, 0x70, 0, 1, 2]), "RTC");
-        let irq = |flags: u8, gsi: u32| {
-            let mut b = vec![0x89, 6, 0, flags, 1];
-            b.extend_from_slice(&gsi.to_le_bytes());
-            b
-        };
-        // Consumer (bit 0), edge (bit 1), active low (bit 2).
-        assert!(contains(&dsdt, &irq(0b011, 4)), "COM1 IRQ");
-        assert!(contains(&dsdt, &irq(0b011, 1)), "keyboard IRQ");
-        assert!(contains(&dsdt, &irq(0b011, 5)), "virtio IRQ");
-        assert!(contains(&dsdt, &irq(0b101, 23)), "level, active low");
-        let mut mmio = vec![0x86, 9, 0, 1];
-        mmio.extend_from_slice(&0xd000_0000u32.to_le_bytes());
-        mmio.extend_from_slice(&0x1000u32.to_le_bytes());
-        assert!(contains(&dsdt, &mmio));
-        // The RTC has no interrupt: only three extended interrupt descriptors for the PC
-        // devices and the virtio one, plus the level one.
-        assert_eq!(dsdt.windows(3).filter(|w| *w == [0x89, 6, 0]).count(), 4);
-    }
-
-    #[test]
-    fn devices_without_resources_have_no_crs() {
-        let devices = [DsdtDevice::new("_XYZ", "PNP0C0A", 0).unwrap()];
-        let mem = setup(1, &devices);
-        let dsdt = dsdt_of(&mem);
-        assert!(contains(&dsdt, b"_XYZ"));
-        assert!(!contains(&dsdt, b"_CRS"));
-    }
-
-    #[test]
-    fn refuses_bad_names_and_ids() {
-        for name in ["", "COM", "COM12", "com1", "1COM", "CO-1", "ÄBC"] {
-            assert!(
-                matches!(DsdtDevice::new(name, "PNP0501", 0), Err(AcpiError::InvalidName(n)) if n == name),
-                "{name:?}"
-            );
-        }
-        for hid in [
-            "",
-            "PNP050",
-            "pnp0501",
-            "PNP050G",
-            "PN10501",
-            "LNRO000G",
-            "LNRO00050",
-        ] {
-            assert!(
-                matches!(DsdtDevice::new("DEV0", hid, 0), Err(AcpiError::InvalidHid(h)) if h == hid),
-                "{hid:?}"
-            );
-        }
-        assert!(matches!(
-            DsdtDevice::uart_16550("com1", 1, 0x3f8, 4),
-            Err(AcpiError::InvalidName(_))
-        ));
-        for name in ["_SB_", "A_9Z", "COM1"] {
-            DsdtDevice::new(name, "LNRO0005", 0).unwrap();
-        }
-        // The fixed names of the PC constructors are valid.
-        assert!(is_acpi_name(DsdtDevice::i8042(0x60, 0x64, None).name()));
-        assert!(is_acpi_name(DsdtDevice::cmos_rtc(0x70).name()));
     }
 
     #[test]
