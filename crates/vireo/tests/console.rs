@@ -3,31 +3,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{finish, vireo};
-
-/// Collect a child's stdout in the background.
-fn collect(mut out: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = text.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 256];
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    text
-}
+use common::{collect_output, finish, vireo};
 
 fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -47,7 +28,7 @@ fn stdin_reaches_the_guest_through_the_uart() {
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
-    let out = collect(child.stdout.take().unwrap());
+    let out = collect_output(child.stdout.take().unwrap());
     wait_until("the guest", || out.lock().unwrap().contains("echo ready"));
     child.stdin.take().unwrap().write_all(b"hi q").unwrap();
     let run = finish(child, Duration::from_secs(10));
@@ -95,7 +76,7 @@ fn terminal_is_raw_while_the_vm_runs_and_restored_after() {
         .stdin(Stdio::from(slave.try_clone().unwrap()))
         .spawn()
         .unwrap();
-    let out = collect(child.stdout.take().unwrap());
+    let out = collect_output(child.stdout.take().unwrap());
     wait_until("raw mode", || {
         termios(slave.as_raw_fd()).c_lflag & (libc::ICANON | libc::ECHO | libc::ISIG) == 0
     });

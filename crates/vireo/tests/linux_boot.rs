@@ -10,13 +10,12 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::vireo;
+use common::{collect_output, vireo};
 
 /// The guest's RAM in these tests, and the e820 lines Linux must print for it.
 const MEMORY: &str = "128M";
@@ -80,20 +79,7 @@ impl Console {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start vireo");
-        let output = Arc::new(Mutex::new(String::new()));
-        let mut stdout = child.stdout.take().unwrap();
-        let sink = output.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let output = collect_output(child.stdout.take().unwrap());
         Self { child, output }
     }
 

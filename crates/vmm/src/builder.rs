@@ -87,7 +87,7 @@ pub enum BuildError {
     EventLoop(#[from] EventLoopError),
     /// KVM refused a request while wiring devices or CPUID.
     #[error("{what}: {source}")]
-    Kvm2 {
+    KvmCall {
         /// What was being done.
         what: &'static str,
         /// KVM's error.
@@ -222,7 +222,7 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
     let serial_irq =
         EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("cannot create an eventfd"))?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)
-        .map_err(|source| BuildError::Kvm2 {
+        .map_err(|source| BuildError::KvmCall {
             what: "cannot wire the serial interrupt",
             source,
         })?;
@@ -262,7 +262,7 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
     let supported_cpuid = kvm
         .kvm()
         .get_supported_cpuid(CPUID_ENTRIES)
-        .map_err(|source| BuildError::Kvm2 {
+        .map_err(|source| BuildError::KvmCall {
             what: "cannot read KVM's supported CPUID",
             source,
         })?;

@@ -4,6 +4,7 @@
 
 use std::io::Read;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What a finished `vireo` run left behind.
@@ -81,4 +82,22 @@ pub fn run_guest(name: &str, args: &[&str]) -> Run {
     let mut all = vec!["run", "--kernel", kernel.to_str().unwrap()];
     all.extend_from_slice(args);
     run(&all)
+}
+
+/// Read `out` (a child's stdout) in the background into a shared string, as it comes.
+pub fn collect_output(mut out: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
 }
