@@ -4,7 +4,8 @@
 #   scripts/demo.sh [extra vireo run options, e.g. --cpus 2 --memory 512M]
 #
 # The guest prints its init lines and VIREO-GUEST-OK, then reboots, which ends the VM
-# (vireo exits 0). Add `--cmdline "console=ttyS0 reboot=k vireo.shell"` for a shell.
+# (vireo exits 0). For a shell in the guest:
+#   VIREO_CMDLINE="console=ttyS0 reboot=k vireo.shell" scripts/demo.sh
 # On a host whose KVM is emulated, vireo says so and Linux stops early (TESTING.md);
 # earlycon shows the kernel's lines up to that point.
 set -euo pipefail
@@ -24,5 +25,5 @@ guest=$(scripts/guest-image.sh)
 exec target/release/vireo run \
     --kernel "$guest/bzImage" \
     --initrd "$guest/initrd.gz" \
-    --cmdline "console=ttyS0 earlycon=uart8250,io,0x3f8 reboot=k panic=-1" \
+    --cmdline "${VIREO_CMDLINE:-console=ttyS0 earlycon=uart8250,io,0x3f8 reboot=k panic=-1}" \
     "$@"
