@@ -65,9 +65,8 @@ fn run(args: cli::RunArgs) -> ExitCode {
         log::warn!("SIGTERM/SIGINT will not stop the VM cleanly: {e}");
     }
 
-    let reason = signals::pending_signal()
-        .map(StopReason::Signal)
-        .unwrap_or_else(|| vmm.wait());
+    // A stop signal writes the stop eventfd without a reason: it reads as a reset here.
+    let reason = vmm.wait();
     let reason = match signals::pending_signal() {
         Some(signal) if reason == StopReason::GuestReset => StopReason::Signal(signal),
         _ => reason,

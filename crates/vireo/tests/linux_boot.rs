@@ -94,9 +94,29 @@ impl Console {
         needles: &[&str],
         deadline: Duration,
     ) -> Option<std::process::ExitStatus> {
+        self.wait(
+            |text| needles.iter().all(|n| text.contains(n)),
+            deadline,
+            &format!("{needles:?}"),
+        )
+    }
+
+    /// Wait until the VM exits, or fail after `deadline`.
+    fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        self.wait(|_| false, deadline, "the VM to exit")
+            .expect("only an exit ends the wait")
+    }
+
+    /// Wait until `done(console)`, the VM exits (its status), or `deadline` (a failure).
+    fn wait(
+        &mut self,
+        done: impl Fn(&str) -> bool,
+        deadline: Duration,
+        what: &str,
+    ) -> Option<std::process::ExitStatus> {
         let start = Instant::now();
         loop {
-            if needles.iter().all(|n| self.text().contains(n)) {
+            if done(&self.text()) {
                 return None;
             }
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -106,7 +126,7 @@ impl Console {
             if start.elapsed() > deadline {
                 let _ = self.child.kill();
                 panic!(
-                    "timed out after {deadline:?} waiting for {needles:?}; console:\n{}",
+                    "timed out after {deadline:?} waiting for {what}; console:\n{}",
                     self.text()
                 );
             }
@@ -173,7 +193,7 @@ fn full_boot(kernel: &str, end: &str) {
     let cmdline = format!("console=ttyS0 reboot=k panic=-1 {end}");
     let cmdline = cmdline.as_str();
     let mut console = Console::start(kernel, cmdline, "2");
-    let status = console.wait_for(&["\u{0}never"], Duration::from_secs(120));
+    let status = console.wait_exit(Duration::from_secs(120));
     let text = console.text();
     assert!(
         text.contains("VIREO-GUEST-OK"),
@@ -183,7 +203,7 @@ fn full_boot(kernel: &str, end: &str) {
         text.contains("modules loaded=15 failed=0"),
         "virtio modules did not load:\n{text}"
     );
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "console:\n{text}");
+    assert_eq!(status.code(), Some(0), "console:\n{text}");
 }
 
 #[test]

@@ -34,7 +34,7 @@ const RTC_LEN: u64 = 2;
 /// ISA interrupt of the i8042's keyboard port (named in the DSDT; nothing raises it).
 const I8042_IRQ: u32 = 1;
 /// Most vCPUs Vireo builds: APIC ids 0..=253 (255 is broadcast, 254 the IOAPIC's at most).
-pub const MAX_VCPUS: u32 = mptable::MAX_CPUS as u32;
+pub const MAX_VCPUS: u32 = crate::arch::x86_64::MAX_VCPUS;
 /// Entries asked of KVM_GET_SUPPORTED_CPUID (KVM_MAX_CPUID_ENTRIES).
 const CPUID_ENTRIES: usize = 256;
 

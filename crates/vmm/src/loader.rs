@@ -161,13 +161,10 @@ pub fn load_initrd<M: GuestMemoryBackend>(
 ) -> Result<InitrdRegion, LoaderError> {
     let mut file = File::open(path).map_err(read_error("initrd", path))?;
     let size = file.metadata().map_err(read_error("initrd", path))?.len();
-    let addr = initrd_address(mem, size, initrd_addr_max(kernel.setup_header.as_ref()))?;
+    let limit = initrd_addr_max(kernel.setup_header.as_ref());
+    let addr = initrd_address(mem, size, limit)?;
     if addr.raw_value() < kernel.end {
-        return Err(crate::arch::x86_64::boot::BootError::InitrdTooLarge {
-            size,
-            limit: initrd_addr_max(kernel.setup_header.as_ref()),
-        }
-        .into());
+        return Err(crate::arch::x86_64::boot::BootError::InitrdTooLarge { size, limit }.into());
     }
     mem.read_exact_volatile_from(addr, &mut file, size as usize)
         .map_err(|e| LoaderError::Read {

@@ -9,3 +9,7 @@ pub mod layout;
 pub mod mptable;
 pub mod msr;
 pub mod regs;
+
+/// Most vCPUs an x86 VM of Vireo's has: vCPU `i` gets APIC id `i`, the IOAPIC takes the
+/// next id, and 255 is the broadcast id. The MP table and the MADT both describe this many.
+pub const MAX_VCPUS: u32 = 254;

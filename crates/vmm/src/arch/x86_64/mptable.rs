@@ -26,9 +26,8 @@ use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemory
 
 use super::layout::{APIC_START, EBDA_START, HIMEM_START, IOAPIC_START};
 
-/// Most vCPUs the table can describe: APIC ids 0..=253, 254 is the IOAPIC's and 255 is
-/// the broadcast id.
-pub const MAX_CPUS: u8 = 254;
+/// Most vCPUs the table can describe ([`super::MAX_VCPUS`]).
+pub const MAX_CPUS: u8 = super::MAX_VCPUS as u8;
 
 /// Errors of writing the MP table.
 #[derive(Debug, thiserror::Error)]

@@ -87,9 +87,8 @@ pub use dsdt::{DsdtDevice, DsdtResource, IrqPolarity, IrqTrigger};
 pub const ACPI_START: u64 = 0xe_0000;
 /// The tables end at or below this address (1 MiB).
 pub const ACPI_END: u64 = HIMEM_START;
-/// Most vCPUs the MADT describes: APIC ids 0..=253; 254 is then the IOAPIC's and 255 is the
-/// broadcast id.
-pub const MAX_CPUS: u32 = 254;
+/// Most vCPUs the MADT describes ([`super::MAX_VCPUS`]).
+pub const MAX_CPUS: u32 = super::MAX_VCPUS;
 
 /// OEM id of every table (6 bytes, space padded).
 const OEM_ID: [u8; 6] = *b"VIREO ";
