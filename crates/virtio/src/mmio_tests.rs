@@ -1,0 +1,198 @@
+//! Tests of the MMIO transport, driven the way a Linux driver drives it, with the
+//! entropy device behind it.
+
+use std::time::{Duration, Instant};
+
+use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Address, Bytes, GuestAddress};
+
+use super::*;
+use crate::device::features as f;
+use crate::rng::Rng;
+use crate::testing::{MmioDriver, guest_memory};
+
+const WRITE: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+
+fn transport() -> MmioTransport {
+    MmioTransport::new(Box::new(Rng::new("rng-test")), guest_memory(1 << 20)).unwrap()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(5), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn identity_registers() {
+    let mut t = transport();
+    let mut d = MmioDriver(&mut t);
+    assert_eq!(d.read(0x00), 0x7472_6976);
+    assert_eq!(d.read(0x04), 2);
+    assert_eq!(d.read(0x08), crate::device::device_type::RNG);
+    assert_eq!(d.read(0x0c), VENDOR_ID);
+    assert_eq!(d.device_features(), f::COMMON);
+    d.write(0x30, 0);
+    assert_eq!(d.read(0x34), u32::from(crate::rng::QUEUE_SIZE));
+    d.write(0x30, 7);
+    assert_eq!(d.read(0x34), 0, "a missing queue has max size 0");
+    assert_eq!(d.read(0xb0), u32::MAX, "no shared memory regions");
+}
+
+#[test]
+fn feature_negotiation_accepts_a_subset_with_version_1() {
+    let mut t = transport();
+    let mut d = MmioDriver(&mut t);
+    assert!(d.negotiate(f::VERSION_1));
+    assert!(d.negotiate(f::COMMON));
+}
+
+#[test]
+fn feature_negotiation_refuses_unoffered_or_legacy() {
+    let mut t = transport();
+    let mut d = MmioDriver(&mut t);
+    assert!(!d.negotiate(f::VERSION_1 | 1 << 40), "bit 40 is not offered");
+    assert!(!d.negotiate(f::EVENT_IDX), "VERSION_1 is required");
+}
+
+#[test]
+fn queue_registers_are_ignored_outside_setup() {
+    let mut t = transport();
+    let mut d = MmioDriver(&mut t);
+    // Before FEATURES_OK.
+    d.setup_queue(0, 16, 0x1000, 0x2000, 0x3000);
+    d.write(0x30, 0);
+    assert_eq!(d.read(0x44), 0);
+    assert!(!t.queues[0].ready());
+}
+
+#[test]
+fn wrong_width_and_unknown_registers_are_harmless() {
+    let mut t = transport();
+    let mut b2 = [0xffu8; 2];
+    t.read(0x00, &mut b2);
+    assert_eq!(b2, [0, 0]);
+    t.write(0x70, &[1, 0]);
+    assert_eq!(t.status(), 0);
+    let mut d = MmioDriver(&mut t);
+    d.write(0x00, 5); // read-only
+    d.write(0xe0, 5); // unknown
+    assert_eq!(d.read(0xe0), 0);
+    assert_eq!(d.read(0x00), 0x7472_6976);
+    // Config space of the rng is empty and reads as zero.
+    assert_eq!(d.read(0x100), 0);
+}
+
+#[test]
+fn status_bits_cannot_be_cleared_without_reset() {
+    let mut t = transport();
+    let mut d = MmioDriver(&mut t);
+    d.write(0x70, status::ACKNOWLEDGE | status::DRIVER);
+    d.write(0x70, status::ACKNOWLEDGE);
+    assert_eq!(d.read(0x70), status::ACKNOWLEDGE | status::DRIVER);
+    d.write(0x70, 0);
+    assert_eq!(d.read(0x70), 0);
+}
+
+/// The whole path: negotiate, set up the queue, DRIVER_OK, kick; the worker thread fills
+/// the buffer, puts it in the used ring and raises the interrupt; reset stops it.
+#[test]
+fn rng_request_through_the_transport() {
+    let mem = guest_memory(1 << 20);
+    let mut t = MmioTransport::new(Box::new(Rng::new("rng-test")), mem.clone()).unwrap();
+    let vq = MockSplitQueue::create(mem.as_ref(), GuestAddress(0x1_0000), 16);
+    let buf = GuestAddress(0x8_0000);
+    mem.write_slice(&[0u8; 64], buf).unwrap();
+    vq.add_desc_chains(
+        &[RawDescriptor::from(SplitDescriptor::new(buf.0, 64, WRITE, 0))],
+        0,
+    )
+    .unwrap();
+
+    let mut d = MmioDriver(&mut t);
+    assert!(d.negotiate(f::VERSION_1 | f::INDIRECT_DESC));
+    d.setup_queue(
+        0,
+        16,
+        vq.desc_table_addr().0,
+        vq.avail_addr().0,
+        vq.used_addr().0,
+    );
+    d.driver_ok();
+    assert!(t.is_activated());
+    let mut d = MmioDriver(&mut t);
+    d.write(0x50, 0);
+
+    let used_idx = vq.used_addr().unchecked_add(2);
+    wait_for("the used ring", || mem.read_obj::<u16>(used_idx).unwrap() == 1);
+    let elem_len: u32 = mem.read_obj(vq.used_addr().unchecked_add(8)).unwrap();
+    assert_eq!(elem_len, 64);
+    let mut data = [0u8; 64];
+    mem.read_slice(&mut data, buf).unwrap();
+    assert_ne!(data, [0u8; 64], "random bytes were written");
+    wait_for("the interrupt", || t.interrupt_evt().read().is_ok());
+    let mut d = MmioDriver(&mut t);
+    assert_eq!(d.read(0x60), INT_USED_RING);
+    d.write(0x64, INT_USED_RING);
+    assert_eq!(d.read(0x60), 0);
+
+    d.write(0x70, 0);
+    assert!(!t.is_activated());
+    let mut d = MmioDriver(&mut t);
+    d.write(0x30, 0);
+    assert_eq!(d.read(0x44), 0, "reset disables the queues");
+}
+
+#[test]
+fn queue_outside_memory_sets_needs_reset() {
+    let mut t = transport();
+    let mut d = MmioDriver(&mut t);
+    assert!(d.negotiate(f::VERSION_1));
+    d.setup_queue(0, 16, 0xfff_0000, 0xfff_1000, 0xfff_2000);
+    d.driver_ok();
+    assert!(!t.is_activated());
+    assert_ne!(t.status() & status::DEVICE_NEEDS_RESET, 0);
+    assert!(t.interrupt_evt().read().is_ok(), "the driver is told");
+    let mut d = MmioDriver(&mut t);
+    d.write(0x70, 0);
+    assert_eq!(t.status(), 0, "a reset clears DEVICE_NEEDS_RESET");
+}
+
+#[test]
+fn garbage_avail_index_fails_the_device_not_the_vmm() {
+    let mem = guest_memory(1 << 20);
+    let mut t = MmioTransport::new(Box::new(Rng::new("rng-test")), mem.clone()).unwrap();
+    let vq = MockSplitQueue::create(mem.as_ref(), GuestAddress(0x1_0000), 16);
+    let mut d = MmioDriver(&mut t);
+    assert!(d.negotiate(f::VERSION_1));
+    d.setup_queue(
+        0,
+        16,
+        vq.desc_table_addr().0,
+        vq.avail_addr().0,
+        vq.used_addr().0,
+    );
+    d.driver_ok();
+    // avail.idx 1000 ahead of what the device has seen: more than a queue's worth.
+    mem.write_obj(1000u16, vq.avail_addr().unchecked_add(2)).unwrap();
+    let mut d = MmioDriver(&mut t);
+    d.write(0x50, 0);
+    wait_for("DEVICE_NEEDS_RESET", || {
+        t.status() & status::DEVICE_NEEDS_RESET != 0
+    });
+    // The driver can still reset the device and start again.
+    let mut d = MmioDriver(&mut t);
+    d.write(0x70, 0);
+    assert_eq!(d.read(0x70), 0);
+}
+
+#[test]
+fn notify_of_a_missing_queue_is_ignored() {
+    let mut t = transport();
+    let mut d = MmioDriver(&mut t);
+    d.write(0x50, 9);
+    assert!(t.queue_evts()[0].read().is_err());
+}

@@ -1,0 +1,134 @@
+//! virtio-rng (virtio 1.2, section 5.4): one queue of device-writable buffers, filled
+//! from the host's `getrandom(2)`.
+
+use virtio_queue::{DescriptorChain, Queue, Writer};
+use vm_memory::GuestMemory;
+
+use crate::device::{
+    ActivateContext, ActivateError, DeviceWorker, Interrupt, VirtioDevice, WorkerError,
+    device_type, features, serve_queue,
+};
+use crate::worker::WorkerThread;
+
+/// Queue size offered to the driver.
+pub const QUEUE_SIZE: u16 = 256;
+/// Most bytes given for one request, so one request cannot keep the worker busy.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// The entropy device.
+pub struct Rng {
+    worker: Option<WorkerThread<RngWorker>>,
+    id: String,
+}
+
+impl Rng {
+    /// A new entropy device; `id` names its worker thread.
+    pub fn new(id: &str) -> Self {
+        Self {
+            worker: None,
+            id: id.to_string(),
+        }
+    }
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        device_type::RNG
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        features::COMMON
+    }
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        let thread = WorkerThread::spawn(&self.id, RngWorker, ctx).map_err(ActivateError::Worker)?;
+        self.worker = Some(thread);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        if let Some(w) = self.worker.take() {
+            w.stop();
+        }
+        true
+    }
+
+    fn name(&self) -> &str {
+        "virtio-rng"
+    }
+}
+
+/// Serves the request queue: fills each chain's writable buffers with random bytes.
+pub struct RngWorker;
+
+impl RngWorker {
+    /// Fill one chain; returns the number of bytes written (0 for a chain whose buffers
+    /// are outside guest memory: the driver gets nothing, the device goes on).
+    pub fn fill<M: GuestMemory>(mem: &M, chain: DescriptorChain<&M>) -> u32 {
+        let Ok(mut writer) = Writer::new(mem, chain) else {
+            log::debug!("virtio-rng: chain with bad buffers answered empty");
+            return 0;
+        };
+        let mut left = writer.available_bytes().min(MAX_REQUEST_BYTES);
+        let mut buf = [0u8; 4096];
+        while left > 0 {
+            let n = left.min(buf.len());
+            if getrandom(&mut buf[..n]).is_err() {
+                break;
+            }
+            if std::io::Write::write_all(&mut writer, &buf[..n]).is_err() {
+                break;
+            }
+            left -= n;
+        }
+        writer.bytes_written() as u32
+    }
+}
+
+/// Fill `buf` from the kernel's random pool (never blocks once the pool is initialised).
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`, which we
+        // own mutably for the duration of the call.
+        let n = unsafe {
+            libc::getrandom(
+                buf[done..].as_mut_ptr().cast(),
+                buf.len() - done,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else {
+            done += n as usize;
+        }
+    }
+    Ok(())
+}
+
+impl DeviceWorker for RngWorker {
+    fn process_queue<M: GuestMemory>(
+        &mut self,
+        index: usize,
+        queues: &mut [&mut Queue],
+        mem: &M,
+        interrupt: &dyn Interrupt,
+    ) -> Result<(), WorkerError> {
+        let Some(queue) = queues.get_mut(index) else {
+            return Ok(());
+        };
+        serve_queue(queue, index, mem, interrupt, |chain| Self::fill(mem, chain))
+    }
+}
