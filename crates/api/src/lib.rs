@@ -4,8 +4,13 @@
 //! the host manager later). Parsing user text into them reports clear errors; checking
 //! them against the host (KVM limits, memory) is the VMM's job.
 
+mod devices;
 mod size;
 
+pub use devices::{
+    BalloonConfig, DISK_SERIAL_MAX, DeviceOptionError, DiskConfig, DiskFormat, IoEngine, NetConfig,
+    RateLimit, VsockConfig, parse_mac,
+};
 pub use size::{SizeError, parse_size};
 
 use std::path::PathBuf;
@@ -59,6 +64,16 @@ pub struct VmConfig {
     pub memory_bytes: u64,
     /// Serial console destination.
     pub serial: SerialConfig,
+    /// virtio-blk disks, in the order the guest sees them.
+    pub disks: Vec<DiskConfig>,
+    /// virtio-net NICs.
+    pub nets: Vec<NetConfig>,
+    /// The vsock device, if any.
+    pub vsock: Option<VsockConfig>,
+    /// Whether the guest gets a virtio-rng entropy device.
+    pub rng: bool,
+    /// The memory balloon, if any.
+    pub balloon: Option<BalloonConfig>,
 }
 
 impl VmConfig {
@@ -71,6 +86,11 @@ impl VmConfig {
             vcpus: 1,
             memory_bytes: DEFAULT_MEMORY_BYTES,
             serial: SerialConfig::default(),
+            disks: Vec::new(),
+            nets: Vec::new(),
+            vsock: None,
+            rng: false,
+            balloon: None,
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use api::{SerialConfig, VmConfig, parse_size};
+use api::{BalloonConfig, DiskConfig, NetConfig, SerialConfig, VmConfig, VsockConfig, parse_size};
 use clap::{Args, Parser, Subcommand};
 
 /// Vireo: a KVM virtual machine monitor. One process runs one VM.
@@ -53,6 +53,23 @@ pub struct RunArgs {
     /// Serial console: stdio, file:PATH or none.
     #[arg(long, default_value = "stdio", value_name = "stdio|file:PATH|none")]
     pub serial: SerialConfig,
+    /// A virtio-blk disk (repeatable): path=FILE[,readonly][,format=raw|qcow2][,serial=ID]
+    /// [,iops=N][,bandwidth=BYTES/s][,io=auto|sync|uring][,id=NAME].
+    #[arg(long = "disk", value_name = "path=FILE,...")]
+    pub disks: Vec<DiskConfig>,
+    /// A virtio-net NIC on a host TAP device (repeatable): tap=NAME[,mac=MAC][,id=NAME]
+    /// [,bandwidth=BYTES/s][,pps=N][,rx_/tx_ variants].
+    #[arg(long = "net", value_name = "tap=NAME,...")]
+    pub nets: Vec<NetConfig>,
+    /// A virtio-vsock device whose host side is a Unix socket: cid=N,socket=PATH.
+    #[arg(long, value_name = "cid=N,socket=PATH")]
+    pub vsock: Option<VsockConfig>,
+    /// A virtio-rng entropy device fed from the host's getrandom.
+    #[arg(long)]
+    pub rng: bool,
+    /// A virtio-balloon: [size=MIB][,deflate_on_oom][,stats=SECONDS][,free_page_reporting].
+    #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "")]
+    pub balloon: Option<BalloonConfig>,
 }
 
 /// `vireo probe-kvm` options.
@@ -74,6 +91,11 @@ impl RunArgs {
             vcpus: self.cpus,
             memory_bytes,
             serial: self.serial,
+            disks: self.disks,
+            nets: self.nets,
+            vsock: self.vsock,
+            rng: self.rng,
+            balloon: self.balloon,
         })
     }
 }
