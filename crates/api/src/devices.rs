@@ -407,11 +407,10 @@ mod tests {
         assert_eq!(d.io_engine, IoEngine::Auto);
         assert!(!d.rate_limit.is_limited());
         assert!(
-            "path=a.img,readonly=off"
+            !"path=a.img,readonly=off"
                 .parse::<DiskConfig>()
                 .unwrap()
                 .readonly
-                == false
         );
     }
 

@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Boot a Linux kernel (bzImage, ELF vmlinux or PVH ELF) in a new VM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Time a tiny guest loop to tell hardware KVM from an emulated one.
     ProbeKvm(ProbeArgs),
 }

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logger::init(cli.log_level);
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::ProbeKvm(args) => probe_kvm(args.iterations),
     }
 }

@@ -21,7 +21,10 @@ fn transport() -> MmioTransport {
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(5), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -54,7 +57,10 @@ fn feature_negotiation_accepts_a_subset_with_version_1() {
 fn feature_negotiation_refuses_unoffered_or_legacy() {
     let mut t = transport();
     let mut d = MmioDriver(&mut t);
-    assert!(!d.negotiate(f::VERSION_1 | 1 << 40), "bit 40 is not offered");
+    assert!(
+        !d.negotiate(f::VERSION_1 | 1 << 40),
+        "bit 40 is not offered"
+    );
     assert!(!d.negotiate(f::EVENT_IDX), "VERSION_1 is required");
 }
 
@@ -107,7 +113,9 @@ fn rng_request_through_the_transport() {
     let buf = GuestAddress(0x8_0000);
     mem.write_slice(&[0u8; 64], buf).unwrap();
     vq.add_desc_chains(
-        &[RawDescriptor::from(SplitDescriptor::new(buf.0, 64, WRITE, 0))],
+        &[RawDescriptor::from(SplitDescriptor::new(
+            buf.0, 64, WRITE, 0,
+        ))],
         0,
     )
     .unwrap();
@@ -127,7 +135,9 @@ fn rng_request_through_the_transport() {
     d.write(0x50, 0);
 
     let used_idx = vq.used_addr().unchecked_add(2);
-    wait_for("the used ring", || mem.read_obj::<u16>(used_idx).unwrap() == 1);
+    wait_for("the used ring", || {
+        mem.read_obj::<u16>(used_idx).unwrap() == 1
+    });
     let elem_len: u32 = mem.read_obj(vq.used_addr().unchecked_add(8)).unwrap();
     assert_eq!(elem_len, 64);
     let mut data = [0u8; 64];
@@ -177,7 +187,8 @@ fn garbage_avail_index_fails_the_device_not_the_vmm() {
     );
     d.driver_ok();
     // avail.idx 1000 ahead of what the device has seen: more than a queue's worth.
-    mem.write_obj(1000u16, vq.avail_addr().unchecked_add(2)).unwrap();
+    mem.write_obj(1000u16, vq.avail_addr().unchecked_add(2))
+        .unwrap();
     let mut d = MmioDriver(&mut t);
     d.write(0x50, 0);
     wait_for("DEVICE_NEEDS_RESET", || {

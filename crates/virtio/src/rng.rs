@@ -49,7 +49,8 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let thread = WorkerThread::spawn(&self.id, RngWorker, ctx).map_err(ActivateError::Worker)?;
+        let thread =
+            WorkerThread::spawn(&self.id, RngWorker, ctx).map_err(ActivateError::Worker)?;
         self.worker = Some(thread);
         Ok(())
     }
@@ -99,13 +100,7 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     while done < buf.len() {
         // SAFETY: the pointer and length describe the unfilled tail of `buf`, which we
         // own mutably for the duration of the call.
-        let n = unsafe {
-            libc::getrandom(
-                buf[done..].as_mut_ptr().cast(),
-                buf.len() - done,
-                0,
-            )
-        };
+        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {

@@ -11,9 +11,7 @@ use crate::mmio::{MmioTransport, status};
 
 /// Guest memory of `size` bytes at guest address 0.
 pub fn guest_memory(size: usize) -> Arc<VmMemory> {
-    Arc::new(
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).expect("test guest memory"),
-    )
+    Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).expect("test guest memory"))
 }
 
 /// An interrupt line that counts what it was asked to signal.

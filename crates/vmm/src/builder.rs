@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use api::{SerialConfig, VmConfig};
 use kvm_ioctls::{Cap, VmFd};
+use virtio_devices::device::VirtioDevice;
+use virtio_devices::rng::Rng;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::acpi::{self, AcpiConfig, AcpiError, DsdtDevice};
@@ -15,6 +17,7 @@ use crate::arch::x86_64::boot::{self, BootError};
 use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::arch::x86_64::regs::{self, EntryMode, RegsError};
 use crate::bus::{Bus, BusError, SharedDevice};
+use crate::device_manager::{DeviceManagerError, VirtioDevices};
 use crate::devices::legacy::acpi_pm::{ACPI_PM_BASE, ACPI_PM_LEN, AcpiPm, AcpiPmPorts};
 use crate::devices::legacy::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::legacy::ports::{AllOnes, PCI_CONFIG_BASE, PCI_CONFIG_LEN, POST_PORT};
@@ -85,6 +88,12 @@ pub enum BuildError {
     /// The event loop.
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),
+    /// A virtio device could not be made.
+    #[error("{0}")]
+    Device(String),
+    /// A virtio device could not be placed.
+    #[error(transparent)]
+    DeviceManager(#[from] DeviceManagerError),
     /// KVM refused a request while wiring devices or CPUID.
     #[error("{what}: {source}")]
     KvmCall {
@@ -114,10 +123,11 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildErro
 pub struct Vmm {
     vcpus: Vec<VcpuHandle>,
     event_loop: Option<EventLoop>,
+    virtio: VirtioDevices,
     stop: Arc<StopSignal>,
     // Dropped last: the VM fd, then the memory KVM maps.
     _vm: VmFd,
-    _memory: GuestMemory,
+    _memory: Arc<GuestMemory>,
 }
 
 impl Vmm {
@@ -139,7 +149,34 @@ impl Vmm {
         if let Some(event_loop) = self.event_loop.take() {
             event_loop.stop();
         }
+        self.virtio.shutdown();
     }
+}
+
+/// The virtio device models `config` asks for, in the order they get slots: disks,
+/// NICs, vsock, entropy, balloon.
+fn virtio_device_models(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, BuildError> {
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    if !config.disks.is_empty() {
+        return Err(BuildError::Device("virtio-blk is not available yet".into()));
+    }
+    if !config.nets.is_empty() {
+        return Err(BuildError::Device("virtio-net is not available yet".into()));
+    }
+    if config.vsock.is_some() {
+        return Err(BuildError::Device(
+            "virtio-vsock is not available yet".into(),
+        ));
+    }
+    if config.rng {
+        devices.push(Box::new(Rng::new("virtio-rng")));
+    }
+    if config.balloon.is_some() {
+        return Err(BuildError::Device(
+            "virtio-balloon is not available yet".into(),
+        ));
+    }
+    Ok(devices)
 }
 
 /// Check the vCPU count against Vireo's and the host's limits.
@@ -185,37 +222,50 @@ fn legacy_dsdt_devices() -> Result<Vec<DsdtDevice>, AcpiError> {
 pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
     let kvm = KvmContext::new()?;
     check_vcpus(config.vcpus, kvm.max_vcpus())?;
-    let mem = memory::create_guest_memory(config.memory_bytes)?;
-    let vm = vm::create_vm(kvm.kvm(), &mem)?;
+    let mem_arc = Arc::new(memory::create_guest_memory(config.memory_bytes)?);
+    let mem: &GuestMemory = &mem_arc;
+    let vm = vm::create_vm(kvm.kvm(), mem)?;
+
+    // Virtio devices first: opening their backends (disk images, TAPs, sockets) is what
+    // fails most often on user input, and the guest's command line and DSDT list them.
+    let mut mmio = Bus::new();
+    let mut virtio = VirtioDevices::new();
+    for device in virtio_device_models(config)? {
+        virtio.add(&vm, &mut mmio, &mem_arc, device)?;
+    }
 
     // Guest software and what it is told at entry.
-    let kernel = loader::load_kernel(&mem, &config.kernel)?;
+    let kernel = loader::load_kernel(mem, &config.kernel)?;
     let initrd = match &config.initrd {
-        Some(path) => Some(loader::load_initrd(&mem, path, &kernel)?),
+        Some(path) => Some(loader::load_initrd(mem, path, &kernel)?),
         None => None,
     };
-    let cmdline_len = loader::load_cmdline_for(&mem, config.cmdline(), &kernel)?;
+    let cmdline = match virtio.cmdline_entries() {
+        entries if entries.is_empty() => config.cmdline().to_string(),
+        entries => format!("{} {entries}", config.cmdline()),
+    };
+    let cmdline_len = loader::load_cmdline_for(mem, &cmdline, &kernel)?;
     // Both MP table (for kernels without ACPI) and ACPI (for kernels without MP-table
     // parsing, such as Debian's cloud kernel). At most MAX_VCPUS (254), checked above.
-    mptable::setup_mptable(&mem, config.vcpus as u8)?;
+    mptable::setup_mptable(mem, config.vcpus as u8)?;
     let rsdp = acpi::setup_acpi_tables(
-        &mem,
+        mem,
         &AcpiConfig {
             num_cpus: config.vcpus,
             pm: AcpiPmPorts::default(),
-            devices: &legacy_dsdt_devices()?,
+            devices: &[legacy_dsdt_devices()?, virtio.dsdt_devices()?].concat(),
         },
     )?;
     match kernel.mode {
         EntryMode::Long64 => {
-            boot::write_zero_page(&mem, kernel.setup_header, cmdline_len, initrd, Some(rsdp))?;
-            regs::write_page_tables(&mem)?;
+            boot::write_zero_page(mem, kernel.setup_header, cmdline_len, initrd, Some(rsdp))?;
+            regs::write_page_tables(mem)?;
         }
         EntryMode::Pvh32 => {
-            boot::write_pvh_start_info(&mem, initrd, Some(rsdp))?;
+            boot::write_pvh_start_info(mem, initrd, Some(rsdp))?;
         }
     }
-    regs::write_gdt(&mem, kernel.mode)?;
+    regs::write_gdt(mem, kernel.mode)?;
 
     // Devices.
     let stop = Arc::new(StopSignal::new().map_err(io_error("cannot create the stop event"))?);
@@ -251,7 +301,7 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
     let acpi_pm = AcpiPm::new(ResetTrigger(stop.clone()));
     pio.insert(Arc::new(Mutex::new(acpi_pm)), ACPI_PM_BASE, ACPI_PM_LEN)?;
     let pio = Arc::new(pio);
-    let mmio = Arc::new(Bus::new());
+    let mmio = Arc::new(mmio);
 
     let mut subscribers: Vec<Subscriber> = Vec::new();
     if config.serial == SerialConfig::Stdio {
@@ -304,9 +354,10 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
     Ok(Vmm {
         vcpus: handles,
         event_loop: Some(event_loop),
+        virtio,
         stop,
         _vm: vm,
-        _memory: mem,
+        _memory: mem_arc,
     })
 }
 

@@ -7,6 +7,7 @@
 pub mod arch;
 pub mod builder;
 pub mod bus;
+pub mod device_manager;
 pub mod devices;
 pub mod event_loop;
 pub mod kvm;

@@ -1,0 +1,254 @@
+//! Placing virtio devices in the machine: each gets a 4 KiB virtio-mmio window in the
+//! 32-bit MMIO hole and an interrupt line, and the guest learns of both twice over.
+//!
+//! - **Windows** start at [`VIRTIO_MMIO_BASE`], one page apart.
+//! - **Interrupts** are IOAPIC pins not used by the legacy devices ([`VIRTIO_IRQS`]):
+//!   the transport's interrupt eventfd is a KVM irqfd on that pin.
+//! - **Kicks**: each queue's eventfd is a KVM ioeventfd on the window's `QueueNotify`
+//!   register, matching the queue index, so a notify is a write to an eventfd inside
+//!   KVM and the device's worker thread wakes without a vCPU exit to user space.
+//! - **Discovery**: a `virtio_mmio.device=4K@BASE:IRQ` entry on the kernel command line
+//!   (kernels built with `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`) and an `LNRO0005` device
+//!   in the DSDT (kernels without it, such as Debian's cloud kernel). A kernel with both
+//!   finds each device twice; the second probe fails harmlessly on the busy MMIO region.
+
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::{IoEventAddress, VmFd};
+use virtio_devices::device::VirtioDevice;
+use virtio_devices::mmio::{MMIO_WINDOW_SIZE, MmioTransport, QUEUE_NOTIFY_OFFSET};
+
+use crate::arch::x86_64::acpi::{AcpiError, DsdtDevice, DsdtResource, IrqPolarity, IrqTrigger};
+use crate::bus::{Bus, BusDevice, BusError};
+use crate::memory::GuestMemory;
+
+/// First virtio-mmio window.
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// IOAPIC pins given to virtio devices, in order: the ISA lines the legacy devices
+/// (PIT 0, keyboard 1, cascade 2, COM2/COM1 3-4, RTC 8, mouse 12, ATA 13) leave free,
+/// then the PCI pins.
+pub const VIRTIO_IRQS: [u32; 15] = [5, 6, 7, 9, 10, 11, 14, 15, 16, 17, 18, 19, 20, 21, 22];
+
+/// Why a virtio device could not be placed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceManagerError {
+    /// Every interrupt line is taken.
+    #[error("too many virtio devices: at most {} fit", VIRTIO_IRQS.len())]
+    TooManyDevices,
+    /// The transport's eventfds could not be made.
+    #[error("{name}: cannot create the transport: {source}")]
+    Transport {
+        /// The device.
+        name: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// KVM refused an ioeventfd or irqfd.
+    #[error("{name}: cannot wire {what}: {source}")]
+    Kvm {
+        /// The device.
+        name: String,
+        /// "queue 0 kick", "interrupt".
+        what: String,
+        /// KVM's error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// The window overlaps another device.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The DSDT entry could not be made.
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
+}
+
+/// Where one virtio device lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioSlot {
+    /// Base of its MMIO window.
+    pub base: u64,
+    /// Its IOAPIC pin (GSI).
+    pub irq: u32,
+}
+
+impl VirtioSlot {
+    /// The slot of the `index`th virtio device, if there is a free interrupt for it.
+    pub fn nth(index: usize) -> Option<Self> {
+        Some(Self {
+            base: VIRTIO_MMIO_BASE + index as u64 * MMIO_WINDOW_SIZE,
+            irq: *VIRTIO_IRQS.get(index)?,
+        })
+    }
+
+    /// The kernel command line entry that declares this device.
+    pub fn cmdline_entry(&self) -> String {
+        format!(
+            "virtio_mmio.device={}K@{:#x}:{}",
+            MMIO_WINDOW_SIZE >> 10,
+            self.base,
+            self.irq
+        )
+    }
+}
+
+/// The MMIO transport on the VMM's bus.
+struct BusTransport(MmioTransport);
+
+impl BusDevice for BusTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.0.read(offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.0.write(offset, data);
+    }
+}
+
+/// The virtio devices of a VM.
+#[derive(Default)]
+pub struct VirtioDevices {
+    devices: Vec<(VirtioSlot, String, Arc<Mutex<BusTransport>>)>,
+}
+
+impl VirtioDevices {
+    /// No devices yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Put `device` in the next slot: transport on the MMIO bus, kicks as ioeventfds,
+    /// interrupt as an irqfd.
+    pub fn add(
+        &mut self,
+        vm: &VmFd,
+        mmio: &mut Bus,
+        mem: &Arc<GuestMemory>,
+        device: Box<dyn VirtioDevice>,
+    ) -> Result<VirtioSlot, DeviceManagerError> {
+        let slot = VirtioSlot::nth(self.devices.len()).ok_or(DeviceManagerError::TooManyDevices)?;
+        let name = format!("{}@{:#x}", device.name(), slot.base);
+        let transport = MmioTransport::new(device, mem.clone()).map_err(|source| {
+            DeviceManagerError::Transport {
+                name: name.clone(),
+                source,
+            }
+        })?;
+        let kvm_err = |what: String| {
+            let name = name.clone();
+            move |source| DeviceManagerError::Kvm { name, what, source }
+        };
+        let notify = IoEventAddress::Mmio(slot.base + QUEUE_NOTIFY_OFFSET);
+        for (index, evt) in transport.queue_evts().iter().enumerate() {
+            vm.register_ioevent(evt, &notify, index as u32)
+                .map_err(kvm_err(format!("queue {index} kick")))?;
+        }
+        vm.register_irqfd(transport.interrupt_evt(), slot.irq)
+            .map_err(kvm_err("interrupt".to_string()))?;
+        let shared = Arc::new(Mutex::new(BusTransport(transport)));
+        mmio.insert(shared.clone(), slot.base, MMIO_WINDOW_SIZE)?;
+        log::debug!("{name}: irq {}", slot.irq);
+        self.devices.push((slot, name, shared));
+        Ok(slot)
+    }
+
+    /// Number of devices.
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// The command line entries declaring every device, space separated.
+    pub fn cmdline_entries(&self) -> String {
+        self.devices
+            .iter()
+            .map(|(slot, _, _)| slot.cmdline_entry())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The DSDT entries declaring every device (`VR00`, `VR01`...; HID `LNRO0005`).
+    pub fn dsdt_devices(&self) -> Result<Vec<DsdtDevice>, AcpiError> {
+        self.devices
+            .iter()
+            .enumerate()
+            .map(|(i, (slot, _, _))| dsdt_entry(i, slot))
+            .collect()
+    }
+
+    /// Stop every device's worker thread (the VM is going away).
+    pub fn shutdown(&mut self) {
+        for (_, name, transport) in self.devices.drain(..) {
+            match transport.lock() {
+                Ok(mut t) => t.0.write(0x70, &0u32.to_le_bytes()),
+                Err(_) => log::warn!("{name}: transport lock poisoned at shutdown"),
+            }
+        }
+    }
+}
+
+fn dsdt_entry(index: usize, slot: &VirtioSlot) -> Result<DsdtDevice, AcpiError> {
+    Ok(
+        DsdtDevice::new(&format!("VR{index:02X}"), "LNRO0005", index as u32)?
+            .with_resource(DsdtResource::Mmio32 {
+                base: slot.base as u32,
+                len: MMIO_WINDOW_SIZE as u32,
+            })
+            .with_resource(DsdtResource::Interrupt {
+                gsi: slot.irq,
+                trigger: IrqTrigger::Edge,
+                polarity: IrqPolarity::ActiveHigh,
+            }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_pages_apart_with_free_irqs() {
+        let a = VirtioSlot::nth(0).unwrap();
+        let b = VirtioSlot::nth(1).unwrap();
+        assert_eq!(a.base, 0xd000_0000);
+        assert_eq!(b.base, 0xd000_1000);
+        assert_eq!((a.irq, b.irq), (5, 6));
+        assert!(VirtioSlot::nth(VIRTIO_IRQS.len()).is_none());
+        for irq in VIRTIO_IRQS {
+            assert!(
+                ![0, 1, 2, 3, 4, 8, 12, 13].contains(&irq),
+                "{irq} is a legacy line"
+            );
+        }
+        let last = VirtioSlot::nth(VIRTIO_IRQS.len() - 1).unwrap();
+        assert!(last.base + MMIO_WINDOW_SIZE <= crate::arch::x86_64::layout::IOAPIC_START);
+    }
+
+    #[test]
+    fn cmdline_entry_form() {
+        assert_eq!(
+            VirtioSlot::nth(2).unwrap().cmdline_entry(),
+            "virtio_mmio.device=4K@0xd0002000:7"
+        );
+    }
+
+    #[test]
+    fn dsdt_names_are_unique_and_valid() {
+        let names: Vec<String> = (0..VIRTIO_IRQS.len())
+            .map(|i| {
+                dsdt_entry(i, &VirtioSlot::nth(i).unwrap())
+                    .unwrap()
+                    .name()
+                    .to_string()
+            })
+            .collect();
+        let mut sorted = names.clone();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len());
+        assert_eq!(names[10], "VR0A");
+    }
+}
