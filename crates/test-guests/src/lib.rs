@@ -21,8 +21,8 @@
 //!   `e_entry` in long mode, paging on, first 4 GiB identity mapped with
 //!   2 MiB pages, CS = 0x08 (64-bit code), DS/ES/SS = 0x10, RSI = 0x7000
 //!   (the zero page, `struct boot_params`, whose `hdr.header` must be
-//!   `"HdrS"`), RSP = 0x8ff0, interrupts off, IDT limit 0. The guests do not
-//!   use the stack.
+//!   `"HdrS"`), RSP = 0x8ff0, interrupts off, IDT limit 0. Only the virtio
+//!   guests use that stack (for calls and their own interrupt handlers).
 //! * **PVH entry**: an ELF whose `PT_NOTE` segment holds a `"Xen"` note of
 //!   type 18 (`XEN_ELFNOTE_PHYS32_ENTRY`) with the 32-bit entry address. The
 //!   vCPU starts there in 32-bit protected mode, paging off, flat 4 GiB
@@ -127,6 +127,24 @@ pub const ECHO: &str = "echo";
 /// cannot fetch from.
 pub const MMIO_EXEC: &str = "mmio_exec";
 
+/// virtio-rng driver, 64-bit ELF entry at 0x200000; run with `--rng` as the only
+/// virtio device (MMIO window 0xd000_0000, IOAPIC pin 5). Probes, negotiates
+/// `VERSION_1`, sets up queue 0 (8 entries), submits one device-writable 32-byte
+/// buffer, waits halted for the interrupt (IDT, LAPIC and IOAPIC set up by the
+/// guest), acknowledges it, checks the used ring and that the buffer is not all
+/// zero. Prints [`expected::VIRTIO_RNG`], or the first failure (e.g.
+/// [`expected::VIRTIO_RNG_NO_DEVICE`]), then resets.
+pub const VIRTIO_RNG: &str = "virtio_rng";
+
+/// virtio-blk driver, 64-bit ELF entry at 0x200000; run with one `--disk` as the
+/// only virtio device (MMIO window 0xd000_0000, IOAPIC pin 5) of at least 2
+/// sectors. Reads the capacity, writes [`virtio_blk_pattern`] to sector
+/// [`VIRTIO_BLK_SECTOR`], reads it back and compares, then reads the sector just
+/// past the end and expects `VIRTIO_BLK_S_IOERR`. Each request is a 3-descriptor
+/// chain completed by a real interrupt. Prints [`expected::virtio_blk`], or the
+/// first failure, then resets.
+pub const VIRTIO_BLK: &str = "virtio_blk";
+
 /// Every guest, in the order above.
 pub const ALL: &[&str] = &[
     HELLO64,
@@ -139,6 +157,8 @@ pub const ALL: &[&str] = &[
     ACPI_POWEROFF,
     ECHO,
     MMIO_EXEC,
+    VIRTIO_RNG,
+    VIRTIO_BLK,
 ];
 
 /// Guest-physical address of the u64 counter the [`COUNT`] guest increments.
@@ -150,6 +170,20 @@ pub const COUNT_DEBUG_PORT: u16 = 0x510;
 /// Guest-physical address where the ELF guests are linked (their `e_entry`,
 /// except [`HELLO_PVH`]'s, whose PVH entry is here).
 pub const ELF_LOAD_ADDR: u64 = 0x20_0000;
+
+/// The sector the [`VIRTIO_BLK`] guest overwrites (byte offset 512 in the image).
+pub const VIRTIO_BLK_SECTOR: u64 = 1;
+
+/// The 512 bytes the [`VIRTIO_BLK`] guest writes to [`VIRTIO_BLK_SECTOR`]:
+/// little-endian u16 words `k ^ 0xb10c` for `k` in `0..256` (every word
+/// differs, none is zero).
+pub fn virtio_blk_pattern() -> [u8; 512] {
+    let mut sector = [0u8; 512];
+    for (k, word) in (0u16..).zip(sector.chunks_exact_mut(2)) {
+        word.copy_from_slice(&(k ^ 0xb10c).to_le_bytes());
+    }
+    sector
+}
 
 /// Exact serial (COM1) output of each guest when everything the VMM does is
 /// right. Guests that never stop have no entry.
@@ -180,6 +214,33 @@ pub mod expected {
 
     /// [`ACPI_POWEROFF`](crate::ACPI_POWEROFF).
     pub const ACPI_POWEROFF: &str = "vireo-guest: powering off via ACPI S5\n";
+
+    /// [`VIRTIO_RNG`](crate::VIRTIO_RNG) with `--rng`.
+    pub const VIRTIO_RNG: &str = "virtio-rng: probe ok\n\
+                                  virtio-rng: features ok\n\
+                                  virtio-rng: queue ok\n\
+                                  virtio-rng: irq ok\n\
+                                  virtio-rng: used len 32\n\
+                                  virtio-rng: random ok\n";
+
+    /// [`VIRTIO_RNG`](crate::VIRTIO_RNG) without any virtio device: the magic
+    /// register reads all ones, like any MMIO nobody owns.
+    pub const VIRTIO_RNG_NO_DEVICE: &str = "virtio-rng: no device, magic 0xffffffff\n";
+
+    /// [`VIRTIO_BLK`](crate::VIRTIO_BLK) with a disk of `capacity` 512-byte
+    /// sectors (at least 2).
+    pub fn virtio_blk(capacity: u64) -> String {
+        format!(
+            "virtio-blk: probe ok\n\
+             virtio-blk: features ok\n\
+             virtio-blk: capacity {capacity} sectors\n\
+             virtio-blk: queue ok\n\
+             virtio-blk: write sector 1 ok\n\
+             virtio-blk: read sector 1 ok\n\
+             virtio-blk: data ok\n\
+             virtio-blk: read sector {capacity} past the end: IOERR ok\n"
+        )
+    }
 }
 
 /// Path of the built guest `name` (one of [`ALL`]).
@@ -322,6 +383,8 @@ mod tests {
             COUNT,
             ACPI_POWEROFF,
             ECHO,
+            VIRTIO_RNG,
+            VIRTIO_BLK,
         ] {
             let b = read(name);
             let (entry, phdrs) = parse_elf(&b);
@@ -333,6 +396,22 @@ mod tests {
                 "{name}: unexpected PT_NOTE"
             );
         }
+    }
+
+    #[test]
+    fn virtio_blk_pattern_is_the_guests_and_has_no_repeats() {
+        let p = virtio_blk_pattern();
+        // What virtio_blk.s computes: word k = k ^ 0xb10c, little-endian.
+        assert_eq!(&p[..4], &[0x0c, 0xb1, 0x0d, 0xb1]);
+        assert_eq!(&p[510..], &[0xf3, 0xb1]);
+        let mut words: Vec<u16> = p
+            .chunks_exact(2)
+            .map(|w| u16::from_le_bytes([w[0], w[1]]))
+            .collect();
+        assert!(words.iter().all(|&w| w != 0), "zero word");
+        words.sort_unstable();
+        words.dedup();
+        assert_eq!(words.len(), 256, "repeated word");
     }
 
     #[test]

@@ -7,9 +7,8 @@
 use std::sync::{Arc, Mutex};
 
 use api::{SerialConfig, VmConfig};
+use balloon::BalloonHandle;
 use kvm_ioctls::{Cap, VmFd};
-use virtio_devices::device::VirtioDevice;
-use virtio_devices::rng::Rng;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::acpi::{self, AcpiConfig, AcpiError, DsdtDevice};
@@ -18,6 +17,7 @@ use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::arch::x86_64::regs::{self, EntryMode, RegsError};
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::device_manager::{DeviceManagerError, VirtioDevices};
+use crate::device_models::{self, DeviceModelError};
 use crate::devices::legacy::acpi_pm::{ACPI_PM_BASE, ACPI_PM_LEN, AcpiPm, AcpiPmPorts};
 use crate::devices::legacy::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::legacy::ports::{AllOnes, PCI_CONFIG_BASE, PCI_CONFIG_LEN, POST_PORT};
@@ -88,9 +88,9 @@ pub enum BuildError {
     /// The event loop.
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),
-    /// A virtio device could not be made.
-    #[error("{0}")]
-    Device(String),
+    /// A virtio device model could not be built.
+    #[error(transparent)]
+    Device(#[from] DeviceModelError),
     /// A virtio device could not be placed.
     #[error(transparent)]
     DeviceManager(#[from] DeviceManagerError),
@@ -124,6 +124,7 @@ pub struct Vmm {
     vcpus: Vec<VcpuHandle>,
     event_loop: Option<EventLoop>,
     virtio: VirtioDevices,
+    balloon: Option<BalloonHandle>,
     stop: Arc<StopSignal>,
     // Dropped last: the VM fd, then the memory KVM maps.
     _vm: VmFd,
@@ -134,6 +135,11 @@ impl Vmm {
     /// What the VMM waits on; signal handlers may write its eventfd.
     pub fn stop_signal(&self) -> &Arc<StopSignal> {
         &self.stop
+    }
+
+    /// The balloon's control handle, if the VM has one.
+    pub fn balloon(&self) -> Option<&BalloonHandle> {
+        self.balloon.as_ref()
     }
 
     /// Block until the guest stops or a stop is requested.
@@ -151,32 +157,6 @@ impl Vmm {
         }
         self.virtio.shutdown();
     }
-}
-
-/// The virtio device models `config` asks for, in the order they get slots: disks,
-/// NICs, vsock, entropy, balloon.
-fn virtio_device_models(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, BuildError> {
-    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    if !config.disks.is_empty() {
-        return Err(BuildError::Device("virtio-blk is not available yet".into()));
-    }
-    if !config.nets.is_empty() {
-        return Err(BuildError::Device("virtio-net is not available yet".into()));
-    }
-    if config.vsock.is_some() {
-        return Err(BuildError::Device(
-            "virtio-vsock is not available yet".into(),
-        ));
-    }
-    if config.rng {
-        devices.push(Box::new(Rng::new("virtio-rng")));
-    }
-    if config.balloon.is_some() {
-        return Err(BuildError::Device(
-            "virtio-balloon is not available yet".into(),
-        ));
-    }
-    Ok(devices)
 }
 
 /// Check the vCPU count against Vireo's and the host's limits.
@@ -230,7 +210,9 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
     // fails most often on user input, and the guest's command line and DSDT list them.
     let mut mmio = Bus::new();
     let mut virtio = VirtioDevices::new();
-    for device in virtio_device_models(config)? {
+    let models = device_models::build(config)?;
+    let balloon = models.balloon;
+    for device in models.devices {
         virtio.add(&vm, &mut mmio, &mem_arc, device)?;
     }
 
@@ -355,6 +337,7 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
         vcpus: handles,
         event_loop: Some(event_loop),
         virtio,
+        balloon,
         stop,
         _vm: vm,
         _memory: mem_arc,

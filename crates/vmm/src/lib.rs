@@ -8,6 +8,7 @@ pub mod arch;
 pub mod builder;
 pub mod bus;
 pub mod device_manager;
+pub mod device_models;
 pub mod devices;
 pub mod event_loop;
 pub mod kvm;

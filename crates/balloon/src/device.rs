@@ -1,0 +1,402 @@
+//! The balloon as the transport and the VMM see it: [`Balloon`] (feature bits, queues,
+//! configuration space, activation and reset) and [`BalloonHandle`], the VMM's control
+//! side (target size, the guest's answer, statistics, polling interval).
+//!
+//! Both share one [`Shared`] state; the worker thread ([`crate::worker`]) reads it too.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use virtio_devices::device::{
+    ActivateContext, ActivateError, Interrupt, VirtioDevice, device_type, features,
+    read_config_bytes,
+};
+use virtio_devices::worker::WorkerThread;
+use virtio_queue::QueueT;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::stats::BalloonStats;
+use crate::worker::{BalloonWorker, QueueLayout};
+
+/// Size of every queue offered to the driver.
+pub const QUEUE_SIZE: u16 = 256;
+/// Balloon pages (4 KiB) per MiB.
+pub const PAGES_PER_MIB: u64 = 256;
+/// Size of the configuration space: num_pages, actual, free_page_hint_cmd_id, poison_val.
+pub const CONFIG_SIZE: usize = 16;
+/// Offset of `actual`, the only field the driver writes.
+const ACTUAL_OFFSET: u64 = 4;
+
+/// Balloon feature bits (virtio 1.2, section 5.5.3).
+pub mod feature_bits {
+    /// The driver must tell the device before using deflated pages (not offered).
+    pub const MUST_TELL_HOST: u64 = 1 << 0;
+    /// A statistics queue exists.
+    pub const STATS_VQ: u64 = 1 << 1;
+    /// The driver deflates the balloon when the guest runs out of memory.
+    pub const DEFLATE_ON_OOM: u64 = 1 << 2;
+    /// Free page hinting (not offered).
+    pub const FREE_PAGE_HINT: u64 = 1 << 3;
+    /// Page poisoning (not offered).
+    pub const PAGE_POISON: u64 = 1 << 4;
+    /// A free page reporting queue exists.
+    pub const REPORTING: u64 = 1 << 5;
+}
+
+/// Errors of the balloon's control side.
+#[derive(Debug, thiserror::Error)]
+pub enum BalloonError {
+    /// The target does not fit the 32-bit page count of the configuration space.
+    #[error("balloon target of {0} MiB is too large (at most {max} MiB)", max = u64::from(u32::MAX) / PAGES_PER_MIB)]
+    TargetTooLarge(u64),
+    /// Statistics polling was asked for on a device created without the statistics queue.
+    #[error("balloon statistics are disabled: the device was created with stats_interval_s = 0")]
+    StatsDisabled,
+    /// An eventfd could not be created or written.
+    #[error("balloon eventfd: {0}")]
+    EventFd(#[source] io::Error),
+    /// The driver could not be told about the new target (it is still set).
+    #[error("cannot signal the configuration change: {0}")]
+    Notify(#[source] io::Error),
+}
+
+/// What the balloon has done so far, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BalloonCounters {
+    /// Page frame numbers received on the inflate queue.
+    pub inflated_pages: u64,
+    /// Page frame numbers received on the deflate queue.
+    pub deflated_pages: u64,
+    /// Bytes given back to the host (inflate and free page reporting).
+    pub released_bytes: u64,
+    /// `madvise` calls made.
+    pub madvise_calls: u64,
+    /// Page frame numbers or reported ranges ignored (outside guest memory, misaligned,
+    /// refused by the kernel).
+    pub ignored: u64,
+    /// Statistics buffers parsed.
+    pub stats_updates: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub inflated_pages: AtomicU64,
+    pub deflated_pages: AtomicU64,
+    pub released_bytes: AtomicU64,
+    pub madvise_calls: AtomicU64,
+    pub ignored: AtomicU64,
+    pub stats_updates: AtomicU64,
+}
+
+/// State shared by the device, its handle and its worker.
+pub(crate) struct Shared {
+    pub target_pages: AtomicU32,
+    pub actual_pages: AtomicU32,
+    pub stats: Mutex<Option<BalloonStats>>,
+    /// Statistics polling interval in milliseconds (0: do not poll).
+    pub stats_interval_ms: AtomicU64,
+    /// Whether the statistics queue is offered at all.
+    pub stats_offered: bool,
+    /// The running device's interrupt line, for configuration changes.
+    pub interrupt: Mutex<Option<Arc<dyn Interrupt>>>,
+    /// Written when the polling interval changes; a running worker re-arms its timer.
+    pub control: EventFd,
+    /// Whether an ignored page has been logged already (logged once per device).
+    pub warned_ignored: AtomicBool,
+    pub counters: Counters,
+}
+
+impl Shared {
+    pub fn stats_interval(&self) -> Duration {
+        Duration::from_millis(self.stats_interval_ms.load(Ordering::SeqCst))
+    }
+
+    fn interrupt(&self) -> MutexGuard<'_, Option<Arc<dyn Interrupt>>> {
+        self.interrupt.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_stats(&self, stats: BalloonStats) {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
+    }
+}
+
+fn mib_to_pages(mib: u64) -> Result<u32, BalloonError> {
+    mib.checked_mul(PAGES_PER_MIB)
+        .and_then(|p| u32::try_from(p).ok())
+        .ok_or(BalloonError::TargetTooLarge(mib))
+}
+
+/// The virtio memory balloon.
+pub struct Balloon {
+    shared: Arc<Shared>,
+    features: u64,
+    queue_sizes: Vec<u16>,
+    worker: Option<WorkerThread<BalloonWorker>>,
+    name: String,
+}
+
+impl Balloon {
+    /// A balloon built from the user's configuration; `name` names its worker thread.
+    /// Returns the device (for the transport) and its control handle (for the VMM's API).
+    pub fn new(
+        cfg: &api::BalloonConfig,
+        name: &str,
+    ) -> Result<(Balloon, BalloonHandle), BalloonError> {
+        let target = mib_to_pages(cfg.amount_mib)?;
+        let mut avail = features::COMMON;
+        let mut queue_sizes = vec![QUEUE_SIZE, QUEUE_SIZE];
+        let stats_offered = cfg.stats_interval_s > 0;
+        if stats_offered {
+            avail |= feature_bits::STATS_VQ;
+            queue_sizes.push(QUEUE_SIZE);
+        }
+        if cfg.deflate_on_oom {
+            avail |= feature_bits::DEFLATE_ON_OOM;
+        }
+        if cfg.free_page_reporting {
+            avail |= feature_bits::REPORTING;
+            queue_sizes.push(QUEUE_SIZE);
+        }
+        let shared = Arc::new(Shared {
+            target_pages: AtomicU32::new(target),
+            actual_pages: AtomicU32::new(0),
+            stats: Mutex::new(None),
+            stats_interval_ms: AtomicU64::new(cfg.stats_interval_s.saturating_mul(1000)),
+            stats_offered,
+            interrupt: Mutex::new(None),
+            control: EventFd::new(EFD_NONBLOCK).map_err(BalloonError::EventFd)?,
+            warned_ignored: AtomicBool::new(false),
+            counters: Counters::default(),
+        });
+        let handle = BalloonHandle {
+            shared: shared.clone(),
+        };
+        let dev = Balloon {
+            shared,
+            features: avail,
+            queue_sizes,
+            worker: None,
+            name: name.to_string(),
+        };
+        Ok((dev, handle))
+    }
+
+    /// A control handle (the same state as the one [`Balloon::new`] returned).
+    pub fn handle(&self) -> BalloonHandle {
+        BalloonHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Whether the worker is running.
+    pub fn is_running(&self) -> bool {
+        self.worker.is_some()
+    }
+
+    fn config_bytes(&self) -> [u8; CONFIG_SIZE] {
+        let mut c = [0u8; CONFIG_SIZE];
+        let target = self.shared.target_pages.load(Ordering::SeqCst);
+        let actual = self.shared.actual_pages.load(Ordering::SeqCst);
+        c[0..4].copy_from_slice(&target.to_le_bytes());
+        c[4..8].copy_from_slice(&actual.to_le_bytes());
+        c
+    }
+
+    fn stop_worker(&mut self) {
+        if let Some(w) = self.worker.take() {
+            w.stop();
+        }
+        *self.shared.interrupt() = None;
+    }
+}
+
+impl VirtioDevice for Balloon {
+    fn device_type(&self) -> u32 {
+        device_type::BALLOON
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config_bytes(), offset, data);
+    }
+
+    /// Only `actual` (bytes 4..8) is writable; a partial write updates its bytes.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let mut actual = self
+            .shared
+            .actual_pages
+            .load(Ordering::SeqCst)
+            .to_le_bytes();
+        let mut touched = false;
+        for (i, b) in data.iter().enumerate() {
+            let Some(pos) = offset.checked_add(i as u64) else {
+                break;
+            };
+            if let Some(byte) = pos
+                .checked_sub(ACTUAL_OFFSET)
+                .and_then(|p| usize::try_from(p).ok())
+                .and_then(|p| actual.get_mut(p))
+            {
+                *byte = *b;
+                touched = true;
+            }
+        }
+        if touched {
+            self.shared
+                .actual_pages
+                .store(u32::from_le_bytes(actual), Ordering::SeqCst);
+        } else {
+            log::debug!(
+                "{}: driver write to read-only config offset {offset:#x} ignored",
+                self.name
+            );
+        }
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        self.stop_worker();
+        let acked = ctx.acked_features & self.features;
+        let layout = QueueLayout::new(acked);
+        for index in layout.indices() {
+            if !ctx.queues.get(index).is_some_and(|q| q.ready()) {
+                return Err(ActivateError::QueueNotReady(index));
+            }
+        }
+        let worker = BalloonWorker::new(&self.handle(), acked).map_err(ActivateError::Worker)?;
+        *self.shared.interrupt() = Some(ctx.interrupt.clone());
+        match WorkerThread::spawn(&self.name, worker, ctx) {
+            Ok(t) => {
+                self.worker = Some(t);
+                Ok(())
+            }
+            Err(e) => {
+                *self.shared.interrupt() = None;
+                Err(ActivateError::Worker(e))
+            }
+        }
+    }
+
+    fn reset(&mut self) -> bool {
+        self.stop_worker();
+        // A reset driver's balloon is empty.
+        self.shared.actual_pages.store(0, Ordering::SeqCst);
+        true
+    }
+
+    fn name(&self) -> &str {
+        "virtio-balloon"
+    }
+}
+
+/// The VMM's control over a balloon; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct BalloonHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl BalloonHandle {
+    /// Ask the guest to hold `mib` MiB in its balloon. The driver is told at once if the
+    /// device is running, otherwise it reads the target when it starts.
+    pub fn set_target_mib(&self, mib: u64) -> Result<(), BalloonError> {
+        let pages = mib_to_pages(mib)?;
+        self.shared.target_pages.store(pages, Ordering::SeqCst);
+        let irq = self.shared.interrupt().clone();
+        if let Some(irq) = irq {
+            irq.signal_config_change().map_err(BalloonError::Notify)?;
+        }
+        Ok(())
+    }
+
+    /// The target, in MiB.
+    pub fn target_mib(&self) -> u64 {
+        self.target_pages() / PAGES_PER_MIB
+    }
+
+    /// The target, in 4 KiB pages.
+    pub fn target_pages(&self) -> u64 {
+        u64::from(self.shared.target_pages.load(Ordering::SeqCst))
+    }
+
+    /// What the guest says its balloon holds, in MiB (rounded down).
+    pub fn actual_mib(&self) -> u64 {
+        self.actual_pages() / PAGES_PER_MIB
+    }
+
+    /// What the guest says its balloon holds, in 4 KiB pages.
+    pub fn actual_pages(&self) -> u64 {
+        u64::from(self.shared.actual_pages.load(Ordering::SeqCst))
+    }
+
+    /// The last statistics the guest sent, if any.
+    pub fn statistics(&self) -> Option<BalloonStats> {
+        self.shared
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether the device offers the statistics queue (created with a non-zero interval).
+    pub fn stats_enabled(&self) -> bool {
+        self.shared.stats_offered
+    }
+
+    /// The statistics polling interval, in seconds (0: not polling).
+    pub fn stats_interval_s(&self) -> u64 {
+        self.shared.stats_interval().as_secs()
+    }
+
+    /// Poll the guest's statistics every `seconds` (0 pauses polling). The statistics
+    /// queue exists only if the device was created with a non-zero interval, so enabling
+    /// polling on a device without it is an error.
+    pub fn set_stats_interval(&self, seconds: u64) -> Result<(), BalloonError> {
+        if seconds > 0 && !self.shared.stats_offered {
+            return Err(BalloonError::StatsDisabled);
+        }
+        self.set_stats_interval_ms(seconds.saturating_mul(1000))
+    }
+
+    /// Same as [`BalloonHandle::set_stats_interval`] in milliseconds (tests use short
+    /// intervals).
+    pub(crate) fn set_stats_interval_ms(&self, ms: u64) -> Result<(), BalloonError> {
+        self.shared.stats_interval_ms.store(ms, Ordering::SeqCst);
+        self.shared.control.write(1).map_err(BalloonError::EventFd)
+    }
+
+    /// What the balloon has done so far.
+    pub fn counters(&self) -> BalloonCounters {
+        let c = &self.shared.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        BalloonCounters {
+            inflated_pages: l(&c.inflated_pages),
+            deflated_pages: l(&c.deflated_pages),
+            released_bytes: l(&c.released_bytes),
+            madvise_calls: l(&c.madvise_calls),
+            ignored: l(&c.ignored),
+            stats_updates: l(&c.stats_updates),
+        }
+    }
+}
+
+impl std::fmt::Debug for BalloonHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BalloonHandle")
+            .field("target_pages", &self.target_pages())
+            .field("actual_pages", &self.actual_pages())
+            .field("stats_interval_s", &self.stats_interval_s())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+#[path = "device_tests.rs"]
+mod tests;

@@ -1,0 +1,85 @@
+//! The virtio device models a [`VmConfig`] asks for, built from their configs.
+//!
+//! Building a model opens its backend (disk image, TAP, Unix socket), so this is where a
+//! wrong path or a busy TAP is reported, naming the option, before anything runs.
+//! Models come in the order they get slots: disks, NICs, vsock, entropy, balloon.
+
+use api::VmConfig;
+use balloon::{Balloon, BalloonHandle};
+use virtio_devices::device::VirtioDevice;
+use virtio_devices::rng::Rng;
+
+/// Why a device model could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceModelError {
+    /// The device type is not in this build.
+    #[error("{0} is not available yet")]
+    Unavailable(&'static str),
+    /// The balloon config was refused.
+    #[error("--balloon: {0}")]
+    Balloon(String),
+}
+
+/// The device models, plus the handles the VMM keeps to control them.
+#[derive(Default)]
+pub struct DeviceModels {
+    /// Every model, in slot order.
+    pub devices: Vec<Box<dyn VirtioDevice>>,
+    /// The balloon's control handle.
+    pub balloon: Option<BalloonHandle>,
+}
+
+/// Build every device model `config` asks for.
+pub fn build(config: &VmConfig) -> Result<DeviceModels, DeviceModelError> {
+    let mut models = DeviceModels::default();
+    if !config.disks.is_empty() {
+        return Err(DeviceModelError::Unavailable("virtio-blk"));
+    }
+    if !config.nets.is_empty() {
+        return Err(DeviceModelError::Unavailable("virtio-net"));
+    }
+    if config.vsock.is_some() {
+        return Err(DeviceModelError::Unavailable("virtio-vsock"));
+    }
+    if config.rng {
+        models.devices.push(Box::new(Rng::new("virtio-rng")));
+    }
+    if let Some(cfg) = &config.balloon {
+        if cfg.amount_mib.saturating_mul(1 << 20) > config.memory_bytes {
+            return Err(DeviceModelError::Balloon(format!(
+                "a target of {} MiB is more than the guest's memory",
+                cfg.amount_mib
+            )));
+        }
+        let (device, handle) = Balloon::new(cfg, "virtio-balloon")
+            .map_err(|e| DeviceModelError::Balloon(e.to_string()))?;
+        models.devices.push(Box::new(device));
+        models.balloon = Some(handle);
+    }
+    Ok(models)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn models_in_slot_order_with_the_balloon_handle() {
+        let mut config = VmConfig::new("/k");
+        config.rng = true;
+        config.balloon = Some("size=16".parse().unwrap());
+        let models = build(&config).unwrap();
+        let types: Vec<u32> = models.devices.iter().map(|d| d.device_type()).collect();
+        assert_eq!(types, [4, 5]);
+        assert_eq!(models.balloon.unwrap().target_mib(), 16);
+    }
+
+    #[test]
+    fn balloon_larger_than_memory_is_refused() {
+        let mut config = VmConfig::new("/k");
+        config.memory_bytes = 64 << 20;
+        config.balloon = Some("size=65".parse().unwrap());
+        let err = build(&config).err().unwrap().to_string();
+        assert!(err.contains("more than the guest's memory"), "{err}");
+    }
+}
