@@ -26,6 +26,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("mmio_exec", "elf64.ld"),
     ("virtio_rng", "elf64.ld"),
     ("virtio_blk", "elf64.ld"),
+    ("virtio_balloon", "elf64.ld"),
 ];
 
 /// Files every guest depends on besides its own source and link script.

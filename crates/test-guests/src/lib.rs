@@ -145,6 +145,18 @@ pub const VIRTIO_RNG: &str = "virtio_rng";
 /// first failure, then resets.
 pub const VIRTIO_BLK: &str = "virtio_blk";
 
+/// virtio-balloon driver, 64-bit ELF entry at 0x200000; run with `--balloon size=MIB`
+/// as the only virtio device (MMIO window 0xd000_0000, IOAPIC pin 5). Probes,
+/// negotiates `VERSION_1` only (so the queues are inflate 0 and deflate 1, whatever
+/// else the device offers), prints `num_pages` from the configuration space, sets up
+/// both queues, fills the page at [`VIRTIO_BALLOON_PAGE`] and the one after it with a
+/// pattern, gives that one page (frame number 0x40) to the balloon on the inflate
+/// queue, waits for the interrupt, checks the used ring, that the page now reads as
+/// zero (the host released it) and that its neighbour kept the pattern, then writes
+/// `actual` = 1. Prints [`expected::virtio_balloon`], or the first failure, then
+/// resets.
+pub const VIRTIO_BALLOON: &str = "virtio_balloon";
+
 /// Every guest, in the order above.
 pub const ALL: &[&str] = &[
     HELLO64,
@@ -159,6 +171,7 @@ pub const ALL: &[&str] = &[
     MMIO_EXEC,
     VIRTIO_RNG,
     VIRTIO_BLK,
+    VIRTIO_BALLOON,
 ];
 
 /// Guest-physical address of the u64 counter the [`COUNT`] guest increments.
@@ -170,6 +183,10 @@ pub const COUNT_DEBUG_PORT: u16 = 0x510;
 /// Guest-physical address where the ELF guests are linked (their `e_entry`,
 /// except [`HELLO_PVH`]'s, whose PVH entry is here).
 pub const ELF_LOAD_ADDR: u64 = 0x20_0000;
+
+/// Guest-physical address of the 4 KiB page the [`VIRTIO_BALLOON`] guest inflates
+/// (page frame number 0x40).
+pub const VIRTIO_BALLOON_PAGE: u64 = 0x4_0000;
 
 /// The sector the [`VIRTIO_BLK`] guest overwrites (byte offset 512 in the image).
 pub const VIRTIO_BLK_SECTOR: u64 = 1;
@@ -239,6 +256,22 @@ pub mod expected {
              virtio-blk: read sector 1 ok\n\
              virtio-blk: data ok\n\
              virtio-blk: read sector {capacity} past the end: IOERR ok\n"
+        )
+    }
+
+    /// [`VIRTIO_BALLOON`](crate::VIRTIO_BALLOON) with `--balloon size=MIB`:
+    /// `num_pages` is the target in 4 KiB pages, `MIB * 256`.
+    pub fn virtio_balloon(num_pages: u64) -> String {
+        format!(
+            "virtio-balloon: probe ok\n\
+             virtio-balloon: features ok\n\
+             virtio-balloon: num_pages {num_pages}\n\
+             virtio-balloon: queue ok\n\
+             virtio-balloon: pattern ok\n\
+             virtio-balloon: inflate irq ok\n\
+             virtio-balloon: used len 0\n\
+             virtio-balloon: page released\n\
+             virtio-balloon: actual 1\n"
         )
     }
 }
@@ -385,6 +418,7 @@ mod tests {
             ECHO,
             VIRTIO_RNG,
             VIRTIO_BLK,
+            VIRTIO_BALLOON,
         ] {
             let b = read(name);
             let (entry, phdrs) = parse_elf(&b);

@@ -6,6 +6,7 @@
 
 use api::VmConfig;
 use balloon::{Balloon, BalloonHandle};
+use net::Net;
 use virtio_devices::device::VirtioDevice;
 use virtio_devices::rng::Rng;
 
@@ -15,6 +16,15 @@ pub enum DeviceModelError {
     /// The device type is not in this build.
     #[error("{0} is not available yet")]
     Unavailable(&'static str),
+    /// A NIC's TAP could not be opened.
+    #[error("--net tap={tap}: {source}")]
+    Net {
+        /// The TAP name.
+        tap: String,
+        /// Why.
+        #[source]
+        source: net::NetError,
+    },
     /// The balloon config was refused.
     #[error("--balloon: {0}")]
     Balloon(String),
@@ -35,8 +45,13 @@ pub fn build(config: &VmConfig) -> Result<DeviceModels, DeviceModelError> {
     if !config.disks.is_empty() {
         return Err(DeviceModelError::Unavailable("virtio-blk"));
     }
-    if !config.nets.is_empty() {
-        return Err(DeviceModelError::Unavailable("virtio-net"));
+    for (i, cfg) in config.nets.iter().enumerate() {
+        let name = cfg.id.clone().unwrap_or_else(|| format!("net{i}"));
+        let device = Net::new(cfg, &name).map_err(|source| DeviceModelError::Net {
+            tap: cfg.tap.clone(),
+            source,
+        })?;
+        models.devices.push(Box::new(device));
     }
     if config.vsock.is_some() {
         return Err(DeviceModelError::Unavailable("virtio-vsock"));

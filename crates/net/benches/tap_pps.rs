@@ -1,0 +1,180 @@
+//! Packets per second and Gb/s through the net worker between two real TAPs.
+//!
+//! In a network namespace made for the run, two TAPs (`vbench0`, `vbench1`) are ports of
+//! a bridge. Worker A transmits frames from its tx ring into `vbench0`; the bridge
+//! floods them to `vbench1`, where worker B receives them into its rx ring. The bench
+//! drives both workers directly from one thread (no guest, no worker threads), refilling
+//! the rings as a driver would, and reports what B received. Needs root and
+//! `/dev/net/tun`; otherwise it prints why and exits.
+//!
+//! `cargo bench -p net --bench tap_pps [-- SECONDS]` (default 2 s per frame size).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Rings, WRITE};
+use net::{NET_HDR_LEN, NetMetrics, NetWorker, Tap};
+use rate_limiter::RateLimiter;
+use virtio_devices::device::DeviceWorker;
+use virtio_devices::testing::{TestInterrupt, guest_memory};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+
+const QSIZE: u16 = common::QSIZE;
+const RX_BUF: u32 = 2048;
+
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+impl Netns {
+    fn exec(&self, args: &[&str]) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+fn setup() -> Result<(Netns, Tap, Tap), String> {
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("not running as root".into());
+    }
+    let name = format!("vireo-bench-{}", std::process::id());
+    if !Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        return Err("`ip netns add` failed".into());
+    }
+    let ns = Netns(name);
+    ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+    let path = format!("/run/netns/{}", ns.0);
+    let taps = std::thread::spawn(move || -> Result<(Tap, Tap), String> {
+        let f = File::open(&path).map_err(|e| e.to_string())?;
+        // SAFETY: setns on a namespace fd we opened; only this short-lived thread moves.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!("setns: {}", std::io::Error::last_os_error()));
+        }
+        let a = Tap::open("vbench0").map_err(|e| e.to_string())?;
+        let b = Tap::open("vbench1").map_err(|e| e.to_string())?;
+        Ok((a, b))
+    })
+    .join()
+    .map_err(|_| "namespace thread panicked".to_string())??;
+    let ok = ns.exec(&["ip", "link", "add", "br0", "type", "bridge"])
+        && ns.exec(&["ip", "link", "set", "vbench0", "master", "br0"])
+        && ns.exec(&["ip", "link", "set", "vbench1", "master", "br0"])
+        && ["br0", "vbench0", "vbench1"]
+            .iter()
+            .all(|i| ns.exec(&["ip", "link", "set", i, "up"]));
+    if !ok {
+        return Err("cannot build the bridge".into());
+    }
+    Ok((ns, taps.0, taps.1))
+}
+
+fn run(a: &mut NetWorker<Tap>, b: &mut NetWorker<Tap>, frame_len: usize, secs: f64) {
+    let mem = guest_memory(64 << 20);
+    let irq = TestInterrupt::default();
+    let mut a_tx = Rings::new(&mem, 0x10_0000);
+    let a_rx = Rings::new(&mem, 0x11_0000);
+    let mut b_rx = Rings::new(&mem, 0x12_0000);
+    let b_tx = Rings::new(&mem, 0x13_0000);
+    let mut a_q: Vec<Queue> = vec![a_rx.queue(), a_tx.queue()];
+    let mut b_q: Vec<Queue> = vec![b_rx.queue(), b_tx.queue()];
+    // A's rx queue is left unready: A only transmits.
+    a_q[0] = Queue::new(QSIZE).unwrap();
+
+    let mut frame = vec![0u8; NET_HDR_LEN + frame_len];
+    frame[NET_HDR_LEN..NET_HDR_LEN + 6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0xbb]);
+    frame[NET_HDR_LEN + 6..NET_HDR_LEN + 12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0xaa]);
+    frame[NET_HDR_LEN + 12..NET_HDR_LEN + 14].copy_from_slice(&[0x88, 0xb5]);
+    for i in 0..u64::from(QSIZE) {
+        let at = 0x100_0000 + i * 0x1_0000;
+        mem.write_slice(&frame, GuestAddress(at)).unwrap();
+        a_tx.add_chain(&mem, &[(at, frame.len() as u32, 0)]);
+        b_rx.add_chain(&mem, &[(0x200_0000 + i * 0x1000, RX_BUF, WRITE)]);
+    }
+    let (mut a_seen, mut b_seen) = (0u16, 0u16);
+    let rx0 = NetMetrics::get(&b.metrics().rx_frames);
+    let tx0 = NetMetrics::get(&a.metrics().tx_frames);
+    let start = Instant::now();
+    let limit = Duration::from_secs_f64(secs);
+    while start.elapsed() < limit {
+        {
+            let mut qs: Vec<&mut Queue> = a_q.iter_mut().collect();
+            a.process_queue(1, &mut qs, mem.as_ref(), &irq).unwrap();
+        }
+        let used = a_tx.used_idx(&mem);
+        while a_seen != used {
+            a_tx.republish(&mem, a_tx.used_head(&mem, a_seen));
+            a_seen = a_seen.wrapping_add(1);
+        }
+        {
+            let mut qs: Vec<&mut Queue> = b_q.iter_mut().collect();
+            b.process_extra(0, &mut qs, mem.as_ref(), &irq).unwrap();
+            b.process_queue(0, &mut qs, mem.as_ref(), &irq).unwrap();
+        }
+        let used = b_rx.used_idx(&mem);
+        while b_seen != used {
+            b_rx.republish(&mem, b_rx.used_head(&mem, b_seen));
+            b_seen = b_seen.wrapping_add(1);
+        }
+    }
+    let t = start.elapsed().as_secs_f64();
+    let rx = NetMetrics::get(&b.metrics().rx_frames) - rx0;
+    let tx = NetMetrics::get(&a.metrics().tx_frames) - tx0;
+    println!(
+        "frame {frame_len:>5} B: tx {:>8.0} pps, rx {:>8.0} pps, {:>6.3} Gb/s received \
+         ({tx} sent, {rx} received in {t:.2} s)",
+        tx as f64 / t,
+        rx as f64 / t,
+        rx as f64 * frame_len as f64 * 8.0 / t / 1e9,
+    );
+}
+
+fn main() {
+    let secs: f64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(2.0);
+    let (ns, tap_a, tap_b) = match setup() {
+        Ok(v) => v,
+        Err(why) => {
+            println!("tap_pps: skipped: {why}");
+            return;
+        }
+    };
+    let new = |tap| {
+        NetWorker::new(
+            tap,
+            RateLimiter::unlimited(),
+            RateLimiter::unlimited(),
+            0,
+            Arc::new(NetMetrics::default()),
+        )
+        .unwrap()
+    };
+    let mut a = new(tap_a);
+    let mut b = new(tap_b);
+    println!("tap_pps: TAP -> bridge -> TAP, one thread driving both workers");
+    for len in [60, 1514] {
+        run(&mut a, &mut b, len, secs);
+    }
+    drop((a, b));
+    drop(ns);
+}

@@ -1,0 +1,345 @@
+//! The register side of virtio-net: [`Net`] offers its features, answers configuration
+//! space reads (MAC, link status) and, when the driver sets `DRIVER_OK`, hands its
+//! backend to a [`NetWorker`] on a [`WorkerThread`]; a reset stops the thread and takes
+//! the backend (the TAP) back so the driver can start again.
+//!
+//! Queue 0 receives (host to guest), queue 1 transmits. No control queue, no
+//! multi-queue.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rate_limiter::RateLimiter;
+use virtio_bindings::virtio_net;
+use virtio_devices::device::{
+    ActivateContext, ActivateError, VirtioDevice, device_type, features, read_config_bytes,
+};
+use virtio_devices::worker::WorkerThread;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::backend::NetBackend;
+use crate::tap::{Tap, TapError};
+use crate::worker::NetWorker;
+
+/// Size of each of the two queues.
+pub const QUEUE_SIZE: u16 = 256;
+/// Index of the receive queue.
+pub const RX_QUEUE: usize = 0;
+/// Index of the transmit queue.
+pub const TX_QUEUE: usize = 1;
+
+const fn bit(b: u32) -> u64 {
+    1 << b
+}
+
+/// The features Vireo's NIC offers: checksum and TSO offload both ways (what a TAP with
+/// a virtio-net header carries), merged rx buffers, a MAC and a link status, plus the
+/// transport's [`features::COMMON`]. UFO is not offered: the kernel no longer hands UFO
+/// frames to a TAP reader.
+pub const OFFERED_FEATURES: u64 = bit(virtio_net::VIRTIO_NET_F_CSUM)
+    | bit(virtio_net::VIRTIO_NET_F_GUEST_CSUM)
+    | bit(virtio_net::VIRTIO_NET_F_MAC)
+    | bit(virtio_net::VIRTIO_NET_F_GUEST_TSO4)
+    | bit(virtio_net::VIRTIO_NET_F_GUEST_TSO6)
+    | bit(virtio_net::VIRTIO_NET_F_HOST_TSO4)
+    | bit(virtio_net::VIRTIO_NET_F_HOST_TSO6)
+    | bit(virtio_net::VIRTIO_NET_F_MRG_RXBUF)
+    | bit(virtio_net::VIRTIO_NET_F_STATUS)
+    | features::COMMON;
+
+/// Length of the configuration space: `mac[6]`, `status`, `max_virtqueue_pairs`.
+pub const CONFIG_LEN: usize = 10;
+
+/// Why a NIC could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The TAP device could not be opened.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// A rate limit could not be set up.
+    #[error("rate limiter: {0}")]
+    RateLimiter(#[source] std::io::Error),
+}
+
+/// Counters of one NIC, shared between the device and its worker.
+#[derive(Debug, Default)]
+pub struct NetMetrics {
+    /// Frames delivered to the guest.
+    pub rx_frames: AtomicU64,
+    /// Bytes delivered to the guest (frames only, no headers).
+    pub rx_bytes: AtomicU64,
+    /// Frames from the backend dropped (too large for the guest's buffers, runt).
+    pub rx_dropped: AtomicU64,
+    /// Receive chains answered empty because they were malformed.
+    pub rx_malformed: AtomicU64,
+    /// Frames sent to the backend.
+    pub tx_frames: AtomicU64,
+    /// Bytes sent to the backend (frames only, no headers).
+    pub tx_bytes: AtomicU64,
+    /// Transmit chains dropped because they were malformed.
+    pub tx_malformed: AtomicU64,
+    /// Frames the backend refused with an error other than "try again".
+    pub tx_errors: AtomicU64,
+}
+
+impl NetMetrics {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The current value of a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// A locally administered unicast MAC derived from `name` (FNV-1a), stable across runs.
+pub fn local_mac(name: &str) -> [u8; 6] {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = h.to_le_bytes();
+    [0x02, b[0], b[1], b[2], b[3], b[4]]
+}
+
+/// The virtio-net device.
+pub struct Net<B: NetBackend = Tap> {
+    id: String,
+    config: [u8; CONFIG_LEN],
+    /// The backend and limiters while the device is not running.
+    idle: Option<(B, RateLimiter, RateLimiter)>,
+    worker: Option<WorkerThread<NetWorker<B>>>,
+    metrics: Arc<NetMetrics>,
+}
+
+impl Net<Tap> {
+    /// A NIC on the TAP `cfg.tap` (created if missing and permitted), with `cfg`'s MAC
+    /// (or one derived from `name`) and rate limits; `name` names its worker thread.
+    pub fn new(cfg: &api::NetConfig, name: &str) -> Result<Self, NetError> {
+        let rx = RateLimiter::new(&cfg.rx_rate_limit).map_err(NetError::RateLimiter)?;
+        let tx = RateLimiter::new(&cfg.tx_rate_limit).map_err(NetError::RateLimiter)?;
+        let tap = Tap::open(&cfg.tap)?;
+        let mac = cfg.mac.unwrap_or_else(|| local_mac(name));
+        Ok(Self::with_backend(tap, mac, rx, tx, name))
+    }
+}
+
+impl<B: NetBackend> Net<B> {
+    /// A NIC on any backend, with the given MAC and receive/transmit limiters.
+    pub fn with_backend(
+        backend: B,
+        mac: [u8; 6],
+        rx_limiter: RateLimiter,
+        tx_limiter: RateLimiter,
+        name: &str,
+    ) -> Self {
+        let mut config = [0u8; CONFIG_LEN];
+        config[..6].copy_from_slice(&mac);
+        config[6..8].copy_from_slice(&(virtio_net::VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        config[8..10].copy_from_slice(&1u16.to_le_bytes());
+        Self {
+            id: name.to_string(),
+            config,
+            idle: Some((backend, rx_limiter, tx_limiter)),
+            worker: None,
+            metrics: Arc::new(NetMetrics::default()),
+        }
+    }
+
+    /// The guest's MAC address.
+    pub fn mac(&self) -> [u8; 6] {
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&self.config[..6]);
+        mac
+    }
+
+    /// The device's counters.
+    pub fn metrics(&self) -> Arc<NetMetrics> {
+        self.metrics.clone()
+    }
+
+    /// The backend, while the device is not running.
+    pub fn backend(&self) -> Option<&B> {
+        self.idle.as_ref().map(|(b, _, _)| b)
+    }
+}
+
+impl<B: NetBackend> VirtioDevice for Net<B> {
+    fn device_type(&self) -> u32 {
+        device_type::NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        OFFERED_FEATURES
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        for i in [RX_QUEUE, TX_QUEUE] {
+            if !ctx.queues.get(i).is_some_and(|q| {
+                use virtio_queue::QueueT;
+                q.ready()
+            }) {
+                return Err(ActivateError::QueueNotReady(i));
+            }
+        }
+        let Some((mut backend, rx, tx)) = self.idle.take() else {
+            return Err(ActivateError::Backend(format!(
+                "{}: the backend was lost when its worker failed",
+                self.id
+            )));
+        };
+        // Everything that can fail is done while we still own the backend, so a failed
+        // activation leaves the device as it was.
+        let prepared = backend
+            .set_offload(ctx.acked_features)
+            .map_err(|e| ActivateError::Backend(e.to_string()))
+            .and_then(|()| Epoll::new().map_err(ActivateError::Worker))
+            .and_then(|epoll| {
+                epoll
+                    .ctl(
+                        ControlOperation::Add,
+                        backend.raw_fd(),
+                        EpollEvent::new(EventSet::IN, 0),
+                    )
+                    .map(|()| epoll)
+                    .map_err(ActivateError::Worker)
+            });
+        let epoll = match prepared {
+            Ok(epoll) => epoll,
+            Err(e) => {
+                self.idle = Some((backend, rx, tx));
+                return Err(e);
+            }
+        };
+        let worker = NetWorker::from_parts(
+            backend,
+            epoll,
+            rx,
+            tx,
+            ctx.acked_features,
+            self.metrics.clone(),
+        );
+        let thread = WorkerThread::spawn(&self.id, worker, ctx).map_err(ActivateError::Worker)?;
+        self.worker = Some(thread);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        if let Some(thread) = self.worker.take() {
+            match thread.stop() {
+                Some((worker, _queues)) => self.idle = Some(worker.into_parts()),
+                None => {
+                    log::error!("{}: worker thread panicked; the backend is lost", self.id);
+                    return false;
+                }
+            }
+        }
+        self.idle.is_some()
+    }
+
+    fn name(&self) -> &str {
+        "virtio-net"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::SocketBackend;
+
+    fn net() -> Net<SocketBackend> {
+        let (b, _peer) = SocketBackend::pair().unwrap();
+        Net::with_backend(
+            b,
+            [0x02, 1, 2, 3, 4, 5],
+            RateLimiter::unlimited(),
+            RateLimiter::unlimited(),
+            "net-test",
+        )
+    }
+
+    #[test]
+    fn config_space_has_mac_status_and_pairs() {
+        let n = net();
+        let mut mac = [0u8; 6];
+        n.read_config(0, &mut mac);
+        assert_eq!(mac, [0x02, 1, 2, 3, 4, 5]);
+        let mut status = [0u8; 2];
+        n.read_config(6, &mut status);
+        assert_eq!(u16::from_le_bytes(status), 1, "link up");
+        let mut pairs = [0u8; 2];
+        n.read_config(8, &mut pairs);
+        assert_eq!(u16::from_le_bytes(pairs), 1);
+        let mut word = [0u8; 4];
+        n.read_config(4, &mut word);
+        assert_eq!(word, [4, 5, 1, 0], "unaligned reads span fields");
+        let mut past = [0xffu8; 4];
+        n.read_config(CONFIG_LEN as u64, &mut past);
+        assert_eq!(past, [0; 4]);
+        n.read_config(u64::MAX, &mut past);
+        assert_eq!(past, [0; 4]);
+    }
+
+    #[test]
+    fn features_and_identity() {
+        let n = net();
+        assert_eq!(n.device_type(), device_type::NET);
+        assert_eq!(n.queue_max_sizes(), &[256, 256]);
+        let f = n.features();
+        assert_eq!(f & features::COMMON, features::COMMON);
+        for b in [
+            virtio_net::VIRTIO_NET_F_MAC,
+            virtio_net::VIRTIO_NET_F_STATUS,
+            virtio_net::VIRTIO_NET_F_MRG_RXBUF,
+            virtio_net::VIRTIO_NET_F_CSUM,
+            virtio_net::VIRTIO_NET_F_GUEST_TSO4,
+        ] {
+            assert_ne!(f & bit(b), 0, "feature bit {b}");
+        }
+        for b in [
+            virtio_net::VIRTIO_NET_F_MQ,
+            virtio_net::VIRTIO_NET_F_CTRL_VQ,
+            virtio_net::VIRTIO_NET_F_GUEST_UFO,
+            virtio_net::VIRTIO_NET_F_HOST_UFO,
+        ] {
+            assert_eq!(f & bit(b), 0, "feature bit {b} is not offered");
+        }
+        assert_eq!(n.name(), "virtio-net");
+    }
+
+    #[test]
+    fn local_macs_are_stable_unicast_and_local() {
+        let a = local_mac("net0");
+        assert_eq!(a, local_mac("net0"));
+        assert_ne!(a, local_mac("net1"));
+        assert_eq!(a[0] & 0x01, 0, "unicast");
+        assert_eq!(a[0] & 0x02, 0x02, "locally administered");
+    }
+
+    #[test]
+    fn new_refuses_bad_tap_names_and_zero_rates() {
+        let mut cfg = api::NetConfig {
+            id: None,
+            tap: "bad/name".into(),
+            mac: None,
+            rx_rate_limit: Default::default(),
+            tx_rate_limit: Default::default(),
+        };
+        assert!(matches!(
+            Net::new(&cfg, "n"),
+            Err(NetError::Tap(TapError::InvalidName(_)))
+        ));
+        cfg.tx_rate_limit.ops_per_sec = Some(0);
+        assert!(matches!(Net::new(&cfg, "n"), Err(NetError::RateLimiter(_))));
+    }
+}

@@ -1,0 +1,185 @@
+//! Tests of the bucket arithmetic (explicit times) and of the limiter with its timerfd
+//! (real time, a few milliseconds).
+
+use std::time::Duration;
+
+use super::*;
+
+const MS: u64 = 1_000_000;
+const SEC: u64 = 1_000_000_000;
+
+#[test]
+fn bucket_starts_full_and_refills_continuously() {
+    let mut b = TokenBucket::new(1000, 0);
+    assert_eq!(b.available(), 1000);
+    assert_eq!(b.check(1000, 0), Ok(()));
+    b.take(1000);
+    assert_eq!(b.available(), 0);
+    // One token comes every millisecond.
+    assert_eq!(b.check(1, 0), Err(MS));
+    assert_eq!(b.check(1, MS / 2), Err(MS / 2));
+    assert_eq!(b.check(1, MS), Ok(()));
+    b.refill(SEC / 2);
+    assert_eq!(b.available(), 500);
+}
+
+#[test]
+fn bucket_never_holds_more_than_one_second() {
+    let mut b = TokenBucket::new(10, 0);
+    b.take(3);
+    b.refill(100 * SEC);
+    assert_eq!(b.available(), 10);
+    assert_eq!(b.check(11, 100 * SEC), Ok(()), "oversized, bucket full");
+    // A huge gap does not overflow.
+    b.refill(u64::MAX);
+    assert_eq!(b.available(), 10);
+}
+
+#[test]
+fn oversized_request_passes_when_full_and_leaves_debt() {
+    let mut b = TokenBucket::new(100, 0);
+    assert_eq!(b.check(1000, 0), Ok(()));
+    b.take(1000);
+    assert_eq!(b.available(), -900);
+    // One more token needs the debt paid plus one: 9.01 s at 100/s.
+    assert_eq!(b.check(1, 0), Err(9 * SEC + 10 * MS));
+    assert_eq!(b.check(1, 9 * SEC + 10 * MS), Ok(()));
+}
+
+#[test]
+fn oversized_request_waits_for_a_full_bucket() {
+    let mut b = TokenBucket::new(100, 0);
+    b.take(50);
+    assert_eq!(b.check(1000, 0), Err(SEC / 2));
+    assert_eq!(b.check(1000, SEC / 2), Ok(()));
+}
+
+#[test]
+fn time_going_backwards_earns_nothing() {
+    let mut b = TokenBucket::new(100, 5 * SEC);
+    b.take(100);
+    b.refill(SEC);
+    assert_eq!(b.available(), 0);
+    b.refill(5 * SEC + SEC / 10);
+    assert_eq!(b.available(), 10);
+}
+
+#[test]
+fn limiter_takes_from_both_buckets_or_neither() {
+    let limit = api::RateLimit {
+        ops_per_sec: Some(10),
+        bytes_per_sec: Some(1000),
+    };
+    let mut rl = RateLimiter::new(&limit).unwrap();
+    let t0 = rl.origin;
+    assert!(rl.consume_at(1, 900, t0));
+    // Bytes are short: the op is not taken either.
+    assert!(!rl.consume_at(1, 200, t0));
+    assert!(rl.is_blocked());
+    assert_eq!(rl.ops.as_ref().unwrap().available(), 9);
+    assert_eq!(rl.bytes.as_ref().unwrap().available(), 100);
+    // Blocked until the timer fires, whatever the buckets say.
+    assert!(!rl.consume_at(0, 0, t0 + Duration::from_secs(5)));
+    rl.on_timer();
+    assert!(!rl.is_blocked());
+    // 100 ms later one op and 100 bytes came back; the request takes them.
+    assert!(rl.consume_at(1, 200, t0 + Duration::from_millis(100)));
+    assert_eq!(rl.ops.as_ref().unwrap().available(), 9);
+    assert_eq!(rl.bytes.as_ref().unwrap().available(), 0);
+}
+
+#[test]
+fn limiter_ops_bucket_alone() {
+    let limit = api::RateLimit {
+        ops_per_sec: Some(2),
+        bytes_per_sec: None,
+    };
+    let mut rl = RateLimiter::new(&limit).unwrap();
+    let t0 = rl.origin;
+    assert!(rl.consume_at(1, u64::MAX, t0));
+    assert!(rl.consume_at(1, u64::MAX, t0));
+    assert!(!rl.consume_at(1, 0, t0));
+    rl.on_timer();
+    assert!(rl.consume_at(1, 0, t0 + Duration::from_millis(500)));
+}
+
+#[test]
+fn unlimited_lets_everything_through() {
+    let mut rl = RateLimiter::unlimited();
+    assert!(!rl.is_limited());
+    assert_eq!(rl.timer_fd(), None);
+    for _ in 0..1000 {
+        assert!(rl.consume(u64::MAX, u64::MAX));
+    }
+    assert!(!rl.is_blocked());
+    let rl = RateLimiter::new(&api::RateLimit::default()).unwrap();
+    assert_eq!(rl.timer_fd(), None, "no limit, no timer");
+}
+
+#[test]
+fn zero_rate_is_refused() {
+    let limit = api::RateLimit {
+        ops_per_sec: Some(0),
+        bytes_per_sec: None,
+    };
+    assert!(RateLimiter::new(&limit).is_err());
+}
+
+fn readable_within(fd: RawFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on the stack.
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    n == 1 && p.revents & libc::POLLIN != 0
+}
+
+#[test]
+fn timer_fires_when_tokens_are_back() {
+    // 1000 ops/s: after the bucket is emptied the next op is 1 ms away.
+    let limit = api::RateLimit {
+        ops_per_sec: Some(1000),
+        bytes_per_sec: None,
+    };
+    let mut rl = RateLimiter::new(&limit).unwrap();
+    let fd = rl.timer_fd().unwrap();
+    assert!(rl.consume(1000, 0));
+    assert!(!readable_within(fd, 0), "not armed before blocking");
+    let start = Instant::now();
+    assert!(!rl.consume(1, 0));
+    assert!(readable_within(fd, 2000), "the timer fires");
+    assert!(start.elapsed() >= Duration::from_micros(500));
+    rl.on_timer();
+    assert!(!readable_within(fd, 0), "drained");
+    assert!(rl.consume(1, 0));
+    // Draining when nothing fired does not block.
+    rl.on_timer();
+}
+
+#[test]
+fn limited_rate_spreads_requests_over_time() {
+    // 200 ops/s, a bucket of 200: 210 requests need about 50 ms more than the bucket.
+    let limit = api::RateLimit {
+        ops_per_sec: Some(200),
+        bytes_per_sec: None,
+    };
+    let mut rl = RateLimiter::new(&limit).unwrap();
+    let fd = rl.timer_fd().unwrap();
+    let start = Instant::now();
+    let mut served = 0;
+    let mut blocks = 0;
+    while served < 210 {
+        if rl.consume(1, 0) {
+            served += 1;
+        } else {
+            blocks += 1;
+            assert!(readable_within(fd, 2000));
+            rl.on_timer();
+        }
+    }
+    assert!(blocks >= 1, "the bucket ran out at least once");
+    assert!(start.elapsed() >= Duration::from_millis(40));
+}
+
