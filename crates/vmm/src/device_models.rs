@@ -9,6 +9,7 @@ use balloon::{Balloon, BalloonHandle};
 use net::Net;
 use virtio_devices::device::VirtioDevice;
 use virtio_devices::rng::Rng;
+use vsock::Vsock;
 
 /// Why a device model could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,15 @@ pub enum DeviceModelError {
         /// Why.
         #[source]
         source: net::NetError,
+    },
+    /// The vsock's host socket could not be bound.
+    #[error("--vsock: {source}")]
+    Vsock {
+        /// The socket path.
+        socket: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: vsock::VsockError,
     },
     /// The balloon config was refused.
     #[error("--balloon: {0}")]
@@ -53,8 +63,12 @@ pub fn build(config: &VmConfig) -> Result<DeviceModels, DeviceModelError> {
         })?;
         models.devices.push(Box::new(device));
     }
-    if config.vsock.is_some() {
-        return Err(DeviceModelError::Unavailable("virtio-vsock"));
+    if let Some(cfg) = &config.vsock {
+        let device = Vsock::new(cfg, "vsock").map_err(|source| DeviceModelError::Vsock {
+            socket: cfg.socket.clone(),
+            source,
+        })?;
+        models.devices.push(Box::new(device));
     }
     if config.rng {
         models.devices.push(Box::new(Rng::new("virtio-rng")));
