@@ -182,4 +182,3 @@ fn limited_rate_spreads_requests_over_time() {
     assert!(blocks >= 1, "the bucket ran out at least once");
     assert!(start.elapsed() >= Duration::from_millis(40));
 }
-

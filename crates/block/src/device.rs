@@ -1,0 +1,190 @@
+//! The virtio-blk device as its transport sees it: features, configuration space,
+//! activation on a [`WorkerThread`] and reset (which takes the disk back so the driver
+//! can start again).
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+};
+use virtio_devices::device::{
+    ActivateContext, ActivateError, VirtioDevice, device_type, features, read_config_bytes,
+};
+use virtio_devices::worker::WorkerThread;
+use virtio_queue::QueueT;
+
+use crate::disk::BlockError;
+use crate::request::{MAX_DWZ_SECTORS, MAX_DWZ_SEGMENTS, SECTOR_SIZE};
+use crate::worker::BlockWorker;
+
+/// Size of the request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Data buffers per request the driver may use (`seg_max`): the queue less the header
+/// and status descriptors.
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Bytes of configuration space (`struct virtio_blk_config` up to
+/// `write_zeroes_may_unmap` and its padding).
+pub const CONFIG_SIZE: usize = 60;
+/// Discard granularity in sectors (`discard_sector_alignment`): 4 KiB, the host file
+/// systems' block.
+pub const DISCARD_ALIGNMENT_SECTORS: u32 = 8;
+
+/// Offsets in the configuration space.
+pub mod config_offset {
+    /// `capacity` (le64, 512-byte sectors).
+    pub const CAPACITY: usize = 0;
+    /// `seg_max` (le32).
+    pub const SEG_MAX: usize = 12;
+    /// `blk_size` (le32).
+    pub const BLK_SIZE: usize = 20;
+    /// `max_discard_sectors` (le32).
+    pub const MAX_DISCARD_SECTORS: usize = 36;
+    /// `max_discard_seg` (le32).
+    pub const MAX_DISCARD_SEG: usize = 40;
+    /// `discard_sector_alignment` (le32).
+    pub const DISCARD_SECTOR_ALIGNMENT: usize = 44;
+    /// `max_write_zeroes_sectors` (le32).
+    pub const MAX_WRITE_ZEROES_SECTORS: usize = 48;
+    /// `max_write_zeroes_seg` (le32).
+    pub const MAX_WRITE_ZEROES_SEG: usize = 52;
+    /// `write_zeroes_may_unmap` (u8).
+    pub const WRITE_ZEROES_MAY_UNMAP: usize = 56;
+}
+
+/// A virtio-blk disk.
+pub struct Block {
+    name: String,
+    features: u64,
+    config: [u8; CONFIG_SIZE],
+    capacity: u64,
+    /// The worker while the device is not running.
+    idle: Option<BlockWorker>,
+    running: Option<WorkerThread<BlockWorker>>,
+}
+
+impl Block {
+    /// Open the disk of `cfg`; `name` names the worker thread.
+    pub fn new(cfg: &api::DiskConfig, name: &str) -> Result<Self, BlockError> {
+        Ok(Self::from_worker(BlockWorker::new(cfg)?, name))
+    }
+
+    /// A device around an already opened worker.
+    pub fn from_worker(worker: BlockWorker, name: &str) -> Self {
+        let capacity = worker.capacity_sectors();
+        let readonly = worker.readonly();
+        let mut features = features::COMMON
+            | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_BLK_SIZE
+            | 1 << VIRTIO_BLK_F_FLUSH;
+        if readonly {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        } else {
+            features |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+        }
+        Self {
+            name: name.to_string(),
+            features,
+            config: config_space(capacity),
+            capacity,
+            idle: Some(worker),
+            running: None,
+        }
+    }
+
+    /// Disk size in 512-byte sectors.
+    pub fn capacity_sectors(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Whether the worker thread is running.
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+}
+
+/// The configuration space for a disk of `capacity` sectors.
+fn config_space(capacity: u64) -> [u8; CONFIG_SIZE] {
+    use config_offset as o;
+    let mut c = [0u8; CONFIG_SIZE];
+    let mut put32 = |off: usize, v: u32| c[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    put32(o::SEG_MAX, SEG_MAX);
+    put32(o::BLK_SIZE, SECTOR_SIZE as u32);
+    put32(o::MAX_DISCARD_SECTORS, MAX_DWZ_SECTORS);
+    put32(o::MAX_DISCARD_SEG, MAX_DWZ_SEGMENTS);
+    put32(o::DISCARD_SECTOR_ALIGNMENT, DISCARD_ALIGNMENT_SECTORS);
+    put32(o::MAX_WRITE_ZEROES_SECTORS, MAX_DWZ_SECTORS);
+    put32(o::MAX_WRITE_ZEROES_SEG, MAX_DWZ_SEGMENTS);
+    c[o::CAPACITY..o::CAPACITY + 8].copy_from_slice(&capacity.to_le_bytes());
+    c[o::WRITE_ZEROES_MAY_UNMAP] = 1;
+    c
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        device_type::BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if !ctx.queues.first().is_some_and(|q| q.ready()) {
+            return Err(ActivateError::QueueNotReady(0));
+        }
+        let Some(worker) = self.idle.take() else {
+            return Err(ActivateError::Backend(
+                "the disk is lost (an earlier start failed)".into(),
+            ));
+        };
+        let thread = WorkerThread::spawn(&self.name, worker, ctx).map_err(ActivateError::Worker)?;
+        self.running = Some(thread);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        let Some(thread) = self.running.take() else {
+            return self.idle.is_some();
+        };
+        match thread.stop() {
+            Some((mut worker, _queues)) => {
+                worker.quiesce();
+                self.idle = Some(worker);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn name(&self) -> &str {
+        "virtio-blk"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_space_layout() {
+        let c = config_space(0x1_0000_0001);
+        assert_eq!(c[0..8], 0x1_0000_0001u64.to_le_bytes());
+        assert_eq!(c[12..16], 254u32.to_le_bytes());
+        assert_eq!(c[20..24], 512u32.to_le_bytes());
+        assert_eq!(c[36..40], MAX_DWZ_SECTORS.to_le_bytes());
+        assert_eq!(c[40..44], MAX_DWZ_SEGMENTS.to_le_bytes());
+        assert_eq!(c[44..48], 8u32.to_le_bytes());
+        assert_eq!(c[48..52], MAX_DWZ_SECTORS.to_le_bytes());
+        assert_eq!(c[52..56], MAX_DWZ_SEGMENTS.to_le_bytes());
+        assert_eq!(c[56], 1);
+        // Geometry, topology, writeback, num_queues: zero.
+        assert!(c[16..20].iter().chain(&c[24..36]).all(|b| *b == 0));
+    }
+}

@@ -1,0 +1,11 @@
+//! Layer-1 tests of the block device: guest memory and a split virtqueue laid out by
+//! hand (virtio-queue's mock queue), the worker driven directly; no KVM.
+
+mod durability;
+mod harness;
+mod images;
+mod limits;
+mod malicious;
+mod prop;
+mod requests;
+mod transport;

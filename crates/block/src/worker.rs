@@ -1,0 +1,409 @@
+//! The virtio-blk worker: pops request chains, parses them ([`crate::request`]), checks
+//! the rate limiter, runs them on the disk image ([`crate::disk`]) synchronously or
+//! through io_uring ([`crate::uring`]), writes the status byte and fills the used ring.
+//!
+//! Its extra fds (in this order, each if present): the io_uring completion eventfd and
+//! the rate limiter's timerfd. While the limiter is blocked or the ring is full, no chain
+//! is popped; the timer or the completions resume serving.
+
+use std::os::fd::RawFd;
+
+use rate_limiter::RateLimiter;
+use virtio_devices::device::{DeviceWorker, Interrupt, WorkerError, notify_if_needed, pop_chain};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+
+use crate::disk::{self, BlockError, Image};
+use crate::request::{Buffer, ID_BYTES, Request, RequestKind, SECTOR_SHIFT, parse_request, status};
+use crate::uring::{Completion, Meta, Uring};
+
+/// How requests reach the host kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// Blocking `preadv`/`pwritev` (or imago) on the worker thread.
+    Sync,
+    /// io_uring, several requests in flight.
+    IoUring,
+}
+
+/// What an extra fd is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Extra {
+    Completions,
+    Timer,
+}
+
+/// Depth of the io_uring: as many requests as the queue can hold.
+const URING_DEPTH: u32 = crate::device::QUEUE_SIZE as u32;
+
+/// Serves the request queue of one disk.
+pub struct BlockWorker {
+    image: Image,
+    capacity: u64,
+    readonly: bool,
+    serial: [u8; ID_BYTES],
+    uring: Option<Uring>,
+    limiter: RateLimiter,
+}
+
+fn ring_err(e: virtio_queue::Error) -> WorkerError {
+    WorkerError::new(format!("virtio-blk queue: {e}"))
+}
+
+impl BlockWorker {
+    /// Open the disk described by `cfg` and choose its engine.
+    pub fn new(cfg: &api::DiskConfig) -> Result<Self, BlockError> {
+        let (image, capacity) = disk::open(&cfg.path, cfg.format, cfg.readonly)?;
+        let raw = image.raw_fd().is_some();
+        let uring = match (cfg.io_engine, raw) {
+            (api::IoEngine::Sync, _) | (api::IoEngine::Auto, false) => None,
+            (api::IoEngine::IoUring, false) => return Err(BlockError::IoUringNeedsRaw),
+            (api::IoEngine::Auto, true) => match Uring::new(URING_DEPTH) {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    log::info!("virtio-blk: io_uring unavailable ({e}), using synchronous I/O");
+                    None
+                }
+            },
+            (api::IoEngine::IoUring, true) => {
+                Some(Uring::new(URING_DEPTH).map_err(BlockError::IoUringUnavailable)?)
+            }
+        };
+        let limiter = RateLimiter::new(&cfg.rate_limit).map_err(BlockError::RateLimiter)?;
+        let mut serial = [0u8; ID_BYTES];
+        if let Some(s) = &cfg.serial {
+            let n = s.len().min(ID_BYTES);
+            serial[..n].copy_from_slice(&s.as_bytes()[..n]);
+        }
+        Ok(Self {
+            image,
+            capacity,
+            readonly: cfg.readonly,
+            serial,
+            uring,
+            limiter,
+        })
+    }
+
+    /// Disk size in 512-byte sectors.
+    pub fn capacity_sectors(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Whether the guest may only read.
+    pub fn readonly(&self) -> bool {
+        self.readonly
+    }
+
+    /// The engine serving reads, writes and flushes.
+    pub fn engine(&self) -> Engine {
+        if self.uring.is_some() {
+            Engine::IoUring
+        } else {
+            Engine::Sync
+        }
+    }
+
+    /// Requests submitted to io_uring and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.uring.as_ref().map_or(0, Uring::in_flight)
+    }
+
+    /// Whether the rate limiter holds the queue back.
+    pub fn is_rate_limited(&self) -> bool {
+        self.limiter.is_blocked()
+    }
+
+    /// Wait for every request in flight to finish without answering them (the queues
+    /// are being dropped: reset, or the device stops), and forget a pending rate-limit
+    /// wait. After this the worker may serve fresh queues.
+    pub fn quiesce(&mut self) {
+        if let Some(u) = &mut self.uring {
+            let dropped = u.wait_idle().len();
+            if dropped > 0 {
+                log::debug!("virtio-blk: {dropped} requests finished during reset");
+            }
+        }
+        self.limiter.on_timer();
+    }
+
+    fn extras(&self) -> Vec<(Extra, RawFd)> {
+        let mut v = Vec::new();
+        if let Some(u) = &self.uring {
+            v.push((Extra::Completions, u.eventfd()));
+        }
+        if let Some(fd) = self.limiter.timer_fd() {
+            v.push((Extra::Timer, fd));
+        }
+        v
+    }
+
+    /// Serve the queue until it is empty, the limiter blocks or the ring is full.
+    fn serve<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        interrupt: &dyn Interrupt,
+        mut used: usize,
+    ) -> Result<(), WorkerError> {
+        loop {
+            queue.disable_notification(mem).map_err(ring_err)?;
+            let stalled = self.pop_requests(queue, mem, &mut used)?;
+            if let Some(u) = &mut self.uring {
+                u.submit()
+                    .map_err(|e| WorkerError::new(format!("io_uring submit: {e}")))?;
+            }
+            // Stalled: the timer or a completion calls back; leave notifications off.
+            if stalled || !queue.enable_notification(mem).map_err(ring_err)? {
+                break;
+            }
+        }
+        if used > 0 {
+            notify_if_needed(queue, 0, mem, interrupt)?;
+        }
+        Ok(())
+    }
+
+    /// Pop and start requests; `Ok(true)` if stopped by the limiter or a full ring.
+    fn pop_requests<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        used: &mut usize,
+    ) -> Result<bool, WorkerError> {
+        loop {
+            if self.limiter.is_blocked() || self.uring.as_ref().is_some_and(|u| !u.has_room()) {
+                return Ok(true);
+            }
+            let Some(chain) = pop_chain(queue, mem)? else {
+                return Ok(false);
+            };
+            let head = chain.head_index();
+            let req = match parse_request(mem, chain, self.capacity) {
+                Ok(r) => r,
+                Err(e) => {
+                    log::debug!("virtio-blk: request {head}: {e}");
+                    let len = match e.status() {
+                        Some((addr, code)) => u32::from(mem.write_obj(code, addr).is_ok()),
+                        None => 0,
+                    };
+                    queue.add_used(mem, head, len).map_err(ring_err)?;
+                    *used += 1;
+                    continue;
+                }
+            };
+            if !self.limiter.consume(1, req.data_len()) {
+                queue.go_to_previous_position();
+                return Ok(true);
+            }
+            if let Some(len) = self.execute(mem, head, req) {
+                queue.add_used(mem, head, len).map_err(ring_err)?;
+                *used += 1;
+            }
+        }
+    }
+
+    /// Run one request. `Some(used_len)` when answered already (status written),
+    /// `None` when submitted to io_uring.
+    fn execute<M: GuestMemory>(&mut self, mem: &M, head: u16, req: Request) -> Option<u32> {
+        let Request {
+            kind,
+            status: status_addr,
+        } = req;
+        let write_kind = matches!(
+            kind,
+            RequestKind::Write { .. } | RequestKind::Discard(_) | RequestKind::WriteZeroes(_)
+        );
+        let (code, len) = if write_kind && self.readonly {
+            (status::IOERR, 1)
+        } else {
+            match kind {
+                RequestKind::Read { sector, buffers } => {
+                    let data = buffers.iter().map(|b| u64::from(b.len)).sum::<u64>();
+                    let len = u32::try_from(data + 1).unwrap_or(u32::MAX);
+                    if self.uring.is_some() {
+                        return self.submit_rw(mem, head, status_addr, sector, buffers, len, false);
+                    }
+                    let r = disk::guest_slices(mem, &buffers, Permissions::Write)
+                        .and_then(|s| self.image.read(&s, sector << SECTOR_SHIFT));
+                    answer(r, len)
+                }
+                RequestKind::Write { sector, buffers } => {
+                    if self.uring.is_some() {
+                        return self.submit_rw(mem, head, status_addr, sector, buffers, 1, true);
+                    }
+                    let r = disk::guest_slices(mem, &buffers, Permissions::Read)
+                        .and_then(|s| self.image.write(&s, sector << SECTOR_SHIFT));
+                    answer(r, 1)
+                }
+                RequestKind::Flush => {
+                    if let (Some(u), Some(fd)) = (&mut self.uring, self.image.raw_fd()) {
+                        let meta = Meta {
+                            head,
+                            status: status_addr,
+                            used_len: 1,
+                            dirty: Vec::new(),
+                        };
+                        match u.flush(fd, meta) {
+                            Ok(()) => return None,
+                            Err(e) => answer(Err(e), 1),
+                        }
+                    } else {
+                        answer(self.image.flush(), 1)
+                    }
+                }
+                RequestKind::GetId { buffers } => {
+                    let n = write_id(mem, &buffers, &self.serial);
+                    (status::OK, n + 1)
+                }
+                RequestKind::Discard(ranges) => {
+                    let r = ranges.iter().try_for_each(|r| self.image.discard(r));
+                    answer(r, 1)
+                }
+                RequestKind::WriteZeroes(ranges) => {
+                    let r = ranges.iter().try_for_each(|r| self.image.write_zeroes(r));
+                    answer(r, 1)
+                }
+            }
+        };
+        // The parser checked the status byte lies in guest memory.
+        let _ = mem.write_obj(code, status_addr);
+        Some(if code == status::OK { len } else { 1 })
+    }
+
+    /// Submit a read or write to io_uring; answers at once (IOERR) if it cannot.
+    #[allow(clippy::too_many_arguments)]
+    fn submit_rw<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        head: u16,
+        status_addr: GuestAddress,
+        sector: u64,
+        buffers: Vec<Buffer>,
+        used_len: u32,
+        write: bool,
+    ) -> Option<u32> {
+        let (Some(u), Some(fd)) = (&mut self.uring, self.image.raw_fd()) else {
+            return None;
+        };
+        let access = if write {
+            Permissions::Read
+        } else {
+            Permissions::Write
+        };
+        let r = disk::guest_slices(mem, &buffers, access).and_then(|slices| {
+            let (iovs, _guards) = disk::iovecs(&slices);
+            let meta = Meta {
+                head,
+                status: status_addr,
+                used_len,
+                dirty: if write { Vec::new() } else { buffers },
+            };
+            // SAFETY: the iovecs point into guest memory, which stays mapped while this
+            // worker exists: `quiesce` (reset) and `Uring`'s drop wait for every request
+            // in flight before the worker lets go of the memory.
+            unsafe { u.rw(fd, write, sector << SECTOR_SHIFT, iovs, meta) }
+        });
+        match r {
+            Ok(()) => None,
+            Err(e) => {
+                log::warn!("virtio-blk: cannot submit request {head}: {e}");
+                let _ = mem.write_obj(status::IOERR, status_addr);
+                Some(1)
+            }
+        }
+    }
+
+    /// Answer io_uring completions; returns how many went to the used ring.
+    fn complete<M: GuestMemory>(
+        &mut self,
+        done: Vec<Completion>,
+        queue: &mut Queue,
+        mem: &M,
+    ) -> Result<usize, WorkerError> {
+        let n = done.len();
+        for c in done {
+            if c.status == status::OK
+                && let Ok(slices) = disk::guest_slices(mem, &c.meta.dirty, Permissions::Write)
+            {
+                disk::mark_dirty(&slices);
+            }
+            let _ = mem.write_obj(c.status, c.meta.status);
+            let len = if c.status == status::OK {
+                c.meta.used_len
+            } else {
+                1
+            };
+            queue.add_used(mem, c.meta.head, len).map_err(ring_err)?;
+        }
+        Ok(n)
+    }
+}
+
+/// Status and used length for a finished synchronous operation.
+fn answer(r: std::io::Result<()>, len: u32) -> (u8, u32) {
+    match r {
+        Ok(()) => (status::OK, len),
+        Err(e) => {
+            log::warn!("virtio-blk: I/O error: {e}");
+            (status::IOERR, 1)
+        }
+    }
+}
+
+/// Write the serial into the buffers (as much of its 20 bytes as fits); returns bytes
+/// written.
+fn write_id<M: GuestMemory>(mem: &M, buffers: &[Buffer], id: &[u8; ID_BYTES]) -> u32 {
+    let mut done = 0usize;
+    for b in buffers {
+        let n = (b.len as usize).min(ID_BYTES - done);
+        if n == 0 || mem.write_slice(&id[done..done + n], b.addr).is_err() {
+            break;
+        }
+        done += n;
+    }
+    done as u32
+}
+
+impl DeviceWorker for BlockWorker {
+    fn extra_fds(&self) -> Vec<RawFd> {
+        self.extras().into_iter().map(|(_, fd)| fd).collect()
+    }
+
+    fn process_queue<M: GuestMemory>(
+        &mut self,
+        index: usize,
+        queues: &mut [&mut Queue],
+        mem: &M,
+        interrupt: &dyn Interrupt,
+    ) -> Result<(), WorkerError> {
+        match queues.get_mut(index) {
+            Some(q) if index == 0 => self.serve(q, mem, interrupt, 0),
+            _ => Ok(()),
+        }
+    }
+
+    fn process_extra<M: GuestMemory>(
+        &mut self,
+        index: usize,
+        queues: &mut [&mut Queue],
+        mem: &M,
+        interrupt: &dyn Interrupt,
+    ) -> Result<(), WorkerError> {
+        let Some(queue) = queues.get_mut(0) else {
+            return Ok(());
+        };
+        match self.extras().get(index).map(|(e, _)| *e) {
+            Some(Extra::Completions) => {
+                let done = self.uring.as_mut().map(Uring::reap).unwrap_or_default();
+                let used = self.complete(done, queue, mem)?;
+                self.serve(queue, mem, interrupt, used)
+            }
+            Some(Extra::Timer) => {
+                self.limiter.on_timer();
+                self.serve(queue, mem, interrupt, 0)
+            }
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Run every cargo-fuzz target of fuzz/ for a while (stable Rust, no sanitizer).
+#
+#   scripts/fuzz.sh            each target for ${FUZZ_SECONDS:-20} s (CI runs this)
+#   FUZZ_SECONDS=600 scripts/fuzz.sh mmio_transport     one target, longer, by hand
+#
+# A crash stops the script with cargo-fuzz's report; the input is kept in
+# fuzz/artifacts/<target>/ to replay with `cargo fuzz run <target> <file> -s none`.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+seconds=${FUZZ_SECONDS:-20}
+targets=("$@")
+if ((${#targets[@]} == 0)); then
+    mapfile -t targets < <(cargo fuzz list)
+fi
+for t in "${targets[@]}"; do
+    echo "== fuzz $t (${seconds}s)"
+    cargo fuzz run "$t" -s none -- -max_total_time="$seconds" -rss_limit_mb=2048 2>&1 |
+        grep -E "^(#[0-9]+ +DONE|Done|==[0-9]+==|.*panicked|.*SUMMARY)" || true
+    test "${PIPESTATUS[0]}" -eq 0 || { echo "fuzz $t failed"; exit 1; }
+done
