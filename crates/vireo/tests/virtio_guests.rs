@@ -56,7 +56,6 @@ fn blk_guest_refuses_a_device_of_another_type() {
 }
 
 #[test]
-#[ignore = "needs --disk (virtio-blk) wired into vireo run"]
 fn blk_guest_writes_reads_back_and_gets_ioerr_past_the_end() {
     let image = scratch("blk.img");
     let before = vec![FILL; (DISK_SECTORS * 512) as usize];

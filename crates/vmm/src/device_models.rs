@@ -6,6 +6,7 @@
 
 use api::VmConfig;
 use balloon::{Balloon, BalloonHandle};
+use block::Block;
 use net::Net;
 use virtio_devices::device::VirtioDevice;
 use virtio_devices::rng::Rng;
@@ -14,9 +15,15 @@ use vsock::Vsock;
 /// Why a device model could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceModelError {
-    /// The device type is not in this build.
-    #[error("{0} is not available yet")]
-    Unavailable(&'static str),
+    /// A disk image could not be opened.
+    #[error("--disk path={path}: {source}")]
+    Disk {
+        /// The image path.
+        path: String,
+        /// Why.
+        #[source]
+        source: block::BlockError,
+    },
     /// A NIC's TAP could not be opened.
     #[error("--net tap={tap}: {source}")]
     Net {
@@ -52,8 +59,13 @@ pub struct DeviceModels {
 /// Build every device model `config` asks for.
 pub fn build(config: &VmConfig) -> Result<DeviceModels, DeviceModelError> {
     let mut models = DeviceModels::default();
-    if !config.disks.is_empty() {
-        return Err(DeviceModelError::Unavailable("virtio-blk"));
+    for (i, cfg) in config.disks.iter().enumerate() {
+        let name = cfg.id.clone().unwrap_or_else(|| format!("disk{i}"));
+        let device = Block::new(cfg, &name).map_err(|source| DeviceModelError::Disk {
+            path: cfg.path.display().to_string(),
+            source,
+        })?;
+        models.devices.push(Box::new(device));
     }
     for (i, cfg) in config.nets.iter().enumerate() {
         let name = cfg.id.clone().unwrap_or_else(|| format!("net{i}"));
@@ -101,6 +113,37 @@ mod tests {
         let types: Vec<u32> = models.devices.iter().map(|d| d.device_type()).collect();
         assert_eq!(types, [4, 5]);
         assert_eq!(models.balloon.unwrap().target_mib(), 16);
+    }
+
+    #[test]
+    fn disks_come_first_and_a_missing_image_names_its_path() {
+        let dir = std::env::temp_dir().join(format!("vireo-models-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = dir.join("d.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let mut config = VmConfig::new("/k");
+        config.rng = true;
+        config.disks = vec![format!("path={}", image.display()).parse().unwrap()];
+        let types: Vec<u32> = build(&config)
+            .unwrap()
+            .devices
+            .iter()
+            .map(|d| d.device_type())
+            .collect();
+        assert_eq!(types, [2, 4]);
+
+        config.disks = vec![
+            format!("path={}/missing.img", dir.display())
+                .parse()
+                .unwrap(),
+        ];
+        let err = build(&config).err().unwrap().to_string();
+        assert!(err.starts_with("--disk path="), "{err}");
+        assert!(err.contains("missing.img"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
