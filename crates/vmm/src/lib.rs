@@ -14,6 +14,7 @@ pub mod event_loop;
 pub mod kvm;
 pub mod loader;
 pub mod memory;
+pub mod snapshot;
 pub mod stop;
 pub mod vcpu;
 pub mod vm;

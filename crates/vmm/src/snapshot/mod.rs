@@ -1,0 +1,16 @@
+//! Snapshots: the state of a paused VM written to files, and read back into a new one.
+//!
+//! A snapshot is two files:
+//! - the **state file** ([`format`]): a header with a magic, a format version and a
+//!   checksum around the VM's state (every vCPU's registers, the in-kernel interrupt
+//!   controllers, the PIT and the clock, the devices);
+//! - the **memory file** ([`memory`]): the guest's RAM, sparse, mapped privately on
+//!   restore so that loading is lazy.
+//!
+//! - [`cpu`]: one vCPU's state ([`cpu::VcpuState`]), saved and restored through KVM.
+//! - [`vm_state`]: the VM-wide KVM state ([`vm_state::VmState`]).
+
+pub mod cpu;
+pub mod format;
+pub mod memory;
+pub mod vm_state;
