@@ -17,7 +17,11 @@ if ((${#targets[@]} == 0)); then
 fi
 for t in "${targets[@]}"; do
     echo "== fuzz $t (${seconds}s)"
-    cargo fuzz run "$t" -s none -- -max_total_time="$seconds" -rss_limit_mb=2048 2>&1 |
-        grep -E "^(#[0-9]+ +DONE|Done|==[0-9]+==|.*panicked|.*SUMMARY)" || true
-    test "${PIPESTATUS[0]}" -eq 0 || { echo "fuzz $t failed"; exit 1; }
+    # With pipefail the pipeline fails exactly when cargo fuzz does (the filter never
+    # fails); `grep ... || true` would instead reset PIPESTATUS and hide a crash.
+    if ! cargo fuzz run "$t" -s none -- -max_total_time="$seconds" -rss_limit_mb=2048 2>&1 |
+        { grep -E "^(#[0-9]+ +DONE|Done|==[0-9]+==|.*panicked|.*SUMMARY)" || true; }; then
+        echo "fuzz $t failed"
+        exit 1
+    fi
 done

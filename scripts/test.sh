@@ -7,6 +7,7 @@
 #    (or taken from its cache) by scripts/guest-image.sh;
 #  - full Linux boots (layer 4): only where `vireo probe-kvm` reports hardware KVM.
 #    Elsewhere they stay `ignored` in cargo's report: skipped, never counted as passed.
+#  - every cargo-fuzz target (scripts/fuzz.sh), ${FUZZ_SECONDS:-15} s each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,3 +31,8 @@ fi
 
 echo "== cargo test"
 cargo test --workspace -- "${include[@]}"
+
+# Every cargo-fuzz target of fuzz/ for a short while (scripts/fuzz.sh installs cargo-fuzz
+# if needed); a crash fails the run and leaves its input in fuzz/artifacts/.
+echo "== fuzz (${FUZZ_SECONDS:-15} s per target)"
+FUZZ_SECONDS=${FUZZ_SECONDS:-15} scripts/fuzz.sh
