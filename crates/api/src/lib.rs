@@ -1,10 +1,14 @@
 //! Vireo's configuration types: what a VM is made of, before it is built.
 //!
-//! These are plain data shared by every front end (the command line now, the HTTP API and
-//! the host manager later). Parsing user text into them reports clear errors; checking
-//! them against the host (KVM limits, memory) is the VMM's job.
+//! These are plain data shared by every front end (the command line, the HTTP API, the
+//! host manager later). Parsing user text into them reports clear errors; checking
+//! them against the host (KVM limits, memory) is the VMM's job. [`firecracker`] holds
+//! the Firecracker-compatible API bodies and [`action`] the requests the API thread sends
+//! to the VMM.
 
+pub mod action;
 mod devices;
+pub mod firecracker;
 mod size;
 
 pub use devices::{

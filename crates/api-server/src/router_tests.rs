@@ -1,0 +1,270 @@
+use super::*;
+
+use api::firecracker::{ConfigError, InstanceInfo};
+
+fn ok(method: &str, path: &str, body: Option<&str>) -> VmmAction {
+    route(method, path, body.map(str::as_bytes)).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+fn err(method: &str, path: &str, body: Option<&str>) -> String {
+    match route(method, path, body.map(str::as_bytes)) {
+        Ok(a) => panic!("{method} {path}: routed to {a:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn each_route_with_a_valid_body() {
+    assert_eq!(ok("GET", "/", None), VmmAction::GetInstanceInfo);
+    assert_eq!(ok("GET", "/version", None), VmmAction::GetVersion);
+    assert_eq!(ok("GET", "/vm/config", None), VmmAction::GetFullVmConfig);
+    assert_eq!(
+        ok("GET", "/machine-config/", None),
+        VmmAction::GetMachineConfig
+    );
+    assert_eq!(
+        ok("GET", "/balloon/statistics", None),
+        VmmAction::GetBalloonStats
+    );
+    assert!(matches!(
+        ok("PUT", "/machine-config", Some(r#"{"vcpu_count":2,"mem_size_mib":256}"#)),
+        VmmAction::PutMachineConfig(c) if c.vcpu_count == 2
+    ));
+    assert!(matches!(
+        ok("PATCH", "/machine-config", Some(r#"{"vcpu_count":2}"#)),
+        VmmAction::PatchMachineConfig(_)
+    ));
+    assert!(matches!(
+        ok("PUT", "/boot-source", Some(r#"{"kernel_image_path":"/k"}"#)),
+        VmmAction::PutBootSource(_)
+    ));
+    let drive = r#"{"drive_id":"root","path_on_host":"/r","is_root_device":true}"#;
+    assert!(matches!(
+        ok("PUT", "/drives/root", Some(drive)),
+        VmmAction::PutDrive(_)
+    ));
+    assert!(matches!(
+        ok("PATCH", "/drives/root", Some(r#"{"drive_id":"root"}"#)),
+        VmmAction::PatchDrive(_)
+    ));
+    let nic = r#"{"iface_id":"eth0","host_dev_name":"tap0"}"#;
+    assert!(matches!(
+        ok("PUT", "/network-interfaces/eth0", Some(nic)),
+        VmmAction::PutNetworkInterface(_)
+    ));
+    assert!(matches!(
+        ok(
+            "PATCH",
+            "/network-interfaces/eth0",
+            Some(r#"{"iface_id":"eth0"}"#)
+        ),
+        VmmAction::PatchNetworkInterface(_)
+    ));
+    assert!(matches!(
+        ok("PUT", "/vsock", Some(r#"{"guest_cid":3,"uds_path":"/v"}"#)),
+        VmmAction::PutVsock(_)
+    ));
+    assert!(matches!(
+        ok("PUT", "/entropy", Some("{}")),
+        VmmAction::PutEntropy(_)
+    ));
+    assert!(matches!(
+        ok(
+            "PUT",
+            "/balloon",
+            Some(r#"{"amount_mib":1,"deflate_on_oom":false}"#)
+        ),
+        VmmAction::PutBalloon(_)
+    ));
+    assert!(matches!(
+        ok("PATCH", "/balloon", Some(r#"{"amount_mib":1}"#)),
+        VmmAction::PatchBalloon(_)
+    ));
+    assert!(matches!(
+        ok(
+            "PATCH",
+            "/balloon/statistics",
+            Some(r#"{"stats_polling_interval_s":1}"#)
+        ),
+        VmmAction::PatchBalloonStats(_)
+    ));
+    for (action, expected) in [
+        ("InstanceStart", VmmAction::InstanceStart),
+        ("FlushMetrics", VmmAction::FlushMetrics),
+        ("SendCtrlAltDel", VmmAction::SendCtrlAltDel),
+    ] {
+        let body = format!(r#"{{"action_type":"{action}"}}"#);
+        assert_eq!(ok("PUT", "/actions", Some(&body)), expected);
+    }
+    assert_eq!(
+        ok("PATCH", "/vm", Some(r#"{"state":"Paused"}"#)),
+        VmmAction::Pause
+    );
+    assert_eq!(
+        ok("PATCH", "/vm", Some(r#"{"state":"Resumed"}"#)),
+        VmmAction::Resume
+    );
+    assert_eq!(
+        ok("PUT", "/snapshot/create", Some("{}")),
+        VmmAction::Snapshot("create")
+    );
+    assert_eq!(
+        ok("PUT", "/snapshot/load", Some("{}")),
+        VmmAction::Snapshot("load")
+    );
+    assert!(matches!(
+        ok("PUT", "/logger", Some(r#"{"level":"Info"}"#)),
+        VmmAction::PutLogger(_)
+    ));
+    assert!(matches!(
+        ok("PUT", "/metrics", Some(r#"{"metrics_path":"/m"}"#)),
+        VmmAction::PutMetrics(_)
+    ));
+    assert!(matches!(
+        ok("PUT", "/serial", Some("{}")),
+        VmmAction::PutSerial(_)
+    ));
+}
+
+#[test]
+fn firecracker_errors_for_what_does_not_fit() {
+    assert_eq!(
+        err("GET", "/nope", None),
+        "Invalid request method and/or path: GET nope."
+    );
+    assert_eq!(
+        err("DELETE", "/vm", None),
+        "Invalid request method and/or path: DELETE vm."
+    );
+    assert_eq!(
+        err("PUT", "/mmds", Some("{}")),
+        "Invalid request method and/or path: PUT mmds."
+    );
+    assert_eq!(
+        err("GET", "/", Some("{}")),
+        "GET request cannot have a body."
+    );
+    assert_eq!(err("PUT", "/vsock", None), "Empty PUT request.");
+    assert_eq!(err("PATCH", "/vm", None), "Empty PATCH request.");
+    assert_eq!(
+        err("PATCH", "/machine-config", Some("{}")),
+        "Empty PATCH request."
+    );
+    assert_eq!(
+        err("PUT", "/drives/", Some("{}")),
+        "The ID cannot be empty."
+    );
+    assert_eq!(
+        err("PUT", "/drives/a-b", Some("{}")),
+        "API Resource IDs can only contain alphanumeric characters and underscores."
+    );
+    let drive = r#"{"drive_id":"other","path_on_host":"/r","is_root_device":true}"#;
+    assert_eq!(
+        err("PUT", "/drives/root", Some(drive)),
+        "The id from the path does not match the id from the body!"
+    );
+    for (path, body) in [
+        ("/machine-config", "{"),
+        ("/machine-config", r#"{"vcpu_count":"2","mem_size_mib":1}"#),
+        (
+            "/machine-config",
+            r#"{"vcpu_count":2,"mem_size_mib":128,"extra":1}"#,
+        ),
+        ("/actions", r#"{"action_type":"Reboot"}"#),
+        ("/boot-source", "[]"),
+        ("/entropy", "\u{0}"),
+    ] {
+        let e = err("PUT", path, Some(body));
+        assert!(
+            e.starts_with("An error occurred when deserializing the json body of a request: "),
+            "{path} {body}: {e}"
+        );
+    }
+}
+
+#[test]
+fn responses_carry_the_data_or_the_fault() {
+    let r = respond(&Ok(VmmData::Empty));
+    assert_eq!((r.status, r.body.as_str()), (204, ""));
+    let r = respond(&Ok(VmmData::Version("0.1.0".into())));
+    assert_eq!(r.body, r#"{"firecracker_version":"0.1.0"}"#);
+    let r = respond(&Ok(VmmData::InstanceInfo(InstanceInfo {
+        id: "anonymous-instance".into(),
+        state: "Not started".into(),
+        vmm_version: "0.1.0".into(),
+        app_name: "Vireo".into(),
+    })));
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains(r#""state":"Not started""#));
+    let r = respond(&Err(ActionError::NotSupportedPostBoot));
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (
+            400,
+            r#"{"fault_message":"The requested operation is not supported after starting the microVM."}"#
+        )
+    );
+    let r = respond(&Err(ActionError::Config(ConfigError::MissingKernel)));
+    assert!(
+        r.body
+            .contains("Cannot start microvm without kernel configuration.")
+    );
+}
+
+/// The OpenAPI document describes exactly what is routed: every documented method and
+/// path reaches an action (or an error about its body, never "invalid path"), and every
+/// other method on those paths, and every Firecracker path Vireo does not serve, is
+/// refused as an invalid path.
+#[test]
+fn openapi_document_matches_the_router() {
+    let doc: serde_json::Value =
+        serde_json::from_str(include_str!("../../../docs/api/vireo-api.json")).unwrap();
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, ops) in paths {
+        for method in ops.as_object().unwrap().keys() {
+            documented.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    let mut routed: Vec<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    documented.sort();
+    routed.sort();
+    assert_eq!(
+        documented, routed,
+        "docs/api/vireo-api.json and ROUTES differ"
+    );
+
+    let not_served = [
+        "/cpu-config",
+        "/mmds",
+        "/mmds/config",
+        "/pmem/x",
+        "/hotplug/memory",
+        "/balloon/hinting/start",
+        "/balloon/hinting/status",
+        "/snapshot",
+        "/vm/state",
+        "/nope",
+    ];
+    let candidates = paths
+        .keys()
+        .map(String::as_str)
+        .chain(not_served)
+        .collect::<Vec<_>>();
+    for path in candidates {
+        let concrete = path.replace("{drive_id}", "d0").replace("{iface_id}", "e0");
+        for method in ["GET", "PUT", "PATCH", "POST", "DELETE", "HEAD"] {
+            let body = (method != "GET").then_some(&b"{}"[..]);
+            let result = route(method, &concrete, body);
+            let is_invalid_path = matches!(result, Err(RouteError::InvalidPathMethod(..)));
+            let is_documented = routed.iter().any(|(m, p)| m == method && p == path);
+            assert_eq!(
+                !is_invalid_path, is_documented,
+                "{method} {concrete}: {result:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The control API as data: what a front end (the HTTP API thread) asks of the VMM, what
+//! comes back, and why a request was refused. The thread that owns the VM answers each
+//! [`VmmAction`] with an [`ActionResult`].
+
+use crate::firecracker::{
+    Balloon, BalloonStatistics, BalloonStatsUpdate, BalloonUpdate, BootSource, ConfigError, Drive,
+    EntropyDevice, FullVmConfig, InstanceInfo, Logger, MachineConfig, MachineConfigUpdate, Metrics,
+    NetworkInterface, PartialDrive, PartialNetworkInterface, SerialDevice, Vsock,
+};
+
+/// One request to the VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmmAction {
+    /// `GET /`.
+    GetInstanceInfo,
+    /// `GET /version`.
+    GetVersion,
+    /// `GET /vm/config`.
+    GetFullVmConfig,
+    /// `GET /machine-config`.
+    GetMachineConfig,
+    /// `PUT /machine-config`.
+    PutMachineConfig(MachineConfig),
+    /// `PATCH /machine-config`.
+    PatchMachineConfig(MachineConfigUpdate),
+    /// `PUT /boot-source`.
+    PutBootSource(BootSource),
+    /// `PUT /drives/{id}`.
+    PutDrive(Drive),
+    /// `PATCH /drives/{id}`.
+    PatchDrive(PartialDrive),
+    /// `PUT /network-interfaces/{id}`.
+    PutNetworkInterface(NetworkInterface),
+    /// `PATCH /network-interfaces/{id}`.
+    PatchNetworkInterface(PartialNetworkInterface),
+    /// `PUT /vsock`.
+    PutVsock(Vsock),
+    /// `PUT /entropy`.
+    PutEntropy(EntropyDevice),
+    /// `PUT /balloon`.
+    PutBalloon(Balloon),
+    /// `PATCH /balloon`.
+    PatchBalloon(BalloonUpdate),
+    /// `GET /balloon`.
+    GetBalloon,
+    /// `GET /balloon/statistics`.
+    GetBalloonStats,
+    /// `PATCH /balloon/statistics`.
+    PatchBalloonStats(BalloonStatsUpdate),
+    /// `PUT /logger`.
+    PutLogger(Logger),
+    /// `PUT /metrics`.
+    PutMetrics(Metrics),
+    /// `PUT /serial`.
+    PutSerial(SerialDevice),
+    /// `PUT /actions` InstanceStart.
+    InstanceStart,
+    /// `PUT /actions` SendCtrlAltDel.
+    SendCtrlAltDel,
+    /// `PUT /actions` FlushMetrics.
+    FlushMetrics,
+    /// `PATCH /vm` Paused.
+    Pause,
+    /// `PATCH /vm` Resumed.
+    Resume,
+    /// `PUT /snapshot/create` or `/snapshot/load` (not supported yet).
+    Snapshot(&'static str),
+}
+
+/// What a successful request returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmmData {
+    /// Nothing (HTTP 204).
+    Empty,
+    /// `GET /`.
+    InstanceInfo(InstanceInfo),
+    /// `GET /version`.
+    Version(String),
+    /// `GET /machine-config`.
+    MachineConfig(MachineConfig),
+    /// `GET /balloon`.
+    Balloon(Balloon),
+    /// `GET /balloon/statistics`.
+    BalloonStats(BalloonStatistics),
+    /// `GET /vm/config`.
+    FullVmConfig(Box<FullVmConfig>),
+}
+
+/// Why the VMM refused a request (HTTP 400 with the message as `fault_message`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    /// A pre-boot request after InstanceStart.
+    #[error("The requested operation is not supported after starting the microVM.")]
+    NotSupportedPostBoot,
+    /// A runtime request before InstanceStart.
+    #[error("The requested operation is not supported before starting the microVM.")]
+    NotSupportedPreBoot,
+    /// Something Vireo does not do (yet).
+    #[error("The requested operation is not supported: {0}")]
+    NotSupported(String),
+    /// A configuration body was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The VM could not be built or started.
+    #[error("Start microvm error: {0}")]
+    StartMicrovm(String),
+    /// The running VM refused or failed.
+    #[error("Internal VMM error: {0}")]
+    Internal(String),
+    /// A balloon update on the running VM failed.
+    #[error("Balloon update error: {0}")]
+    BalloonUpdate(String),
+}
+
+/// The answer to one [`VmmAction`].
+pub type ActionResult = Result<VmmData, ActionError>;

@@ -1,0 +1,1015 @@
+//! Firecracker's API bodies as serde types, and the VM they describe.
+//!
+//! Every body refuses unknown fields and wrong types (`deny_unknown_fields`), so a typo in a
+//! field name is a 400, not a silently ignored setting. [`FullVmConfig`] is Firecracker's
+//! `FullVmConfiguration`: what `GET /vm/config` returns and `--config-file` reads, and the
+//! pre-boot state the API edits through its `set_*` methods, which check each body the
+//! same way whichever front end it came from. [`FullVmConfig::to_vm_config`] turns it into
+//! the [`VmConfig`] the VMM builds. No I/O here: whether a kernel or image can be opened is
+//! the VMM's to find out.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    BalloonConfig, DISK_SERIAL_MAX, DiskConfig, DiskFormat, IoEngine, NetConfig, RateLimit,
+    SerialConfig, VmConfig, VsockConfig, parse_mac,
+};
+
+/// Most vCPUs a VM may ask for (the VMM's limit; the host may allow fewer).
+pub const MAX_VCPUS: u32 = 254;
+/// Smallest guest memory the VMM builds, in MiB.
+pub const MIN_MEM_MIB: u64 = 16;
+/// Default kernel command line of an API-configured VM (Vireo's, with a serial console).
+pub const DEFAULT_BOOT_ARGS: &str = crate::DEFAULT_CMDLINE;
+
+/// A body that was understood but refused. The text says what to change; the prefix names
+/// the resource, as Firecracker's messages do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `machine-config`.
+    #[error("Machine config error: {0}")]
+    MachineConfig(String),
+    /// `boot-source`.
+    #[error("Boot source error: {0}")]
+    BootSource(String),
+    /// `drives`.
+    #[error("Drive config error: {0}")]
+    Drive(String),
+    /// `network-interfaces`.
+    #[error("Network config error: {0}")]
+    Net(String),
+    /// `vsock`.
+    #[error("Vsock config error: {0}")]
+    Vsock(String),
+    /// `entropy`.
+    #[error("Entropy device error: {0}")]
+    Entropy(String),
+    /// `balloon`.
+    #[error("Balloon config error: {0}")]
+    Balloon(String),
+    /// `serial`.
+    #[error("Serial config error: {0}")]
+    Serial(String),
+    /// `logger`.
+    #[error("Logger error: {0}")]
+    Logger(String),
+    /// `metrics`.
+    #[error("Metrics error: {0}")]
+    Metrics(String),
+    /// InstanceStart without a boot source.
+    #[error("Start microvm error: Cannot start microvm without kernel configuration.")]
+    MissingKernel,
+}
+
+/// Firecracker's token bucket: `size` tokens per `refill_time` milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucket {
+    /// Tokens the bucket holds.
+    pub size: u64,
+    /// An initial burst; accepted for compatibility, Vireo's buckets have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_time_burst: Option<u64>,
+    /// Milliseconds to refill the whole bucket.
+    pub refill_time: u64,
+}
+
+impl TokenBucket {
+    /// The rate in tokens per second; `None` (unlimited) for a zero size or refill time,
+    /// as Firecracker treats those buckets.
+    pub fn per_second(&self) -> Option<u64> {
+        if self.size == 0 || self.refill_time == 0 {
+            return None;
+        }
+        let rate = u128::from(self.size) * 1000 / u128::from(self.refill_time);
+        Some(u64::try_from(rate).unwrap_or(u64::MAX).max(1))
+    }
+}
+
+/// Firecracker's rate limiter: a bandwidth (bytes) bucket and an operations bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimiter {
+    /// Bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<TokenBucket>,
+    /// Requests or packets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<TokenBucket>,
+}
+
+impl RateLimiter {
+    /// The per-second limits Vireo's devices apply.
+    pub fn to_rate_limit(&self) -> RateLimit {
+        RateLimit {
+            ops_per_sec: self.ops.and_then(|b| b.per_second()),
+            bytes_per_sec: self.bandwidth.and_then(|b| b.per_second()),
+        }
+    }
+}
+
+/// `PUT /machine-config` (and the `machine-config` of a full config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    /// vCPUs.
+    pub vcpu_count: u32,
+    /// Guest memory in MiB.
+    pub mem_size_mib: u64,
+    /// Simultaneous multithreading; Vireo only has `false`.
+    #[serde(default)]
+    pub smt: bool,
+    /// Firecracker CPU template; Vireo only has none (`"None"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_template: Option<String>,
+    /// Dirty page tracking, for diff snapshots.
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+    /// Huge pages backing guest memory; Vireo only has `"None"`.
+    #[serde(default = "huge_pages_none")]
+    pub huge_pages: String,
+}
+
+fn huge_pages_none() -> String {
+    "None".into()
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            vcpu_count: 1,
+            mem_size_mib: crate::DEFAULT_MEMORY_BYTES >> 20,
+            smt: false,
+            cpu_template: None,
+            track_dirty_pages: false,
+            huge_pages: huge_pages_none(),
+        }
+    }
+}
+
+impl MachineConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError::MachineConfig(m));
+        if !(1..=MAX_VCPUS).contains(&self.vcpu_count) {
+            return err(format!(
+                "The vCPU number is invalid: {} (1 to {MAX_VCPUS}).",
+                self.vcpu_count
+            ));
+        }
+        if self.mem_size_mib < MIN_MEM_MIB || self.mem_size_mib > (u64::MAX >> 20) {
+            return err(format!(
+                "The memory size (MiB) is invalid: {} (at least {MIN_MEM_MIB}).",
+                self.mem_size_mib
+            ));
+        }
+        if self.smt {
+            return err("SMT is not supported by Vireo.".into());
+        }
+        if let Some(t) = self.cpu_template.as_deref().filter(|t| *t != "None") {
+            return err(format!("CPU template '{t}' is not supported by Vireo."));
+        }
+        if self.huge_pages != "None" {
+            return err(format!(
+                "huge_pages '{}' is not supported by Vireo (only \"None\").",
+                self.huge_pages
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `PATCH /machine-config`: the fields to change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigUpdate {
+    /// vCPUs.
+    pub vcpu_count: Option<u32>,
+    /// Guest memory in MiB.
+    pub mem_size_mib: Option<u64>,
+    /// SMT.
+    pub smt: Option<bool>,
+    /// CPU template.
+    pub cpu_template: Option<String>,
+    /// Dirty page tracking.
+    pub track_dirty_pages: Option<bool>,
+    /// Huge pages.
+    pub huge_pages: Option<String>,
+}
+
+impl MachineConfigUpdate {
+    /// Whether it changes nothing (Firecracker refuses such a PATCH).
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// `PUT /boot-source`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSource {
+    /// Kernel image on the host.
+    pub kernel_image_path: String,
+    /// Initrd on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<String>,
+    /// Kernel command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_args: Option<String>,
+}
+
+/// A drive's cache mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheType {
+    /// Flushes are not passed to the host.
+    Unsafe,
+    /// Flushes reach the host file.
+    Writeback,
+}
+
+/// A drive's I/O engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DriveIoEngine {
+    /// Blocking I/O on the device thread.
+    Sync,
+    /// io_uring.
+    Async,
+}
+
+/// `PUT /drives/{drive_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drive {
+    /// The drive's name.
+    pub drive_id: String,
+    /// Root partition UUID, for `root=PARTUUID=...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<String>,
+    /// The guest boots from it (`root=` on the command line; it becomes `/dev/vda`).
+    pub is_root_device: bool,
+    /// Cache mode (accepted; Vireo's disks always pass flushes on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_type: Option<CacheType>,
+    /// Read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_read_only: Option<bool>,
+    /// The image on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_on_host: Option<String>,
+    /// Limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiter>,
+    /// I/O engine (default Sync).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_engine: Option<DriveIoEngine>,
+    /// vhost-user-blk socket (not supported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+}
+
+/// `PATCH /drives/{drive_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialDrive {
+    /// The drive's name.
+    pub drive_id: String,
+    /// A new image.
+    #[serde(default)]
+    pub path_on_host: Option<String>,
+    /// New limits.
+    #[serde(default)]
+    pub rate_limiter: Option<RateLimiter>,
+}
+
+/// `PUT /network-interfaces/{iface_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterface {
+    /// The interface's name.
+    pub iface_id: String,
+    /// Host TAP device.
+    pub host_dev_name: String,
+    /// Guest MAC address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
+    /// MTU to advertise (not supported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    /// Limits on what the guest receives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    /// Limits on what the guest sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiter>,
+}
+
+/// `PATCH /network-interfaces/{iface_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialNetworkInterface {
+    /// The interface's name.
+    pub iface_id: String,
+    /// New receive limits.
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    /// New send limits.
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiter>,
+}
+
+/// `PUT /vsock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vsock {
+    /// The guest's CID (3 or more).
+    pub guest_cid: u32,
+    /// Host-side Unix socket.
+    pub uds_path: String,
+    /// Deprecated by Firecracker; accepted and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+}
+
+/// `PUT /entropy`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntropyDevice {
+    /// Limits (not supported: the entropy device is unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiter>,
+}
+
+/// `PUT /balloon`, and what `GET /balloon` returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Balloon {
+    /// Target size in MiB.
+    pub amount_mib: u32,
+    /// The guest may take pages back under memory pressure.
+    pub deflate_on_oom: bool,
+    /// Statistics interval in seconds; 0 disables statistics.
+    #[serde(default)]
+    pub stats_polling_interval_s: u16,
+    /// Free page hinting (not supported).
+    #[serde(default)]
+    pub free_page_hinting: bool,
+    /// Free page reporting.
+    #[serde(default)]
+    pub free_page_reporting: bool,
+}
+
+/// `PATCH /balloon`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonUpdate {
+    /// New target in MiB.
+    pub amount_mib: u32,
+}
+
+/// `PATCH /balloon/statistics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonStatsUpdate {
+    /// New interval in seconds.
+    pub stats_polling_interval_s: u16,
+}
+
+/// What `GET /balloon/statistics` returns; optional fields are absent until the guest
+/// reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[allow(missing_docs)]
+pub struct BalloonStatistics {
+    pub target_pages: u64,
+    pub actual_pages: u64,
+    pub target_mib: u64,
+    pub actual_mib: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap_in: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap_out: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub major_faults: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minor_faults: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub free_memory: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_memory: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub available_memory: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_caches: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hugetlb_allocations: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hugetlb_failures: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_kill: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alloc_stall: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub async_scan: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct_scan: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub async_reclaim: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct_reclaim: Option<u64>,
+}
+
+/// A log level as Firecracker spells it (any case; `Warn` is taken for `Warning`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum LogLevel {
+    /// Nothing.
+    Off,
+    /// Errors.
+    Error,
+    /// And warnings.
+    Warning,
+    /// And information.
+    Info,
+    /// And debugging.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl TryFrom<String> for LogLevel {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "off" => Self::Off,
+            "error" => Self::Error,
+            "warning" | "warn" => Self::Warning,
+            "info" => Self::Info,
+            "debug" => Self::Debug,
+            "trace" => Self::Trace,
+            _ => {
+                return Err(format!(
+                    "unknown level '{s}': expected Error, Warning, Info, Debug, Trace or Off"
+                ));
+            }
+        })
+    }
+}
+
+impl From<LogLevel> for String {
+    fn from(l: LogLevel) -> String {
+        format!("{l:?}")
+    }
+}
+
+/// `PUT /logger`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logger {
+    /// File or named pipe the log goes to (stderr when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<String>,
+    /// Level (default Info).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<LogLevel>,
+    /// Print the level on each line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_level: Option<bool>,
+    /// Print the source file and line on each line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_log_origin: Option<bool>,
+    /// Only log messages from module paths starting with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+}
+
+/// `PUT /metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// File or named pipe the JSON lines go to.
+    pub metrics_path: String,
+    /// Add the instance id as `"id"` to each line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emit_id: Option<bool>,
+    /// Extra key-value pairs under `"properties"` on each line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<BTreeMap<String, String>>,
+}
+
+/// `PUT /serial`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialDevice {
+    /// File or named pipe the console output goes to (stdout when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_out_path: Option<String>,
+    /// Output limit (not supported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<TokenBucket>,
+}
+
+/// `PUT /actions`: which action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActionType {
+    /// Write the metrics now.
+    FlushMetrics,
+    /// Build and boot the configured VM.
+    InstanceStart,
+    /// Press Ctrl-Alt-Del on the guest's keyboard.
+    SendCtrlAltDel,
+}
+
+/// `PUT /actions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceActionInfo {
+    /// The action.
+    pub action_type: ActionType,
+}
+
+/// `PATCH /vm`: the state asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmState {
+    /// Stop the vCPUs and device threads.
+    Paused,
+    /// Run them again.
+    Resumed,
+}
+
+/// `PATCH /vm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vm {
+    /// The state.
+    pub state: VmState,
+}
+
+/// What `GET /` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceInfo {
+    /// Instance id (`--id`).
+    pub id: String,
+    /// `Not started`, `Running` or `Paused`.
+    pub state: String,
+    /// Vireo's version.
+    pub vmm_version: String,
+    /// `Vireo`.
+    pub app_name: String,
+}
+
+/// Firecracker's `FullVmConfiguration`: `GET /vm/config` and `--config-file`.
+/// `serial` is Vireo's addition, so that `PUT /serial` survives the round trip.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FullVmConfig {
+    /// Memory balloon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<Balloon>,
+    /// Disks in the order they were added.
+    #[serde(default)]
+    pub drives: Vec<Drive>,
+    /// Kernel, initrd, command line.
+    #[serde(
+        rename = "boot-source",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub boot_source: Option<BootSource>,
+    /// Logger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logger: Option<Logger>,
+    /// vCPUs and memory.
+    #[serde(rename = "machine-config", default)]
+    pub machine_config: MachineConfig,
+    /// Metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
+    /// NICs in the order they were added.
+    #[serde(rename = "network-interfaces", default)]
+    pub network_interfaces: Vec<NetworkInterface>,
+    /// vsock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<Vsock>,
+    /// Entropy device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<EntropyDevice>,
+    /// Serial console.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<SerialDevice>,
+}
+
+fn check_id(id: &str, what: fn(String) -> ConfigError) -> Result<(), ConfigError> {
+    if id.is_empty() {
+        return Err(what("The ID cannot be empty.".into()));
+    }
+    if !id.chars().all(|c| c == '_' || c.is_ascii_alphanumeric()) {
+        return Err(what(
+            "API Resource IDs can only contain alphanumeric characters and underscores.".into(),
+        ));
+    }
+    if id.len() > 64 {
+        return Err(what("An ID is at most 64 characters.".into()));
+    }
+    Ok(())
+}
+
+fn check_path(path: &str, what: fn(String) -> ConfigError, field: &str) -> Result<(), ConfigError> {
+    if path.is_empty() || path.contains('\0') {
+        return Err(what(format!("{field} must be a non-empty path.")));
+    }
+    Ok(())
+}
+
+impl FullVmConfig {
+    /// Parse a `--config-file` (or any full config) and check every part as the API would.
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let parsed: Self = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        parsed.revalidated().map_err(|e| e.to_string())
+    }
+
+    /// The same config, built up again through the `set_*` checks.
+    pub fn revalidated(&self) -> Result<Self, ConfigError> {
+        let mut fresh = Self::default();
+        fresh.set_machine_config(self.machine_config.clone())?;
+        if let Some(b) = &self.boot_source {
+            fresh.set_boot_source(b.clone())?;
+        }
+        for d in &self.drives {
+            fresh.set_drive(d.clone())?;
+        }
+        for n in &self.network_interfaces {
+            fresh.set_network_interface(n.clone())?;
+        }
+        if let Some(v) = &self.vsock {
+            fresh.set_vsock(v.clone())?;
+        }
+        if let Some(e) = &self.entropy {
+            fresh.set_entropy(e.clone())?;
+        }
+        if let Some(b) = &self.balloon {
+            fresh.set_balloon(b.clone())?;
+        }
+        if let Some(s) = &self.serial {
+            fresh.set_serial(s.clone())?;
+        }
+        fresh.logger = self.logger.clone();
+        fresh.metrics = self.metrics.clone();
+        Ok(fresh)
+    }
+
+    /// `PUT /machine-config`.
+    pub fn set_machine_config(&mut self, config: MachineConfig) -> Result<(), ConfigError> {
+        config.validate()?;
+        self.check_balloon_fits(self.balloon.as_ref(), config.mem_size_mib)?;
+        self.machine_config = config;
+        Ok(())
+    }
+
+    /// `PATCH /machine-config`.
+    pub fn update_machine_config(
+        &mut self,
+        update: MachineConfigUpdate,
+    ) -> Result<(), ConfigError> {
+        let mut config = self.machine_config.clone();
+        if let Some(v) = update.vcpu_count {
+            config.vcpu_count = v;
+        }
+        if let Some(m) = update.mem_size_mib {
+            config.mem_size_mib = m;
+        }
+        if let Some(s) = update.smt {
+            config.smt = s;
+        }
+        if let Some(t) = update.cpu_template {
+            config.cpu_template = Some(t);
+        }
+        if let Some(t) = update.track_dirty_pages {
+            config.track_dirty_pages = t;
+        }
+        if let Some(h) = update.huge_pages {
+            config.huge_pages = h;
+        }
+        self.set_machine_config(config)
+    }
+
+    /// `PUT /boot-source`.
+    pub fn set_boot_source(&mut self, source: BootSource) -> Result<(), ConfigError> {
+        check_path(
+            &source.kernel_image_path,
+            ConfigError::BootSource,
+            "kernel_image_path",
+        )?;
+        if let Some(initrd) = &source.initrd_path {
+            check_path(initrd, ConfigError::BootSource, "initrd_path")?;
+        }
+        if let Some(args) = &source.boot_args
+            && args.contains('\0')
+        {
+            return Err(ConfigError::BootSource(
+                "boot_args may not contain NUL.".into(),
+            ));
+        }
+        self.boot_source = Some(source);
+        Ok(())
+    }
+
+    /// `PUT /drives/{id}`: add a drive, or replace the one with the same id.
+    pub fn set_drive(&mut self, drive: Drive) -> Result<(), ConfigError> {
+        check_id(&drive.drive_id, ConfigError::Drive)?;
+        if drive.socket.is_some() {
+            return Err(ConfigError::Drive(
+                "vhost-user block devices (socket) are not supported by Vireo.".into(),
+            ));
+        }
+        let Some(path) = &drive.path_on_host else {
+            return Err(ConfigError::Drive("path_on_host is required.".into()));
+        };
+        check_path(path, ConfigError::Drive, "path_on_host")?;
+        if drive.partuuid.as_ref().is_some_and(|p| {
+            p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        }) {
+            return Err(ConfigError::Drive(
+                "partuuid must be letters, digits and '-'.".into(),
+            ));
+        }
+        if drive.is_root_device
+            && self
+                .drives
+                .iter()
+                .any(|d| d.is_root_device && d.drive_id != drive.drive_id)
+        {
+            return Err(ConfigError::Drive(
+                "A root block device already exists!".into(),
+            ));
+        }
+        check_limiter(drive.rate_limiter.as_ref(), ConfigError::Drive)?;
+        match self
+            .drives
+            .iter_mut()
+            .find(|d| d.drive_id == drive.drive_id)
+        {
+            Some(slot) => *slot = drive,
+            None => {
+                if self.device_count() >= MAX_DEVICES {
+                    return Err(ConfigError::Drive(too_many_devices()));
+                }
+                self.drives.push(drive);
+            }
+        }
+        Ok(())
+    }
+
+    /// `PUT /network-interfaces/{id}`: add a NIC, or replace the one with the same id.
+    pub fn set_network_interface(&mut self, nic: NetworkInterface) -> Result<(), ConfigError> {
+        check_id(&nic.iface_id, ConfigError::Net)?;
+        if nic.host_dev_name.is_empty()
+            || nic.host_dev_name.len() >= 16
+            || nic.host_dev_name.contains(['/', '\0', ' '])
+        {
+            return Err(ConfigError::Net(format!(
+                "host_dev_name '{}' is not a TAP name (1 to 15 characters, no '/').",
+                nic.host_dev_name
+            )));
+        }
+        if let Some(mac) = &nic.guest_mac {
+            let parsed = parse_mac(mac)
+                .ok_or_else(|| ConfigError::Net(format!("'{mac}' is not a MAC address.")))?;
+            if parsed[0] & 1 != 0 {
+                return Err(ConfigError::Net(format!(
+                    "'{mac}' is a multicast MAC address."
+                )));
+            }
+            if let Some(other) = self.network_interfaces.iter().find(|n| {
+                n.iface_id != nic.iface_id
+                    && n.guest_mac.as_deref().and_then(parse_mac) == Some(parsed)
+            }) {
+                return Err(ConfigError::Net(format!(
+                    "The MAC address is already in use by {}.",
+                    other.iface_id
+                )));
+            }
+        }
+        if nic.mtu.is_some() {
+            return Err(ConfigError::Net("mtu is not supported by Vireo.".into()));
+        }
+        if let Some(other) = self
+            .network_interfaces
+            .iter()
+            .find(|n| n.iface_id != nic.iface_id && n.host_dev_name == nic.host_dev_name)
+        {
+            return Err(ConfigError::Net(format!(
+                "The host device {} is already used by {}.",
+                nic.host_dev_name, other.iface_id
+            )));
+        }
+        check_limiter(nic.rx_rate_limiter.as_ref(), ConfigError::Net)?;
+        check_limiter(nic.tx_rate_limiter.as_ref(), ConfigError::Net)?;
+        match self
+            .network_interfaces
+            .iter_mut()
+            .find(|n| n.iface_id == nic.iface_id)
+        {
+            Some(slot) => *slot = nic,
+            None => {
+                if self.device_count() >= MAX_DEVICES {
+                    return Err(ConfigError::Net(too_many_devices()));
+                }
+                self.network_interfaces.push(nic);
+            }
+        }
+        Ok(())
+    }
+
+    /// `PUT /vsock`.
+    pub fn set_vsock(&mut self, vsock: Vsock) -> Result<(), ConfigError> {
+        if !(3..u32::MAX).contains(&vsock.guest_cid) {
+            return Err(ConfigError::Vsock(format!(
+                "guest_cid {} is reserved (it must be at least 3).",
+                vsock.guest_cid
+            )));
+        }
+        check_path(&vsock.uds_path, ConfigError::Vsock, "uds_path")?;
+        if vsock.uds_path.len() >= 100 {
+            return Err(ConfigError::Vsock(
+                "uds_path is too long for a Unix socket (at most 99 bytes, room for _PORT).".into(),
+            ));
+        }
+        self.vsock = Some(vsock);
+        Ok(())
+    }
+
+    /// `PUT /entropy`.
+    pub fn set_entropy(&mut self, entropy: EntropyDevice) -> Result<(), ConfigError> {
+        if entropy
+            .rate_limiter
+            .is_some_and(|r| r != RateLimiter::default())
+        {
+            return Err(ConfigError::Entropy(
+                "rate_limiter is not supported by Vireo's entropy device.".into(),
+            ));
+        }
+        self.entropy = Some(entropy);
+        Ok(())
+    }
+
+    /// `PUT /balloon`.
+    pub fn set_balloon(&mut self, balloon: Balloon) -> Result<(), ConfigError> {
+        if balloon.free_page_hinting {
+            return Err(ConfigError::Balloon(
+                "free_page_hinting is not supported by Vireo.".into(),
+            ));
+        }
+        self.check_balloon_fits(Some(&balloon), self.machine_config.mem_size_mib)?;
+        self.balloon = Some(balloon);
+        Ok(())
+    }
+
+    fn check_balloon_fits(
+        &self,
+        balloon: Option<&Balloon>,
+        mem_mib: u64,
+    ) -> Result<(), ConfigError> {
+        match balloon {
+            Some(b) if u64::from(b.amount_mib) > mem_mib => Err(ConfigError::Balloon(format!(
+                "The balloon cannot hold {} MiB: the guest has {mem_mib} MiB.",
+                b.amount_mib
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// `PUT /serial`.
+    pub fn set_serial(&mut self, serial: SerialDevice) -> Result<(), ConfigError> {
+        if serial.rate_limiter.is_some() {
+            return Err(ConfigError::Serial(
+                "rate_limiter is not supported by Vireo's serial console.".into(),
+            ));
+        }
+        if let Some(p) = &serial.serial_out_path {
+            check_path(p, ConfigError::Serial, "serial_out_path")?;
+        }
+        self.serial = Some(serial);
+        Ok(())
+    }
+
+    fn device_count(&self) -> usize {
+        self.drives.len()
+            + self.network_interfaces.len()
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.entropy.is_some())
+            + usize::from(self.balloon.is_some())
+    }
+
+    /// The VM this config describes: the root drive first (as `/dev/vda`, named on the
+    /// command line with `root=`), then the other drives in order.
+    pub fn to_vm_config(&self) -> Result<VmConfig, ConfigError> {
+        let boot = self
+            .boot_source
+            .as_ref()
+            .ok_or(ConfigError::MissingKernel)?;
+        if self.device_count() > MAX_DEVICES {
+            return Err(ConfigError::Drive(too_many_devices()));
+        }
+        let mut config = VmConfig::new(&boot.kernel_image_path);
+        config.initrd = boot.initrd_path.as_ref().map(PathBuf::from);
+        config.vcpus = self.machine_config.vcpu_count;
+        config.memory_bytes = self.machine_config.mem_size_mib << 20;
+        config.serial = match self
+            .serial
+            .as_ref()
+            .and_then(|s| s.serial_out_path.as_ref())
+        {
+            Some(path) => SerialConfig::File(path.into()),
+            None => SerialConfig::Stdio,
+        };
+
+        let mut cmdline = boot
+            .boot_args
+            .clone()
+            .unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_string());
+        let mut drives: Vec<&Drive> = self.drives.iter().filter(|d| d.is_root_device).collect();
+        if let Some(root) = drives.first() {
+            let ro = if root.is_read_only == Some(true) {
+                "ro"
+            } else {
+                "rw"
+            };
+            match &root.partuuid {
+                Some(uuid) => cmdline.push_str(&format!(" root=PARTUUID={uuid} {ro}")),
+                None => cmdline.push_str(&format!(" root=/dev/vda {ro}")),
+            }
+        }
+        drives.extend(self.drives.iter().filter(|d| !d.is_root_device));
+        config.cmdline = Some(cmdline);
+        config.disks = drives.into_iter().map(disk_config).collect();
+        config.nets = self
+            .network_interfaces
+            .iter()
+            .map(|n| NetConfig {
+                id: Some(n.iface_id.clone()),
+                tap: n.host_dev_name.clone(),
+                mac: n.guest_mac.as_deref().and_then(parse_mac),
+                rx_rate_limit: n.rx_rate_limiter.unwrap_or_default().to_rate_limit(),
+                tx_rate_limit: n.tx_rate_limiter.unwrap_or_default().to_rate_limit(),
+            })
+            .collect();
+        config.vsock = self.vsock.as_ref().map(|v| VsockConfig {
+            cid: v.guest_cid,
+            socket: PathBuf::from(&v.uds_path),
+        });
+        config.rng = self.entropy.is_some();
+        config.balloon = self.balloon.as_ref().map(|b| BalloonConfig {
+            amount_mib: u64::from(b.amount_mib),
+            deflate_on_oom: b.deflate_on_oom,
+            stats_interval_s: u64::from(b.stats_polling_interval_s),
+            free_page_reporting: b.free_page_reporting,
+        });
+        Ok(config)
+    }
+}
+
+/// Most virtio devices a VM can have (one interrupt line each).
+pub const MAX_DEVICES: usize = 15;
+
+fn too_many_devices() -> String {
+    format!(
+        "A VM has at most {MAX_DEVICES} virtio devices (drives, NICs, vsock, entropy, balloon)."
+    )
+}
+
+fn check_limiter(
+    limiter: Option<&RateLimiter>,
+    what: fn(String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let Some(l) = limiter else { return Ok(()) };
+    for bucket in [l.bandwidth, l.ops].into_iter().flatten() {
+        if bucket.size > 0 && bucket.refill_time == 0 {
+            return Err(what(
+                "A token bucket with a size needs a refill_time above 0.".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn disk_config(d: &Drive) -> DiskConfig {
+    let serial = (d.drive_id.len() <= DISK_SERIAL_MAX).then(|| d.drive_id.clone());
+    DiskConfig {
+        id: Some(d.drive_id.clone()),
+        path: PathBuf::from(d.path_on_host.as_deref().unwrap_or_default()),
+        readonly: d.is_read_only.unwrap_or(false),
+        format: DiskFormat::Raw,
+        serial,
+        rate_limit: d.rate_limiter.unwrap_or_default().to_rate_limit(),
+        io_engine: match d.io_engine {
+            None | Some(DriveIoEngine::Sync) => IoEngine::Sync,
+            Some(DriveIoEngine::Async) => IoEngine::IoUring,
+        },
+    }
+}
+
+#[cfg(test)]
+#[path = "firecracker_tests.rs"]
+mod tests;
