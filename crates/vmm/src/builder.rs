@@ -22,7 +22,9 @@ use crate::devices::legacy::acpi_pm::{ACPI_PM_BASE, ACPI_PM_LEN, AcpiPm, AcpiPmP
 use crate::devices::legacy::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::legacy::ports::{AllOnes, PCI_CONFIG_BASE, PCI_CONFIG_LEN, POST_PORT};
 use crate::devices::legacy::rtc::Rtc;
-use crate::devices::legacy::serial::{COM1_BASE, COM1_IRQ, COM1_LEN, SerialDevice, SerialOutput};
+use crate::devices::legacy::serial::{
+    COM1_BASE, COM1_IRQ, COM1_LEN, SerialDevice, SerialOutput, SerialSnapshot,
+};
 use crate::event_loop::{EventLoop, EventLoopError, SerialInput, Stdin, Subscriber};
 use crate::kvm::{KvmContext, KvmError};
 use crate::loader::{self, LoaderError};
@@ -121,30 +123,28 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildErro
 
 /// A running VM: its vCPU threads, event loop, and what keeps guest memory and KVM alive.
 pub struct Vmm {
-    vcpus: Vec<VcpuHandle>,
-    event_loop: Option<EventLoop>,
-    virtio: VirtioDevices,
-    balloon: Option<BalloonHandle>,
-    stop: Arc<StopSignal>,
-    // Dropped last: the VM fd, then the memory KVM maps.
-    _vm: VmFd,
-    _memory: Arc<GuestMemory>,
+    pub(crate) vcpus: Vec<VcpuHandle>,
+    pub(crate) event_loop: Option<EventLoop>,
+    /// Whether the vCPUs are paused.
+    pub(crate) paused: bool,
+    // Holds the VM fd and the memory: dropped after the threads.
+    pub(crate) parts: Parts,
 }
 
 impl Vmm {
     /// What the VMM waits on; signal handlers may write its eventfd.
     pub fn stop_signal(&self) -> &Arc<StopSignal> {
-        &self.stop
+        &self.parts.stop
     }
 
     /// The balloon's control handle, if the VM has one.
     pub fn balloon(&self) -> Option<&BalloonHandle> {
-        self.balloon.as_ref()
+        self.parts.balloon.as_ref()
     }
 
     /// Block until the guest stops or a stop is requested.
     pub fn wait(&self) -> StopReason {
-        self.stop.wait()
+        self.parts.stop.wait()
     }
 
     /// Stop every vCPU thread and the event loop.
@@ -155,7 +155,7 @@ impl Vmm {
         if let Some(event_loop) = self.event_loop.take() {
             event_loop.stop();
         }
-        self.virtio.shutdown();
+        self.parts.virtio.shutdown();
     }
 }
 
@@ -251,44 +251,10 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
 
     // Devices.
     let stop = Arc::new(StopSignal::new().map_err(io_error("cannot create the stop event"))?);
-    let serial_irq =
-        EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("cannot create an eventfd"))?;
-    vm.register_irqfd(&serial_irq, COM1_IRQ)
-        .map_err(|source| BuildError::KvmCall {
-            what: "cannot wire the serial interrupt",
-            source,
-        })?;
-    let input_ready =
-        EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("cannot create an eventfd"))?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        serial_irq,
-        input_ready
-            .try_clone()
-            .map_err(io_error("cannot clone an eventfd"))?,
-        serial_output(&config.serial)?,
-    )));
-    let i8042 = I8042::new(ResetTrigger(stop.clone()));
-
-    let mut pio = Bus::new();
-    let serial_dev: SharedDevice = serial.clone();
-    pio.insert(serial_dev, COM1_BASE, COM1_LEN)?;
-    pio.insert(Arc::new(Mutex::new(i8042)), I8042_BASE, I8042_LEN)?;
-    pio.insert(Arc::new(Mutex::new(Rtc::new())), RTC_BASE, RTC_LEN)?;
-    pio.insert(
-        Arc::new(Mutex::new(AllOnes)),
-        PCI_CONFIG_BASE,
-        PCI_CONFIG_LEN,
-    )?;
-    pio.insert(Arc::new(Mutex::new(AllOnes)), POST_PORT, 1)?;
-    let acpi_pm = AcpiPm::new(ResetTrigger(stop.clone()));
-    pio.insert(Arc::new(Mutex::new(acpi_pm)), ACPI_PM_BASE, ACPI_PM_LEN)?;
-    let pio = Arc::new(pio);
+    let legacy = LegacyDevices::new(&vm, &config.serial, &stop, None)?;
+    let pio = legacy.pio.clone();
     let mmio = Arc::new(mmio);
-
-    let mut subscribers: Vec<Subscriber> = Vec::new();
-    if config.serial == SerialConfig::Stdio {
-        subscribers.push(Box::new(SerialInput::new(Stdin, serial, input_ready)));
-    }
+    let subscribers = legacy.subscribers(&config.serial);
 
     // vCPUs: all created and configured before any runs.
     let supported_cpuid = kvm
@@ -319,10 +285,47 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
 
+    let msr_indices = msrs_to_save(&kvm)?;
+    start_vm(
+        vcpus,
+        true,
+        subscribers,
+        Parts {
+            virtio,
+            balloon,
+            stop,
+            legacy,
+            msr_indices,
+            config: config.clone(),
+            vm,
+            memory: mem_arc,
+        },
+    )
+}
+
+/// What a [`Vmm`] holds besides its threads.
+pub(crate) struct Parts {
+    pub(crate) virtio: VirtioDevices,
+    pub(crate) balloon: Option<BalloonHandle>,
+    pub(crate) stop: Arc<StopSignal>,
+    pub(crate) legacy: LegacyDevices,
+    pub(crate) msr_indices: Arc<[u32]>,
+    pub(crate) config: VmConfig,
+    pub(crate) vm: VmFd,
+    pub(crate) memory: Arc<GuestMemory>,
+}
+
+/// Start the event loop and every vCPU thread (`running`, or paused until resumed).
+pub(crate) fn start_vm(
+    vcpus: Vec<Vcpu>,
+    running: bool,
+    subscribers: Vec<Subscriber>,
+    parts: Parts,
+) -> Result<Vmm, BuildError> {
     let event_loop = EventLoop::start(subscribers)?;
     let mut handles = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
-        match vcpu.start() {
+        match vcpu.start_in(running) {
             Ok(handle) => handles.push(handle),
             Err(e) => {
                 // Stop what already runs before reporting.
@@ -332,16 +335,145 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
             }
         }
     }
-
     Ok(Vmm {
         vcpus: handles,
         event_loop: Some(event_loop),
-        virtio,
-        balloon,
-        stop,
-        _vm: vm,
-        _memory: mem_arc,
+        paused: !running,
+        parts,
     })
+}
+
+/// The MSRs a snapshot saves: KVM's list of MSRs to save and restore.
+pub(crate) fn msrs_to_save(kvm: &KvmContext) -> Result<Arc<[u32]>, BuildError> {
+    let list = kvm
+        .kvm()
+        .get_msr_index_list()
+        .map_err(|source| BuildError::KvmCall {
+            what: "cannot read KVM's MSR list",
+            source,
+        })?;
+    Ok(list.as_slice().into())
+}
+
+/// The devices on the PIO bus, and the handles a snapshot needs.
+pub(crate) struct LegacyDevices {
+    pub(crate) pio: Arc<Bus>,
+    pub(crate) serial: Arc<Mutex<SerialDevice>>,
+    pub(crate) rtc: Arc<Mutex<Rtc>>,
+    pub(crate) acpi_pm: Arc<Mutex<AcpiPm<ResetTrigger>>>,
+    input_ready: EventFd,
+}
+
+impl LegacyDevices {
+    /// The UART (interrupt wired through an irqfd), i8042, RTC, PCI config and POST
+    /// ports and ACPI PM device on a new PIO bus; with the registers of `state` if given.
+    pub(crate) fn new(
+        vm: &VmFd,
+        serial_config: &SerialConfig,
+        stop: &Arc<StopSignal>,
+        state: Option<&LegacyState>,
+    ) -> Result<Self, BuildError> {
+        let serial_irq =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("cannot create an eventfd"))?;
+        vm.register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(|source| BuildError::KvmCall {
+                what: "cannot wire the serial interrupt",
+                source,
+            })?;
+        let input_ready =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("cannot create an eventfd"))?;
+        let input_clone = input_ready
+            .try_clone()
+            .map_err(io_error("cannot clone an eventfd"))?;
+        let out = serial_output(serial_config)?;
+        let serial = match state {
+            None => SerialDevice::new(serial_irq, input_clone, out),
+            Some(state) => SerialDevice::from_state(&state.serial, serial_irq, input_clone, out)
+                .map_err(io_error("cannot restore the serial port"))?,
+        };
+        let serial = Arc::new(Mutex::new(serial));
+        let mut rtc = Rtc::new();
+        let mut acpi_pm = AcpiPm::new(ResetTrigger(stop.clone()));
+        if let Some(state) = state {
+            rtc.restore(&state.rtc).map_err(|e| BuildError::Io {
+                what: "cannot restore the RTC".into(),
+                source: std::io::Error::other(e),
+            })?;
+            acpi_pm.set_woken(state.acpi_woken);
+        }
+        let rtc = Arc::new(Mutex::new(rtc));
+        let acpi_pm = Arc::new(Mutex::new(acpi_pm));
+
+        let mut pio = Bus::new();
+        let serial_dev: SharedDevice = serial.clone();
+        pio.insert(serial_dev, COM1_BASE, COM1_LEN)?;
+        let i8042 = I8042::new(ResetTrigger(stop.clone()));
+        pio.insert(Arc::new(Mutex::new(i8042)), I8042_BASE, I8042_LEN)?;
+        let rtc_dev: SharedDevice = rtc.clone();
+        pio.insert(rtc_dev, RTC_BASE, RTC_LEN)?;
+        pio.insert(
+            Arc::new(Mutex::new(AllOnes)),
+            PCI_CONFIG_BASE,
+            PCI_CONFIG_LEN,
+        )?;
+        pio.insert(Arc::new(Mutex::new(AllOnes)), POST_PORT, 1)?;
+        let acpi_dev: SharedDevice = acpi_pm.clone();
+        pio.insert(acpi_dev, ACPI_PM_BASE, ACPI_PM_LEN)?;
+        Ok(Self {
+            pio: Arc::new(pio),
+            serial,
+            rtc,
+            acpi_pm,
+            input_ready,
+        })
+    }
+
+    /// The event-loop subscribers: host stdin to the UART when the console is on stdio.
+    pub(crate) fn subscribers(&self, serial_config: &SerialConfig) -> Vec<Subscriber> {
+        let mut subscribers: Vec<Subscriber> = Vec::new();
+        if *serial_config == SerialConfig::Stdio {
+            match self.input_ready.try_clone() {
+                Ok(ready) => {
+                    subscribers.push(Box::new(SerialInput::new(
+                        Stdin,
+                        self.serial.clone(),
+                        ready,
+                    )));
+                }
+                Err(e) => log::warn!("console input disabled: cannot clone an eventfd: {e}"),
+            }
+        }
+        subscribers
+    }
+
+    /// The registers a snapshot keeps.
+    pub(crate) fn state(&self) -> LegacyState {
+        // A poisoned lock means a device call panicked; its registers are still whole.
+        LegacyState {
+            serial: self
+                .serial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .state(),
+            rtc: self.rtc.lock().unwrap_or_else(|e| e.into_inner()).state(),
+            acpi_woken: self
+                .acpi_pm
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .woken(),
+        }
+    }
+}
+
+/// The legacy devices' registers in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LegacyState {
+    /// The UART.
+    pub serial: SerialSnapshot,
+    /// The CMOS RTC.
+    pub rtc: crate::devices::legacy::rtc::RtcState,
+    /// The ACPI PM device's WAK_STS.
+    pub acpi_woken: bool,
 }
 
 #[cfg(test)]

@@ -180,6 +180,26 @@ impl VirtioDevices {
             .collect()
     }
 
+    /// Park every running device's worker thread at a request boundary (the VM pauses);
+    /// returns once all are parked.
+    pub fn pause(&self) {
+        self.each("pause", MmioTransport::pause);
+    }
+
+    /// Let every parked worker go on.
+    pub fn resume(&self) {
+        self.each("resume", MmioTransport::resume);
+    }
+
+    fn each(&self, what: &str, f: fn(&mut MmioTransport)) {
+        for (_, name, transport) in &self.devices {
+            match transport.lock() {
+                Ok(mut t) => f(&mut t.0),
+                Err(_) => log::warn!("{name}: transport lock poisoned at {what}"),
+            }
+        }
+    }
+
     /// Stop every device's worker thread (the VM is going away).
     pub fn shutdown(&mut self) {
         for (_, name, transport) in self.devices.drain(..) {

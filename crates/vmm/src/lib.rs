@@ -15,6 +15,7 @@ pub mod kvm;
 pub mod loader;
 pub mod memory;
 pub mod snapshot;
+pub mod snapshot_vm;
 pub mod stop;
 pub mod vcpu;
 pub mod vm;

@@ -21,6 +21,7 @@ use vmm_sys_util::signal::{Killable, register_signal_handler};
 use crate::arch::x86_64::cpuid::{self, VcpuTopology};
 use crate::arch::x86_64::{interrupts, msr, regs};
 use crate::bus::Bus;
+use crate::snapshot::cpu::{CpuStateError, VcpuState};
 pub use crate::stop::{StopReason, StopSignal};
 
 /// Why a vCPU could not be configured.
@@ -85,23 +86,29 @@ impl UnhandledLog {
 }
 
 /// What the vCPU thread is told to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VcpuCommand {
     /// Leave KVM_RUN and wait.
     Pause,
     /// Go on running.
     Resume,
+    /// Read the vCPU's state (answered only while paused); the MSRs to save.
+    SaveState(Arc<[u32]>),
     /// Stop for good; the thread ends.
     Exit,
 }
 
 /// What the vCPU thread answers to a command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum VcpuResponse {
     /// Now paused, outside KVM_RUN.
     Paused,
     /// Now running.
     Resumed,
+    /// The state asked by `SaveState`.
+    State(Box<Result<VcpuState, CpuStateError>>),
+    /// `SaveState` while running: refused.
+    NotPaused,
 }
 
 /// The state of the vCPU thread's loop.
@@ -205,15 +212,47 @@ impl Vcpu {
         })
     }
 
+    /// Create vCPU `state.index` with the state of a snapshot instead of the boot state.
+    pub fn restore(
+        vm: &VmFd,
+        state: &VcpuState,
+        buses: (Arc<Bus>, Arc<Bus>),
+        unhandled: Arc<UnhandledLog>,
+        stop: Arc<StopSignal>,
+    ) -> Result<Self, VcpuError> {
+        let index = state.index;
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(|e| VcpuError::Create(index, e))?;
+        state.restore(&fd).map_err(|e| VcpuError::Setup {
+            index,
+            what: e.what,
+            source: e.source,
+        })?;
+        Ok(Self {
+            index,
+            fd,
+            pio: buses.0,
+            mmio: buses.1,
+            unhandled,
+            stop,
+        })
+    }
+
     /// Start the vCPU on its own thread, running.
     pub fn start(self) -> Result<VcpuHandle, VcpuError> {
+        self.start_in(true)
+    }
+
+    /// Start the vCPU on its own thread, running or paused.
+    pub fn start_in(self, running: bool) -> Result<VcpuHandle, VcpuError> {
         install_kick_handler()?;
         let index = self.index;
         let (commands, command_rx) = channel();
         let (response_tx, responses) = channel();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || self.run(command_rx, response_tx))
+            .spawn(move || self.run(command_rx, response_tx, running))
             .map_err(|e| VcpuError::Spawn(index, e))?;
         Ok(VcpuHandle {
             index,
@@ -223,10 +262,19 @@ impl Vcpu {
         })
     }
 
-    fn run(mut self, commands: Receiver<VcpuCommand>, responses: Sender<VcpuResponse>) {
+    fn run(
+        mut self,
+        commands: Receiver<VcpuCommand>,
+        responses: Sender<VcpuResponse>,
+        running: bool,
+    ) {
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN_PTR.with(|p| p.set(run_ptr));
-        let mut state = State::Running;
+        let mut state = if running {
+            State::Running
+        } else {
+            State::Paused
+        };
         loop {
             let command = match state {
                 State::Running => match commands.try_recv() {
@@ -252,6 +300,15 @@ impl Vcpu {
                         state = State::Running;
                     }
                     let _ = responses.send(VcpuResponse::Resumed);
+                    continue;
+                }
+                Some(VcpuCommand::SaveState(msrs)) => {
+                    let response = if state == State::Paused {
+                        VcpuResponse::State(Box::new(VcpuState::save(&self.fd, self.index, &msrs)))
+                    } else {
+                        VcpuResponse::NotPaused
+                    };
+                    let _ = responses.send(response);
                     continue;
                 }
                 None => {}

@@ -116,6 +116,16 @@ impl<T: Trigger> AcpiPm<T> {
         }
     }
 
+    /// WAK_STS, the one register the guest can observe, for a snapshot.
+    pub fn woken(&self) -> bool {
+        self.woken
+    }
+
+    /// Set WAK_STS from a snapshot.
+    pub fn set_woken(&mut self, woken: bool) {
+        self.woken = woken;
+    }
+
     fn signal_stop(&self, what: &str) {
         log::info!("acpi: the guest asked for a {what}; stopping the VM");
         if let Err(e) = self.stop.trigger() {

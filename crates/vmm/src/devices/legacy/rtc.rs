@@ -138,6 +138,17 @@ fn to_bcd(value: u8) -> u8 {
     ((value / 10) << 4) | (value % 10)
 }
 
+/// The RTC's registers in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RtcState {
+    /// Selected register.
+    pub index: u8,
+    /// NMI mask bit.
+    pub nmi_masked: bool,
+    /// Register file and NVRAM.
+    pub cmos: Vec<u8>,
+}
+
 /// The CMOS RTC and NVRAM; see the module docs for the registers.
 ///
 /// Bus accesses of any width act on the one port at their offset: a write takes its first
@@ -171,6 +182,31 @@ impl Rtc {
             cmos,
             clock,
         }
+    }
+
+    /// The selected register, NMI mask and CMOS bytes, for a snapshot. The time is not
+    /// part of it: a restored RTC follows the host clock.
+    pub fn state(&self) -> RtcState {
+        RtcState {
+            index: self.index,
+            nmi_masked: self.nmi_masked,
+            cmos: self.cmos.to_vec(),
+        }
+    }
+
+    /// Take the registers of a snapshot; a CMOS image of the wrong size is refused.
+    pub fn restore(&mut self, state: &RtcState) -> Result<(), String> {
+        if state.cmos.len() != CMOS_SIZE || state.index as usize >= CMOS_SIZE {
+            return Err(format!(
+                "RTC state: {} CMOS bytes, index {:#x} (expected {CMOS_SIZE} bytes)",
+                state.cmos.len(),
+                state.index
+            ));
+        }
+        self.index = state.index;
+        self.nmi_masked = state.nmi_masked;
+        self.cmos.copy_from_slice(&state.cmos);
+        Ok(())
     }
 
     /// Whether the guest last wrote the index with the NMI mask bit set. Informational

@@ -6,8 +6,9 @@
 
 use std::io::{self, Write};
 
+use serde::{Deserialize, Serialize};
 use vm_superio::Serial;
-use vm_superio::serial::SerialEvents;
+use vm_superio::serial::{SerialEvents, SerialState};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::trigger::EventFdTrigger;
@@ -58,6 +59,29 @@ impl SerialDevice {
         }
     }
 
+    /// A UART as [`SerialDevice::new`], with the registers and receive FIFO of a snapshot.
+    /// A pending interrupt is raised again.
+    pub fn from_state(
+        state: &SerialSnapshot,
+        interrupt: EventFd,
+        input_ready: EventFd,
+        out: SerialOutput,
+    ) -> io::Result<Self> {
+        let serial = Serial::from_state(
+            &state.to_superio(),
+            EventFdTrigger::new(interrupt),
+            SerialHostEvents { input_ready },
+            out,
+        )
+        .map_err(|e| io::Error::other(format!("serial state: {e:?}")))?;
+        Ok(Self { serial })
+    }
+
+    /// The registers and receive FIFO, for a snapshot.
+    pub fn state(&self) -> SerialSnapshot {
+        SerialSnapshot::from_superio(&self.serial.state())
+    }
+
     /// Feed host input to the guest: takes as many bytes as the receive FIFO has room for
     /// and returns how many that was (0 when full).
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> io::Result<usize> {
@@ -73,6 +97,52 @@ impl SerialDevice {
     /// Room left in the receive FIFO.
     pub fn input_capacity(&self) -> usize {
         self.serial.fifo_capacity()
+    }
+}
+
+/// The UART's state in a snapshot (vm-superio's `SerialState`, which has no serde form).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialSnapshot {
+    /// Divisor latch, low and high bytes.
+    pub divisor: [u8; 2],
+    /// Interrupt enable, interrupt identification, line control, line status, modem
+    /// control, modem status, scratch.
+    pub registers: [u8; 7],
+    /// Bytes received and not yet read by the guest.
+    pub rx_fifo: Vec<u8>,
+}
+
+impl SerialSnapshot {
+    fn from_superio(s: &SerialState) -> Self {
+        Self {
+            divisor: [s.baud_divisor_low, s.baud_divisor_high],
+            registers: [
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            rx_fifo: s.in_buffer.clone(),
+        }
+    }
+
+    fn to_superio(&self) -> SerialState {
+        let r = self.registers;
+        SerialState {
+            baud_divisor_low: self.divisor[0],
+            baud_divisor_high: self.divisor[1],
+            interrupt_enable: r[0],
+            interrupt_identification: r[1],
+            line_control: r[2],
+            line_status: r[3],
+            modem_control: r[4],
+            modem_status: r[5],
+            scratch: r[6],
+            in_buffer: self.rx_fifo.clone(),
+        }
     }
 }
 

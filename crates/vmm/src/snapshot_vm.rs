@@ -1,0 +1,290 @@
+//! Pause, resume, snapshot and restore of a whole VM.
+//!
+//! - [`Vmm::pause`] stops every vCPU at a safe point (outside KVM_RUN, acknowledged) and
+//!   [`Vmm::resume`] lets them go on.
+//! - [`Vmm::snapshot`] writes a paused VM to a state file and a memory file (see
+//!   [`crate::snapshot`]); `Diff` writes only the pages the guest dirtied since the last
+//!   snapshot, into the memory file of that snapshot.
+//! - [`restore`] builds a new VM from the two files: guest memory mapped privately from
+//!   the memory file (lazy: nothing is read until the guest touches it), KVM's state and
+//!   the devices' registers written back, vCPUs started paused or running.
+//!
+//! Snapshots cover the vCPUs, the in-kernel irqchip, PIT and clock, and the legacy
+//! devices. A VM with virtio devices is refused for now, with a message saying so.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use api::{SerialConfig, VmConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::builder::{BuildError, LegacyDevices, LegacyState, Parts, Vmm, msrs_to_save, start_vm};
+use crate::device_manager::VirtioDevices;
+use crate::kvm::KvmContext;
+use crate::snapshot::cpu::VcpuState;
+use crate::snapshot::format::{self, FormatError};
+use crate::snapshot::memory::{self, MemoryFileError, RegionInfo};
+use crate::snapshot::vm_state::{VmState, VmStateError};
+use crate::stop::StopSignal;
+use crate::vcpu::{UnhandledLog, Vcpu, VcpuCommand, VcpuResponse};
+use crate::vm;
+
+/// Why a pause, resume, snapshot or restore failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A snapshot needs the VM paused first.
+    #[error("the VM must be paused before a snapshot is taken")]
+    NotPaused,
+    /// What the VM has cannot be snapshotted yet.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A vCPU thread did not answer (it has ended).
+    #[error("vCPU {0} did not answer")]
+    VcpuGone(u32),
+    /// A vCPU's state could not be read.
+    #[error("vCPU {index}: {source}")]
+    Vcpu {
+        /// The vCPU.
+        index: u32,
+        /// Why.
+        #[source]
+        source: crate::snapshot::cpu::CpuStateError,
+    },
+    /// The VM-wide KVM state.
+    #[error(transparent)]
+    VmState(#[from] VmStateError),
+    /// The state file.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// The memory file.
+    #[error(transparent)]
+    Memory(#[from] MemoryFileError),
+    /// The snapshot does not fit this host or this request.
+    #[error("{0}")]
+    Mismatch(String),
+    /// Building the restored VM failed.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+/// Full or diff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum SnapshotKind {
+    /// All of guest memory.
+    #[default]
+    Full,
+    /// Only the pages dirtied since the last snapshot, written into its memory file.
+    Diff,
+}
+
+/// What a snapshot wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Bytes of the state file.
+    pub state_bytes: u64,
+    /// Bytes of guest memory written to the memory file (zero pages are holes).
+    pub memory_bytes_written: u64,
+}
+
+/// The body of a state file.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VmSnapshot {
+    /// Guest RAM in bytes, as configured.
+    pub memory_bytes: u64,
+    /// RAM regions, in the memory file's order.
+    pub regions: Vec<RegionInfo>,
+    /// Every vCPU, in index order.
+    pub vcpus: Vec<VcpuState>,
+    /// The in-kernel irqchip, PIT and clock.
+    pub vm: VmState,
+    /// The legacy devices' registers.
+    pub legacy: LegacyState,
+}
+
+impl Vmm {
+    /// The guest's memory.
+    pub fn guest_memory(&self) -> &crate::memory::GuestMemory {
+        &self.parts.memory
+    }
+
+    /// Whether the vCPUs are paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Stop every vCPU outside KVM_RUN; returns once all have acknowledged. Pausing a
+    /// paused VM does nothing.
+    pub fn pause(&mut self) -> Result<(), SnapshotError> {
+        if self.paused {
+            return Ok(());
+        }
+        for vcpu in &self.vcpus {
+            vcpu.send(VcpuCommand::Pause);
+        }
+        for vcpu in &self.vcpus {
+            match vcpu.response() {
+                Some(VcpuResponse::Paused) => {}
+                _ => return Err(SnapshotError::VcpuGone(vcpu.index())),
+            }
+        }
+        self.paused = true;
+        Ok(())
+    }
+
+    /// Let every vCPU run again. Resuming a running VM does nothing.
+    pub fn resume(&mut self) -> Result<(), SnapshotError> {
+        if !self.paused {
+            return Ok(());
+        }
+        for vcpu in &self.vcpus {
+            vcpu.send(VcpuCommand::Resume);
+        }
+        for vcpu in &self.vcpus {
+            match vcpu.response() {
+                Some(VcpuResponse::Resumed) => {}
+                _ => return Err(SnapshotError::VcpuGone(vcpu.index())),
+            }
+        }
+        self.paused = false;
+        Ok(())
+    }
+
+    /// Write the paused VM to `state_path` and `mem_path`.
+    pub fn snapshot(
+        &mut self,
+        kind: SnapshotKind,
+        state_path: &Path,
+        mem_path: &Path,
+    ) -> Result<SnapshotInfo, SnapshotError> {
+        if !self.paused {
+            return Err(SnapshotError::NotPaused);
+        }
+        if !self.parts.virtio.is_empty() {
+            return Err(SnapshotError::Unsupported(
+                "snapshots of VMs with virtio devices are not supported yet".into(),
+            ));
+        }
+        if kind == SnapshotKind::Diff {
+            return Err(SnapshotError::Unsupported(
+                "diff snapshots are not supported yet; take a Full snapshot".into(),
+            ));
+        }
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for vcpu in &self.vcpus {
+            vcpu.send(VcpuCommand::SaveState(self.parts.msr_indices.clone()));
+            match vcpu.response() {
+                Some(VcpuResponse::State(state)) => {
+                    vcpus.push((*state).map_err(|source| SnapshotError::Vcpu {
+                        index: vcpu.index(),
+                        source,
+                    })?)
+                }
+                Some(VcpuResponse::NotPaused) => return Err(SnapshotError::NotPaused),
+                _ => return Err(SnapshotError::VcpuGone(vcpu.index())),
+            }
+        }
+        let snapshot = VmSnapshot {
+            memory_bytes: self.parts.config.memory_bytes,
+            regions: memory::regions(&self.parts.memory),
+            vcpus,
+            vm: VmState::save(&self.parts.vm)?,
+            legacy: self.parts.legacy.state(),
+        };
+        let memory_bytes_written = memory::write_memory_file(&self.parts.memory, mem_path)?;
+        format::write_file(state_path, &snapshot)?;
+        let state_bytes = std::fs::metadata(state_path).map_or(0, |m| m.len());
+        Ok(SnapshotInfo {
+            state_bytes,
+            memory_bytes_written,
+        })
+    }
+}
+
+/// Build a VM from a snapshot's state file and memory file. The console goes to
+/// `serial`; the vCPUs start running if `resume`, else paused.
+pub fn restore(
+    state_path: &Path,
+    mem_path: &Path,
+    serial: &SerialConfig,
+    resume: bool,
+) -> Result<Vmm, SnapshotError> {
+    let snapshot: VmSnapshot = format::read_file(state_path)?;
+    let count = u32::try_from(snapshot.vcpus.len()).unwrap_or(u32::MAX);
+    if snapshot.vcpus.is_empty()
+        || count > crate::builder::MAX_VCPUS
+        || snapshot
+            .vcpus
+            .iter()
+            .enumerate()
+            .any(|(i, v)| v.index as usize != i)
+    {
+        return Err(SnapshotError::Mismatch(format!(
+            "{}: the vCPU list is not 0..{count}",
+            state_path.display()
+        )));
+    }
+    let ram: u64 = snapshot.regions.iter().map(|r| r.size).sum();
+    let expected: Vec<RegionInfo> = crate::memory::ram_regions(ram)
+        .into_iter()
+        .map(|(addr, size)| RegionInfo {
+            guest_addr: addr.0,
+            size,
+        })
+        .collect();
+    if ram != snapshot.memory_bytes || snapshot.regions != expected {
+        return Err(SnapshotError::Mismatch(format!(
+            "{}: the memory regions do not match a {} MiB guest",
+            state_path.display(),
+            snapshot.memory_bytes >> 20
+        )));
+    }
+
+    let kvm = KvmContext::new().map_err(BuildError::from)?;
+    crate::builder::check_vcpus(count, kvm.max_vcpus())?;
+    let mem = Arc::new(memory::map_memory_file(mem_path, &snapshot.regions)?);
+    let vm = vm::create_vm(kvm.kvm(), &mem).map_err(BuildError::from)?;
+    snapshot.vm.restore(&vm)?;
+
+    let stop = Arc::new(StopSignal::new().map_err(|source| BuildError::Io {
+        what: "cannot create the stop event".into(),
+        source,
+    })?);
+    let legacy = LegacyDevices::new(&vm, serial, &stop, Some(&snapshot.legacy))?;
+    let mmio = Arc::new(crate::bus::Bus::new());
+    let unhandled = Arc::new(UnhandledLog::default());
+    let vcpus = snapshot
+        .vcpus
+        .iter()
+        .map(|state| {
+            Vcpu::restore(
+                &vm,
+                state,
+                (legacy.pio.clone(), mmio.clone()),
+                unhandled.clone(),
+                stop.clone(),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(BuildError::from)?;
+    let subscribers = legacy.subscribers(serial);
+    let mut config = VmConfig::new("(restored from a snapshot)");
+    config.vcpus = count;
+    config.memory_bytes = snapshot.memory_bytes;
+    config.serial = serial.clone();
+    let msr_indices = msrs_to_save(&kvm)?;
+    Ok(start_vm(
+        vcpus,
+        resume,
+        subscribers,
+        Parts {
+            virtio: VirtioDevices::new(),
+            balloon: None,
+            stop,
+            legacy,
+            msr_indices,
+            config,
+            vm,
+            memory: mem,
+        },
+    )?)
+}

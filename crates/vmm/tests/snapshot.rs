@@ -1,0 +1,169 @@
+//! Pause, snapshot and restore of a running tiny guest on real KVM (layer 2), in
+//! process: the `count` guest (crates/test-guests/guests/count.s) increments a u64 at
+//! 0x12000 and prints "." every 256 iterations.
+//!
+//! Paused, its counter and console stand still; a Full snapshot of it, restored into a
+//! new VM after the first is shut down, has identical memory and the same counter, and
+//! once resumed counts on from there.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use api::{SerialConfig, VmConfig};
+use vm_memory::{Bytes, GuestAddress};
+use vmm::snapshot::format::FormatError;
+use vmm::snapshot::memory::same_contents;
+use vmm::snapshot_vm::{SnapshotError, SnapshotKind, restore};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vireo-vmm-snapshot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn counter(vmm: &vmm::builder::Vmm) -> u64 {
+    vmm.guest_memory()
+        .read_obj(GuestAddress(test_guests::COUNT_COUNTER_ADDR))
+        .unwrap()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn console_len(path: &Path) -> usize {
+    std::fs::read(path).map_or(0, |b| b.len())
+}
+
+fn count_guest(memory: u64, console: &Path) -> vmm::builder::Vmm {
+    let mut config = VmConfig::new(test_guests::path(test_guests::COUNT));
+    config.memory_bytes = memory;
+    config.serial = SerialConfig::File(console.to_path_buf());
+    vmm::builder::build_and_boot(&config).expect("boot the count guest")
+}
+
+#[test]
+fn a_paused_count_guest_restores_identical_and_counts_on() {
+    let console = scratch("console-before");
+    let mut vm = count_guest(32 << 20, &console);
+    wait_until("two dots", || console_len(&console) >= 2);
+
+    // Not paused yet: a snapshot is refused.
+    let state = scratch("state");
+    let mem = scratch("mem");
+    assert!(matches!(
+        vm.snapshot(SnapshotKind::Full, &state, &mem),
+        Err(SnapshotError::NotPaused)
+    ));
+
+    vm.pause().unwrap();
+    let paused_at = counter(&vm);
+    let dots = console_len(&console);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(counter(&vm), paused_at, "the counter moved while paused");
+    assert_eq!(
+        console_len(&console),
+        dots,
+        "the console moved while paused"
+    );
+    assert!(paused_at >= 512, "counter {paused_at} after two dots");
+
+    let info = vm.snapshot(SnapshotKind::Full, &state, &mem).unwrap();
+    assert!(info.state_bytes > 0);
+    // The guest's pages (boot structures, code, counter), not the zero rest.
+    assert!(
+        info.memory_bytes_written > 0 && info.memory_bytes_written < 1 << 20,
+        "{info:?}"
+    );
+    assert_eq!(std::fs::metadata(&mem).unwrap().len(), 32 << 20);
+    // Copy the memory before the VM goes away, to compare with the restored one.
+    let before = vmm::memory::create_guest_memory(32 << 20).unwrap();
+    let mut buf = vec![0u8; 32 << 20];
+    vm.guest_memory()
+        .read_slice(&mut buf, GuestAddress(0))
+        .unwrap();
+    before.write_slice(&buf, GuestAddress(0)).unwrap();
+    vm.shutdown();
+
+    // Restore, paused: identical memory, same counter.
+    let console_after = scratch("console-after");
+    let mut restored = restore(
+        &state,
+        &mem,
+        &SerialConfig::File(console_after.clone()),
+        false,
+    )
+    .expect("restore");
+    assert!(restored.is_paused());
+    assert!(same_contents(&before, restored.guest_memory()));
+    assert_eq!(counter(&restored), paused_at);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(counter(&restored), paused_at, "ran while restored paused");
+
+    // Resumed: it counts on from where it stopped, dots and all.
+    restored.resume().unwrap();
+    wait_until("the counter to pass a 256 boundary", || {
+        counter(&restored) > (paused_at | 0xff) + 1
+    });
+    wait_until("a dot on the new console", || {
+        console_len(&console_after) >= 1
+    });
+    let text = std::fs::read_to_string(&console_after).unwrap();
+    assert!(text.chars().all(|c| c == '.'), "console: {text:?}");
+    restored.pause().unwrap();
+    let now = counter(&restored);
+    assert!(now > paused_at, "{now} <= {paused_at}");
+    restored.shutdown();
+    let _ = std::fs::remove_file(&state);
+    let _ = std::fs::remove_file(&mem);
+}
+
+#[test]
+fn a_corrupted_truncated_or_foreign_state_file_is_refused() {
+    let mut vm = count_guest(16 << 20, &scratch("console-c"));
+    vm.pause().unwrap();
+    let state = scratch("state-c");
+    let mem = scratch("mem-c");
+    vm.snapshot(SnapshotKind::Full, &state, &mem).unwrap();
+    vm.shutdown();
+    let good = std::fs::read(&state).unwrap();
+    let serial = SerialConfig::None;
+
+    let bad = scratch("bad");
+    let mut corrupt = good.clone();
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 0x20;
+    std::fs::write(&bad, &corrupt).unwrap();
+    let err = restore(&bad, &mem, &serial, false).err().unwrap();
+    assert!(
+        matches!(err, SnapshotError::Format(FormatError::Checksum { .. })),
+        "{err}"
+    );
+
+    std::fs::write(&bad, &good[..good.len() - 100]).unwrap();
+    let err = restore(&bad, &mem, &serial, false).err().unwrap();
+    assert!(
+        matches!(err, SnapshotError::Format(FormatError::Truncated { .. })),
+        "{err}"
+    );
+
+    std::fs::write(&bad, b"{\"not\": \"a snapshot\"}").unwrap();
+    let err = restore(&bad, &mem, &serial, false).err().unwrap();
+    assert!(err.to_string().contains("not a Vireo snapshot"), "{err}");
+
+    // A memory file of another size.
+    let small = scratch("mem-small");
+    std::fs::write(&small, [0u8; 4096]).unwrap();
+    let err = restore(&state, &small, &serial, false).err().unwrap();
+    assert!(err.to_string().contains("holds 4096 bytes"), "{err}");
+    for f in [&state, &mem, &bad, &small] {
+        let _ = std::fs::remove_file(f);
+    }
+}
