@@ -285,6 +285,18 @@ impl VirtioDevice for Balloon {
         }
     }
 
+    fn pause(&mut self) {
+        if let Some(w) = &self.worker {
+            w.pause();
+        }
+    }
+
+    fn resume(&mut self) {
+        if let Some(w) = &self.worker {
+            w.resume();
+        }
+    }
+
     fn reset(&mut self) -> bool {
         self.stop_worker();
         // A reset driver's balloon is empty.

@@ -149,6 +149,18 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
+    fn pause(&mut self) {
+        if let Some(w) = &self.running {
+            w.pause();
+        }
+    }
+
+    fn resume(&mut self) {
+        if let Some(w) = &self.running {
+            w.resume();
+        }
+    }
+
     fn reset(&mut self) -> bool {
         let Some(thread) = self.running.take() else {
             return self.idle.is_some();

@@ -234,6 +234,18 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         Ok(())
     }
 
+    fn pause(&mut self) {
+        if let Some(w) = &self.worker {
+            w.pause();
+        }
+    }
+
+    fn resume(&mut self) {
+        if let Some(w) = &self.worker {
+            w.resume();
+        }
+    }
+
     fn reset(&mut self) -> bool {
         if let Some(thread) = self.worker.take() {
             match thread.stop() {

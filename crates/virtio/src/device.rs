@@ -239,6 +239,14 @@ pub trait VirtioDevice: Send {
     /// The driver set `DRIVER_OK`: start serving the queues.
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
 
+    /// The VM pauses: stop serving the queues at the next request boundary and return
+    /// once the worker is parked. Kicks that arrive meanwhile are served on
+    /// [`VirtioDevice::resume`]. A device that is not running does nothing.
+    fn pause(&mut self) {}
+
+    /// The VM runs again after [`VirtioDevice::pause`].
+    fn resume(&mut self) {}
+
     /// The driver reset the device (or the VM stops): stop serving, drop the queues and
     /// return to the state before activation. Returns `false` if the device cannot be
     /// reset; the transport then leaves it stopped and sets `DEVICE_NEEDS_RESET`.

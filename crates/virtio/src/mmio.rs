@@ -173,6 +173,20 @@ impl MmioTransport {
         self.activated
     }
 
+    /// Park the device's worker (the VM pauses); nothing to do before activation.
+    pub fn pause(&mut self) {
+        if self.activated {
+            self.device.pause();
+        }
+    }
+
+    /// Let the device's worker go on after [`MmioTransport::pause`].
+    pub fn resume(&mut self) {
+        if self.activated {
+            self.device.resume();
+        }
+    }
+
     fn warn_once(&mut self, offset: u64, what: std::fmt::Arguments) {
         let bit = 1u64 << ((offset / 4) % 64);
         if self.warned & bit == 0 {

@@ -207,3 +207,43 @@ fn notify_of_a_missing_queue_is_ignored() {
     d.write(0x50, 9);
     assert!(t.queue_evts()[0].read().is_err());
 }
+
+/// A paused device leaves kicks pending and serves them once resumed.
+#[test]
+fn paused_worker_serves_nothing_until_resumed() {
+    let mem = guest_memory(1 << 20);
+    let mut t = MmioTransport::new(Box::new(Rng::new("rng-test")), mem.clone()).unwrap();
+    t.pause(); // Before activation: nothing to pause.
+    let vq = MockSplitQueue::create(mem.as_ref(), GuestAddress(0x1_0000), 16);
+    vq.add_desc_chains(
+        &[RawDescriptor::from(SplitDescriptor::new(
+            0x8_0000, 64, WRITE, 0,
+        ))],
+        0,
+    )
+    .unwrap();
+    let mut d = MmioDriver(&mut t);
+    assert!(d.negotiate(f::VERSION_1));
+    d.setup_queue(
+        0,
+        16,
+        vq.desc_table_addr().0,
+        vq.avail_addr().0,
+        vq.used_addr().0,
+    );
+    d.driver_ok();
+    t.pause();
+    MmioDriver(&mut t).write(0x50, 0);
+    let used_idx = vq.used_addr().unchecked_add(2);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        mem.read_obj::<u16>(used_idx).unwrap(),
+        0,
+        "served while paused"
+    );
+    t.resume();
+    wait_for("the used ring after resume", || {
+        mem.read_obj::<u16>(used_idx).unwrap() == 1
+    });
+    MmioDriver(&mut t).write(0x70, 0);
+}

@@ -55,6 +55,18 @@ impl VirtioDevice for Rng {
         Ok(())
     }
 
+    fn pause(&mut self) {
+        if let Some(w) = &self.worker {
+            w.pause();
+        }
+    }
+
+    fn resume(&mut self) {
+        if let Some(w) = &self.worker {
+            w.resume();
+        }
+    }
+
     fn reset(&mut self) -> bool {
         if let Some(w) = self.worker.take() {
             w.stop();

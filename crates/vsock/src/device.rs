@@ -115,6 +115,18 @@ impl VirtioDevice for Vsock {
         Ok(())
     }
 
+    fn pause(&mut self) {
+        if let Some(w) = &self.running {
+            w.pause();
+        }
+    }
+
+    fn resume(&mut self) {
+        if let Some(w) = &self.running {
+            w.resume();
+        }
+    }
+
     fn reset(&mut self) -> bool {
         if let Some(thread) = self.running.take() {
             match thread.stop() {
