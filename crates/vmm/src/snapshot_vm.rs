@@ -112,8 +112,8 @@ impl Vmm {
         self.paused
     }
 
-    /// Stop every vCPU outside KVM_RUN; returns once all have acknowledged. Pausing a
-    /// paused VM does nothing.
+    /// Stop every vCPU outside KVM_RUN, then park every virtio worker thread at a request
+    /// boundary; returns once all have acknowledged. Pausing a paused VM does nothing.
     pub fn pause(&mut self) -> Result<(), SnapshotError> {
         if self.paused {
             return Ok(());
@@ -127,15 +127,19 @@ impl Vmm {
                 _ => return Err(SnapshotError::VcpuGone(vcpu.index())),
             }
         }
+        // After the vCPUs: no new kicks come in while the workers park.
+        self.parts.virtio.pause();
         self.paused = true;
         Ok(())
     }
 
-    /// Let every vCPU run again. Resuming a running VM does nothing.
+    /// Let every virtio worker, then every vCPU, run again. Resuming a running VM does
+    /// nothing.
     pub fn resume(&mut self) -> Result<(), SnapshotError> {
         if !self.paused {
             return Ok(());
         }
+        self.parts.virtio.resume();
         for vcpu in &self.vcpus {
             vcpu.send(VcpuCommand::Resume);
         }
