@@ -916,6 +916,7 @@ impl FullVmConfig {
         config.initrd = boot.initrd_path.as_ref().map(PathBuf::from);
         config.vcpus = self.machine_config.vcpu_count;
         config.memory_bytes = self.machine_config.mem_size_mib << 20;
+        config.track_dirty_pages = self.machine_config.track_dirty_pages;
         config.serial = match self
             .serial
             .as_ref()

@@ -78,6 +78,8 @@ pub struct VmConfig {
     pub rng: bool,
     /// The memory balloon, if any.
     pub balloon: Option<BalloonConfig>,
+    /// KVM logs the pages the guest dirties, so a diff snapshot can write only those.
+    pub track_dirty_pages: bool,
 }
 
 impl VmConfig {
@@ -95,6 +97,7 @@ impl VmConfig {
             vsock: None,
             rng: false,
             balloon: None,
+            track_dirty_pages: false,
         }
     }
 

@@ -96,6 +96,7 @@ impl RunArgs {
             vsock: self.vsock,
             rng: self.rng,
             balloon: self.balloon,
+            track_dirty_pages: false,
         })
     }
 }

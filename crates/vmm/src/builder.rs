@@ -204,7 +204,7 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
     check_vcpus(config.vcpus, kvm.max_vcpus())?;
     let mem_arc = Arc::new(memory::create_guest_memory(config.memory_bytes)?);
     let mem: &GuestMemory = &mem_arc;
-    let vm = vm::create_vm(kvm.kvm(), mem)?;
+    let vm = vm::create_vm(kvm.kvm(), mem, config.track_dirty_pages)?;
 
     // Virtio devices first: opening their backends (disk images, TAPs, sockets) is what
     // fails most often on user input, and the guest's command line and DSDT list them.

@@ -3,8 +3,11 @@
 //! - [`Vmm::pause`] stops every vCPU at a safe point (outside KVM_RUN, acknowledged) and
 //!   [`Vmm::resume`] lets them go on.
 //! - [`Vmm::snapshot`] writes a paused VM to a state file and a memory file (see
-//!   [`crate::snapshot`]); `Diff` writes only the pages the guest dirtied since the last
-//!   snapshot, into the memory file of that snapshot.
+//!   [`crate::snapshot`]). `Full` writes all of memory (zero pages as holes). `Diff`
+//!   needs dirty-page tracking (KVM's dirty log, on from the VM's creation) and writes
+//!   only the pages dirtied since the previous snapshot, in place into that snapshot's
+//!   memory file, which then holds the new state; a Diff to a path that does not exist
+//!   is refused rather than leaving a memory file that cannot be restored alone.
 //! - [`restore`] builds a new VM from the two files: guest memory mapped privately from
 //!   the memory file (lazy: nothing is read until the guest touches it), KVM's state and
 //!   the devices' registers written back, vCPUs started paused or running.
@@ -89,6 +92,8 @@ pub struct SnapshotInfo {
 /// The body of a state file.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VmSnapshot {
+    /// How the memory file was written.
+    pub kind: SnapshotKind,
     /// Guest RAM in bytes, as configured.
     pub memory_bytes: u64,
     /// RAM regions, in the memory file's order.
@@ -168,10 +173,19 @@ impl Vmm {
                 "snapshots of VMs with virtio devices are not supported yet".into(),
             ));
         }
+        let tracking = self.parts.config.track_dirty_pages;
         if kind == SnapshotKind::Diff {
-            return Err(SnapshotError::Unsupported(
-                "diff snapshots are not supported yet; take a Full snapshot".into(),
-            ));
+            if !tracking {
+                return Err(SnapshotError::Unsupported(
+                    "a Diff snapshot needs dirty-page tracking: set track_dirty_pages in the machine config (or enable_diff_snapshots when loading a snapshot)".into(),
+                ));
+            }
+            if !mem_path.exists() {
+                return Err(SnapshotError::Unsupported(format!(
+                    "a Diff snapshot writes the dirtied pages into the memory file of the previous snapshot, in place; {} does not exist",
+                    mem_path.display()
+                )));
+            }
         }
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
         for vcpu in &self.vcpus {
@@ -188,13 +202,28 @@ impl Vmm {
             }
         }
         let snapshot = VmSnapshot {
+            kind,
             memory_bytes: self.parts.config.memory_bytes,
             regions: memory::regions(&self.parts.memory),
             vcpus,
             vm: VmState::save(&self.parts.vm)?,
             legacy: self.parts.legacy.state(),
         };
-        let memory_bytes_written = memory::write_memory_file(&self.parts.memory, mem_path)?;
+        let memory_bytes_written = match kind {
+            SnapshotKind::Full => {
+                if tracking {
+                    // The next Diff is relative to this snapshot.
+                    vm::take_dirty_log(&self.parts.vm, &self.parts.memory)
+                        .map_err(BuildError::from)?;
+                }
+                memory::write_memory_file(&self.parts.memory, mem_path)?
+            }
+            SnapshotKind::Diff => {
+                let dirty = vm::take_dirty_log(&self.parts.vm, &self.parts.memory)
+                    .map_err(BuildError::from)?;
+                memory::write_dirty_pages(&self.parts.memory, mem_path, &dirty)?
+            }
+        };
         format::write_file(state_path, &snapshot)?;
         let state_bytes = std::fs::metadata(state_path).map_or(0, |m| m.len());
         Ok(SnapshotInfo {
@@ -204,14 +233,25 @@ impl Vmm {
     }
 }
 
-/// Build a VM from a snapshot's state file and memory file. The console goes to
-/// `serial`; the vCPUs start running if `resume`, else paused.
+/// How to bring a snapshot back.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Where the console goes.
+    pub serial: SerialConfig,
+    /// Start the vCPUs running (else paused until resumed).
+    pub resume: bool,
+    /// Log dirtied pages from the start, so a Diff snapshot of the restored VM writes
+    /// only what changed since this snapshot.
+    pub track_dirty_pages: bool,
+}
+
+/// Build a VM from a snapshot's state file and memory file.
 pub fn restore(
     state_path: &Path,
     mem_path: &Path,
-    serial: &SerialConfig,
-    resume: bool,
+    options: &RestoreOptions,
 ) -> Result<Vmm, SnapshotError> {
+    let serial = &options.serial;
     let snapshot: VmSnapshot = format::read_file(state_path)?;
     let count = u32::try_from(snapshot.vcpus.len()).unwrap_or(u32::MAX);
     if snapshot.vcpus.is_empty()
@@ -246,7 +286,7 @@ pub fn restore(
     let kvm = KvmContext::new().map_err(BuildError::from)?;
     crate::builder::check_vcpus(count, kvm.max_vcpus())?;
     let mem = Arc::new(memory::map_memory_file(mem_path, &snapshot.regions)?);
-    let vm = vm::create_vm(kvm.kvm(), &mem).map_err(BuildError::from)?;
+    let vm = vm::create_vm(kvm.kvm(), &mem, options.track_dirty_pages).map_err(BuildError::from)?;
     snapshot.vm.restore(&vm)?;
 
     let stop = Arc::new(StopSignal::new().map_err(|source| BuildError::Io {
@@ -275,10 +315,11 @@ pub fn restore(
     config.vcpus = count;
     config.memory_bytes = snapshot.memory_bytes;
     config.serial = serial.clone();
+    config.track_dirty_pages = options.track_dirty_pages;
     let msr_indices = msrs_to_save(&kvm)?;
     Ok(start_vm(
         vcpus,
-        resume,
+        options.resume,
         subscribers,
         Parts {
             virtio: VirtioDevices::new(),

@@ -13,7 +13,7 @@ use api::{SerialConfig, VmConfig};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::snapshot::format::FormatError;
 use vmm::snapshot::memory::same_contents;
-use vmm::snapshot_vm::{SnapshotError, SnapshotKind, restore};
+use vmm::snapshot_vm::{RestoreOptions, SnapshotError, SnapshotKind, restore};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vireo-vmm-snapshot-{}", std::process::id()));
@@ -43,8 +43,13 @@ fn console_len(path: &Path) -> usize {
 }
 
 fn count_guest(memory: u64, console: &Path) -> vmm::builder::Vmm {
+    count_guest_with(memory, console, false)
+}
+
+fn count_guest_with(memory: u64, console: &Path, track_dirty_pages: bool) -> vmm::builder::Vmm {
     let mut config = VmConfig::new(test_guests::path(test_guests::COUNT));
     config.memory_bytes = memory;
+    config.track_dirty_pages = track_dirty_pages;
     config.serial = SerialConfig::File(console.to_path_buf());
     vmm::builder::build_and_boot(&config).expect("boot the count guest")
 }
@@ -94,13 +99,11 @@ fn a_paused_count_guest_restores_identical_and_counts_on() {
 
     // Restore, paused: identical memory, same counter.
     let console_after = scratch("console-after");
-    let mut restored = restore(
-        &state,
-        &mem,
-        &SerialConfig::File(console_after.clone()),
-        false,
-    )
-    .expect("restore");
+    let options = RestoreOptions {
+        serial: SerialConfig::File(console_after.clone()),
+        ..Default::default()
+    };
+    let mut restored = restore(&state, &mem, &options).expect("restore");
     assert!(restored.is_paused());
     assert!(same_contents(&before, restored.guest_memory()));
     assert_eq!(counter(&restored), paused_at);
@@ -134,36 +137,106 @@ fn a_corrupted_truncated_or_foreign_state_file_is_refused() {
     vm.snapshot(SnapshotKind::Full, &state, &mem).unwrap();
     vm.shutdown();
     let good = std::fs::read(&state).unwrap();
-    let serial = SerialConfig::None;
+    let opts = RestoreOptions {
+        serial: SerialConfig::None,
+        ..Default::default()
+    };
 
     let bad = scratch("bad");
     let mut corrupt = good.clone();
     let mid = corrupt.len() / 2;
     corrupt[mid] ^= 0x20;
     std::fs::write(&bad, &corrupt).unwrap();
-    let err = restore(&bad, &mem, &serial, false).err().unwrap();
+    let err = restore(&bad, &mem, &opts).err().unwrap();
     assert!(
         matches!(err, SnapshotError::Format(FormatError::Checksum { .. })),
         "{err}"
     );
 
     std::fs::write(&bad, &good[..good.len() - 100]).unwrap();
-    let err = restore(&bad, &mem, &serial, false).err().unwrap();
+    let err = restore(&bad, &mem, &opts).err().unwrap();
     assert!(
         matches!(err, SnapshotError::Format(FormatError::Truncated { .. })),
         "{err}"
     );
 
     std::fs::write(&bad, b"{\"not\": \"a snapshot\"}").unwrap();
-    let err = restore(&bad, &mem, &serial, false).err().unwrap();
+    let err = restore(&bad, &mem, &opts).err().unwrap();
     assert!(err.to_string().contains("not a Vireo snapshot"), "{err}");
 
     // A memory file of another size.
     let small = scratch("mem-small");
     std::fs::write(&small, [0u8; 4096]).unwrap();
-    let err = restore(&state, &small, &serial, false).err().unwrap();
+    let err = restore(&state, &small, &opts).err().unwrap();
     assert!(err.to_string().contains("holds 4096 bytes"), "{err}");
     for f in [&state, &mem, &bad, &small] {
         let _ = std::fs::remove_file(f);
     }
+}
+
+/// The guest's RAM, copied (to compare with a restored VM after the first is gone).
+fn copy_memory(vm: &vmm::builder::Vmm, bytes: u64) -> vmm::memory::GuestMemory {
+    let copy = vmm::memory::create_guest_memory(bytes).unwrap();
+    let mut buf = vec![0u8; bytes as usize];
+    vm.guest_memory()
+        .read_slice(&mut buf, GuestAddress(0))
+        .unwrap();
+    copy.write_slice(&buf, GuestAddress(0)).unwrap();
+    copy
+}
+
+#[test]
+fn a_diff_snapshot_on_a_full_one_restores_the_later_state() {
+    let mut vm = count_guest_with(16 << 20, &scratch("console-d"), true);
+    wait_until("the counter to start", || counter(&vm) > 1000);
+    vm.pause().unwrap();
+    let state_full = scratch("state-full");
+    let state_diff = scratch("state-diff");
+    let mem = scratch("mem-d");
+    vm.snapshot(SnapshotKind::Full, &state_full, &mem).unwrap();
+    let at_full = counter(&vm);
+
+    vm.resume().unwrap();
+    wait_until("the counter to move on", || counter(&vm) > at_full + 1000);
+    vm.pause().unwrap();
+    let at_diff = counter(&vm);
+    let info = vm.snapshot(SnapshotKind::Diff, &state_diff, &mem).unwrap();
+    // The loop dirties the counter's page (and the stack page, if any): a few pages,
+    // not the guest's 16 MiB nor the Full snapshot's pages.
+    assert!(
+        info.memory_bytes_written > 0 && info.memory_bytes_written <= 4 * 4096,
+        "{info:?}"
+    );
+    let expected = copy_memory(&vm, 16 << 20);
+    vm.shutdown();
+
+    let opts = RestoreOptions {
+        serial: SerialConfig::None,
+        ..Default::default()
+    };
+    let restored = restore(&state_diff, &mem, &opts).unwrap();
+    assert_eq!(counter(&restored), at_diff);
+    assert!(same_contents(&expected, restored.guest_memory()));
+    restored.shutdown();
+    for f in [&state_full, &state_diff, &mem] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+#[test]
+fn a_diff_snapshot_needs_tracking_and_an_existing_memory_file() {
+    let mut vm = count_guest(16 << 20, &scratch("console-n"));
+    vm.pause().unwrap();
+    let state = scratch("state-n");
+    let mem = scratch("mem-n");
+    let err = vm.snapshot(SnapshotKind::Diff, &state, &mem).unwrap_err();
+    assert!(err.to_string().contains("track_dirty_pages"), "{err}");
+    vm.shutdown();
+
+    let mut vm = count_guest_with(16 << 20, &scratch("console-n2"), true);
+    vm.pause().unwrap();
+    let err = vm.snapshot(SnapshotKind::Diff, &state, &mem).unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(!state.exists() && !mem.exists(), "nothing written");
+    vm.shutdown();
 }
