@@ -70,19 +70,9 @@ impl Block {
     /// A device around an already opened worker.
     pub fn from_worker(worker: BlockWorker, name: &str) -> Self {
         let capacity = worker.capacity_sectors();
-        let readonly = worker.readonly();
-        let mut features = features::COMMON
-            | 1 << VIRTIO_BLK_F_SEG_MAX
-            | 1 << VIRTIO_BLK_F_BLK_SIZE
-            | 1 << VIRTIO_BLK_F_FLUSH;
-        if readonly {
-            features |= 1 << VIRTIO_BLK_F_RO;
-        } else {
-            features |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
-        }
         Self {
             name: name.to_string(),
-            features,
+            features: device_features(worker.readonly()),
             config: config_space(capacity),
             capacity,
             idle: Some(worker),
@@ -101,8 +91,23 @@ impl Block {
     }
 }
 
+/// The virtio features a disk offers: the common ones, `SEG_MAX`, `BLK_SIZE`, `FLUSH`,
+/// and `RO` for a read-only disk or `DISCARD` and `WRITE_ZEROES` for a writable one.
+pub fn device_features(readonly: bool) -> u64 {
+    let mut f = features::COMMON
+        | 1 << VIRTIO_BLK_F_SEG_MAX
+        | 1 << VIRTIO_BLK_F_BLK_SIZE
+        | 1 << VIRTIO_BLK_F_FLUSH;
+    if readonly {
+        f |= 1 << VIRTIO_BLK_F_RO;
+    } else {
+        f |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+    }
+    f
+}
+
 /// The configuration space for a disk of `capacity` sectors.
-fn config_space(capacity: u64) -> [u8; CONFIG_SIZE] {
+pub fn config_space(capacity: u64) -> [u8; CONFIG_SIZE] {
     use config_offset as o;
     let mut c = [0u8; CONFIG_SIZE];
     let mut put32 = |off: usize, v: u32| c[off..off + 4].copy_from_slice(&v.to_le_bytes());

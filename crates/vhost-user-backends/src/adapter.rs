@@ -9,9 +9,9 @@
 //!   vring-enable notifications).
 //!
 //! A worker is made when the first queue event arrives after the frontend set the device
-//! up, and dropped when the frontend stops a ring (`GET_VRING_BASE`, which QEMU sends on
-//! a driver reset, a guest reboot and at exit) or resets the device. Its extra fds are
-//! registered with the event loop while it lives.
+//! up, and handed back to the device ([`Served::recycle`]) when the frontend stops a ring
+//! (`GET_VRING_BASE`, which QEMU sends on a driver reset, a guest reboot and at exit) or
+//! resets the device. Its extra fds are registered with the event loop while it serves.
 //!
 //! For each call every vring is locked, in index order, for the whole call: the worker
 //! gets all the queues at once, and the frontend cannot change a ring under it. The
@@ -225,7 +225,8 @@ impl<S: Served> VhostUserDevice<S> {
             }
         }
         st.extra_fds.clear();
-        if st.worker.take().is_some() {
+        if let Some(worker) = st.worker.take() {
+            self.served.recycle(worker);
             log::debug!("{}: device stopped", self.served.name());
         }
     }

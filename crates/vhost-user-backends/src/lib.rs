@@ -7,15 +7,18 @@
 //!
 //! - [`served`]: the [`Served`] trait a device implements to be served, and the entropy
 //!   device's implementation.
+//! - [`blk`]: [`BlkServed`], a disk image (raw or qcow2) as vhost-user-blk.
 //! - [`adapter`]: [`VhostUserDevice`], the generic `VhostUserBackend` over any [`Served`].
 //! - [`daemon`]: [`serve`], which listens on a Unix socket and serves one frontend.
 //!
 //! [`DeviceWorker`]: virtio_devices::device::DeviceWorker
 
 pub mod adapter;
+pub mod blk;
 pub mod daemon;
 pub mod served;
 
 pub use adapter::{AdapterError, VhostUserDevice};
+pub use blk::BlkServed;
 pub use daemon::{ServeError, Server, serve};
 pub use served::{RngServed, Served};

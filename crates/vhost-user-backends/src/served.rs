@@ -58,6 +58,14 @@ pub trait Served: Send + Sync + 'static {
     /// Called when the first queue event arrives after the frontend set the device up,
     /// and again after every stop or reset.
     fn new_worker(&self, acked_features: u64) -> io::Result<Self::Worker>;
+
+    /// The worker made by [`Served::new_worker`] is no longer serving (the frontend
+    /// stopped a ring or reset the device, the worker failed, or the frontend left).
+    /// Devices whose worker holds something worth keeping (an open disk, a TAP) take it
+    /// back here for the next `new_worker`; the default drops the worker.
+    fn recycle(&self, worker: Self::Worker) {
+        drop(worker);
+    }
 }
 
 /// The entropy device (virtio-rng): one queue, no configuration space.

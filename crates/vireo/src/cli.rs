@@ -1,4 +1,5 @@
-//! The command line: `vireo run ...` and `vireo probe-kvm`, parsed into a [`VmConfig`].
+//! The command line: `vireo run ...` (parsed into a [`VmConfig`]), `vireo probe-kvm` and
+//! `vireo vhost-user <device> ...` (one device model served to a vhost-user frontend).
 
 use std::path::PathBuf;
 
@@ -13,8 +14,26 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "warn", env = "VIREO_LOG", value_parser = parse_level)]
     pub log_level: log::LevelFilter,
 
+    /// Serve Firecracker's API on this Unix socket; the VM is configured and started
+    /// through it (no subcommand).
+    #[arg(long, value_name = "PATH", conflicts_with = "no_api")]
+    pub api_sock: Option<PathBuf>,
+    /// Configure the VM from this JSON file (what `GET /vm/config` returns) and boot it
+    /// at once (no subcommand).
+    #[arg(long, value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// No API socket: boot from --config-file alone.
+    #[arg(long, requires = "config_file")]
+    pub no_api: bool,
+    /// The instance id `GET /` reports.
+    #[arg(long, default_value = "anonymous-instance", value_name = "ID")]
+    pub id: String,
+    /// Largest API request body, in bytes.
+    #[arg(long, default_value_t = 51_200, value_name = "BYTES")]
+    pub http_api_max_payload_size: usize,
+
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 /// What to do.
@@ -24,6 +43,39 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Time a tiny guest loop to tell hardware KVM from an emulated one.
     ProbeKvm(ProbeArgs),
+    /// Serve one virtio device to a vhost-user frontend (QEMU...) on a Unix socket, until
+    /// the frontend disconnects.
+    #[command(subcommand)]
+    VhostUser(VhostUserCommand),
+}
+
+/// `vireo vhost-user` devices.
+#[derive(Subcommand, Debug)]
+pub enum VhostUserCommand {
+    /// A virtio-blk disk.
+    Blk {
+        /// The socket options.
+        #[command(flatten)]
+        socket: SocketArg,
+        /// The disk: path=FILE[,readonly][,format=raw|qcow2][,serial=ID][,iops=N]
+        /// [,bandwidth=BYTES/s][,io=auto|sync|uring].
+        #[arg(long, value_name = "path=FILE,...")]
+        disk: DiskConfig,
+    },
+    /// A virtio-rng entropy device fed from the host's getrandom.
+    Rng {
+        /// The socket options.
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+/// Where a vhost-user backend listens.
+#[derive(Args, Debug)]
+pub struct SocketArg {
+    /// The Unix socket to create and listen on (a stale socket there is replaced).
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
 }
 
 fn parse_level(text: &str) -> Result<log::LevelFilter, String> {
@@ -127,7 +179,7 @@ mod tests {
             "file:/tmp/s",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command else {
+        let Some(Command::Run(args)) = cli.command else {
             panic!("not run")
         };
         let config = args.into_config().unwrap();
@@ -140,7 +192,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let Command::Run(args) = parse(&["run", "--kernel", "/k"]).unwrap().command else {
+        let Some(Command::Run(args)) = parse(&["run", "--kernel", "/k"]).unwrap().command else {
             panic!("not run")
         };
         let config = args.into_config().unwrap();
@@ -151,7 +203,7 @@ mod tests {
 
     #[test]
     fn malformed_values_are_refused() {
-        let Command::Run(args) = parse(&["run", "--kernel", "/k", "--memory", "lots"])
+        let Some(Command::Run(args)) = parse(&["run", "--kernel", "/k", "--memory", "lots"])
             .unwrap()
             .command
         else {
@@ -165,5 +217,49 @@ mod tests {
         assert!(parse(&["run", "--kernel", "/k", "--cpus", "-1"]).is_err());
         assert!(parse(&["run", "--kernel", "/k", "--serial", "tty"]).is_err());
         assert!(parse(&["run"]).is_err(), "--kernel is required");
+    }
+
+    #[test]
+    fn api_flags_without_a_subcommand() {
+        let cli = parse(&["--api-sock", "/tmp/a.sock"]).unwrap();
+        assert_eq!(cli.api_sock, Some(PathBuf::from("/tmp/a.sock")));
+        assert!(cli.command.is_none());
+        assert_eq!(cli.id, "anonymous-instance");
+        let cli = parse(&["--no-api", "--config-file", "/c.json"]).unwrap();
+        assert!(cli.no_api);
+        assert!(parse(&["--no-api"]).is_err(), "--no-api needs --config-file");
+        assert!(parse(&["--no-api", "--api-sock", "/a", "--config-file", "/c"]).is_err());
+    }
+
+    #[test]
+    fn vhost_user_blk_and_rng() {
+        let cli = parse(&[
+            "vhost-user",
+            "blk",
+            "--socket",
+            "/tmp/s",
+            "--disk",
+            "path=/d.img,readonly,serial=abc",
+        ])
+        .unwrap();
+        let Some(Command::VhostUser(VhostUserCommand::Blk { socket, disk })) = cli.command else {
+            panic!("not vhost-user blk")
+        };
+        assert_eq!(socket.socket, PathBuf::from("/tmp/s"));
+        assert_eq!(disk.path, PathBuf::from("/d.img"));
+        assert!(disk.readonly);
+        assert_eq!(disk.serial.as_deref(), Some("abc"));
+
+        let cli = parse(&["vhost-user", "rng", "--socket", "/tmp/r"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::VhostUser(VhostUserCommand::Rng { .. }))
+        ));
+        assert!(
+            parse(&["vhost-user", "rng"]).is_err(),
+            "--socket is required"
+        );
+        assert!(parse(&["vhost-user", "blk", "--socket", "/s"]).is_err());
+        assert!(parse(&["vhost-user", "blk", "--socket", "/s", "--disk", "x=1"]).is_err());
     }
 }

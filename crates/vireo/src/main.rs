@@ -4,32 +4,58 @@
 //! [`vmm::builder::build_and_boot`], then waits for the VM to stop (guest reset, a crash, or
 //! SIGTERM/SIGINT), stops every thread, restores the terminal and exits with a code that says
 //! how the VM ended (see [`exit_code`]).
+//!
+//! `vireo vhost-user <device>` instead serves one device model to a vhost-user frontend
+//! on a Unix socket until the frontend disconnects (see [`vhost_user`]).
 
+mod api_main;
 mod cli;
+mod controller;
 mod logger;
+mod metrics;
 mod signals;
 mod terminal;
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
 use vmm::vcpu::StopReason;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, VhostUserCommand};
+use vhost_user_backends::{BlkServed, RngServed, Served, Server};
 
 /// The guest reset or powered off the machine; or a signal asked Vireo to stop.
-const EXIT_OK: u8 = 0;
+pub(crate) const EXIT_OK: u8 = 0;
 /// The VM could not be built (bad config, no KVM, unreadable kernel...).
-const EXIT_BUILD_FAILED: u8 = 1;
+pub(crate) const EXIT_BUILD_FAILED: u8 = 1;
 /// The guest crashed: triple fault, or KVM could not run a vCPU.
 const EXIT_GUEST_CRASHED: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed; a bad option is exit 1,
+            // as any other configuration error (clap's own code, 2, means a guest crash).
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_BUILD_FAILED)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     logger::init(cli.log_level);
+    if let Err(e) = api_main::check_flags(&cli) {
+        eprintln!("vireo: {e}");
+        return ExitCode::from(EXIT_BUILD_FAILED);
+    }
     match cli.command {
-        Command::Run(args) => run(*args),
-        Command::ProbeKvm(args) => probe_kvm(args.iterations),
+        Some(Command::Run(args)) => run(*args),
+        Some(Command::ProbeKvm(args)) => probe_kvm(args.iterations),
+        Some(Command::VhostUser(device)) => vhost_user(device),
+        None => api_main::run(api_main::ApiOptions::from_cli(cli)),
     }
 }
 
@@ -120,4 +146,75 @@ fn probe_kvm(iterations: u32) -> ExitCode {
             ExitCode::from(EXIT_BUILD_FAILED)
         }
     }
+}
+
+/// `vireo vhost-user <device>`: open the device's backing (disk, TAP, socket), listen on
+/// the socket, serve one frontend until it disconnects, remove the socket. Exit 0 then,
+/// or on SIGTERM/SIGINT; exit 1 if the device or the socket cannot be set up, or the
+/// frontend broke the protocol.
+fn vhost_user(command: VhostUserCommand) -> ExitCode {
+    let result = match command {
+        VhostUserCommand::Blk { socket, disk } => BlkServed::new(&disk)
+            .map_err(|e| e.to_string())
+            .and_then(|served| serve(&socket.socket, served)),
+        VhostUserCommand::Rng { socket } => serve(&socket.socket, RngServed),
+    };
+    match result {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("vireo: {e}");
+            ExitCode::from(EXIT_BUILD_FAILED)
+        }
+    }
+}
+
+/// Serve `served` on `socket` until the frontend leaves (or a stop signal arrives).
+fn serve<S: Served>(socket: &Path, served: S) -> Result<(), String> {
+    exit_on_stop_signal(socket.to_path_buf())?;
+    let server = Server::bind(socket, served).map_err(|e| e.to_string())?;
+    server.serve_one().map_err(|e| e.to_string())
+}
+
+/// Block SIGTERM and SIGINT in every thread (call before any other thread starts) and
+/// wait for them on a thread of their own: on either, remove `socket` (if it is still a
+/// socket) and exit 0. Nothing else sees the signals, so no blocking call fails with EINTR.
+fn exit_on_stop_signal(socket: PathBuf) -> Result<(), String> {
+    // SAFETY: sigset_t is plain data; all-zeroes is a valid value, and sigemptyset
+    // initialises it below anyway.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t we own; these calls only write to it and to this
+    // thread's signal mask (the old mask is not wanted: a null pointer).
+    let rc = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(format!(
+            "cannot block SIGTERM/SIGINT: {}",
+            std::io::Error::from_raw_os_error(rc)
+        ));
+    }
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            loop {
+                let mut signal = 0;
+                // SAFETY: `set` is an initialised sigset_t and `signal` a valid int to
+                // write; the signals in `set` are blocked in every thread.
+                if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                    continue;
+                }
+                if std::fs::symlink_metadata(&socket)
+                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+                {
+                    let _ = std::fs::remove_file(&socket);
+                }
+                log::info!("stopped on signal {signal}");
+                std::process::exit(i32::from(EXIT_OK));
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(())
 }
