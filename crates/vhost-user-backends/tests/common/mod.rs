@@ -101,7 +101,7 @@ impl Running {
 }
 
 /// Owner, features (those offered, masked by `want`, plus PROTOCOL_FEATURES), protocol
-/// features and the memory table.
+/// features (MQ, RESET_DEVICE and CONFIG, those of them offered) and the memory table.
 pub fn handshake(fe: &mut Frontend, mem: &GuestMemoryMmap<()>, want: u64) -> u64 {
     fe.set_owner().unwrap();
     let offered = fe.get_features().unwrap();
@@ -109,7 +109,10 @@ pub fn handshake(fe: &mut Frontend, mem: &GuestMemoryMmap<()>, want: u64) -> u64
     let acked = (offered & want) | PROTOCOL_FEATURES;
     let proto = fe.get_protocol_features().unwrap();
     fe.set_protocol_features(
-        proto & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::RESET_DEVICE),
+        proto
+            & (VhostUserProtocolFeatures::MQ
+                | VhostUserProtocolFeatures::RESET_DEVICE
+                | VhostUserProtocolFeatures::CONFIG),
     )
     .unwrap();
     fe.set_features(acked).unwrap();
