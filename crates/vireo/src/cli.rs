@@ -227,7 +227,10 @@ mod tests {
         assert_eq!(cli.id, "anonymous-instance");
         let cli = parse(&["--no-api", "--config-file", "/c.json"]).unwrap();
         assert!(cli.no_api);
-        assert!(parse(&["--no-api"]).is_err(), "--no-api needs --config-file");
+        assert!(
+            parse(&["--no-api"]).is_err(),
+            "--no-api needs --config-file"
+        );
         assert!(parse(&["--no-api", "--api-sock", "/a", "--config-file", "/c"]).is_err());
     }
 

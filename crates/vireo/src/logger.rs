@@ -1,10 +1,27 @@
-//! A small stderr logger: `vireo: <level>: <message>`, with the thread name for vCPU threads.
+//! The logger: `vireo[thread]: level: message` on stderr by default; `PUT /logger` (or the
+//! `logger` of a `--config-file`) sends it to a file or named pipe instead, with
+//! Firecracker's options: level, show_level, show_log_origin, module filter.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Mutex;
+
+use api::firecracker::{LogLevel, Logger};
 use log::{LevelFilter, Log, Metadata, Record};
 
-struct StderrLogger;
+/// Where and how lines go once configured through the API.
+struct Destination {
+    out: Option<std::fs::File>,
+    show_level: bool,
+    show_origin: bool,
+    module: Option<String>,
+}
 
-impl Log for StderrLogger {
+static DESTINATION: Mutex<Option<Destination>> = Mutex::new(None);
+
+struct VireoLogger;
+
+impl Log for VireoLogger {
     fn enabled(&self, _: &Metadata<'_>) -> bool {
         true
     }
@@ -12,12 +29,50 @@ impl Log for StderrLogger {
     fn log(&self, record: &Record<'_>) {
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("?");
-        // In raw terminal mode a bare \n does not return the carriage.
-        eprint!(
-            "vireo[{name}]: {}: {}\r\n",
-            record.level().as_str().to_lowercase(),
-            record.args()
+        let mut dest = DESTINATION.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(d) = dest.as_mut() else {
+            // In raw terminal mode a bare \n does not return the carriage.
+            eprint!(
+                "vireo[{name}]: {}: {}\r\n",
+                record.level().as_str().to_lowercase(),
+                record.args()
+            );
+            return;
+        };
+        if let Some(module) = &d.module
+            && !record
+                .module_path()
+                .unwrap_or("")
+                .starts_with(module.as_str())
+        {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut line = format!(
+            "{}.{:06} [vireo:{name}]",
+            now.as_secs(),
+            now.subsec_micros()
         );
+        if d.show_level {
+            line.push_str(&format!(" {}", record.level()));
+        }
+        if d.show_origin {
+            line.push_str(&format!(
+                " {}:{}",
+                record.file().unwrap_or("?"),
+                record.line().unwrap_or(0)
+            ));
+        }
+        line.push_str(&format!(" {}\n", record.args()));
+        match d.out.as_mut() {
+            // A full pipe drops the line rather than blocking the thread that logs.
+            Some(file) => {
+                let _ = file.write_all(line.as_bytes());
+            }
+            None => eprint!("{}", line.replace('\n', "\r\n")),
+        }
     }
 
     fn flush(&self) {}
@@ -25,8 +80,43 @@ impl Log for StderrLogger {
 
 /// Install the logger at `level`.
 pub fn init(level: LevelFilter) {
-    static LOGGER: StderrLogger = StderrLogger;
+    static LOGGER: VireoLogger = VireoLogger;
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(level);
     }
+}
+
+fn level_filter(level: LogLevel) -> LevelFilter {
+    match level {
+        LogLevel::Off => LevelFilter::Off,
+        LogLevel::Error => LevelFilter::Error,
+        LogLevel::Warning => LevelFilter::Warn,
+        LogLevel::Info => LevelFilter::Info,
+        LogLevel::Debug => LevelFilter::Debug,
+        LogLevel::Trace => LevelFilter::Trace,
+    }
+}
+
+/// Apply `PUT /logger`: open the destination (created if missing, appended to; a named
+/// pipe is opened non-blocking) and set the level (default Info).
+pub fn configure(config: &Logger) -> Result<(), String> {
+    let out = match &config.log_path {
+        None => None,
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+                .map_err(|e| format!("cannot open the log file {path}: {e}"))?,
+        ),
+    };
+    *DESTINATION.lock().unwrap_or_else(|e| e.into_inner()) = Some(Destination {
+        out,
+        show_level: config.show_level.unwrap_or(false),
+        show_origin: config.show_log_origin.unwrap_or(false),
+        module: config.module.clone(),
+    });
+    log::set_max_level(level_filter(config.level.unwrap_or(LogLevel::Info)));
+    Ok(())
 }

@@ -1,0 +1,357 @@
+//! The VMM side of the API: owns the pre-boot configuration and, after InstanceStart, the
+//! running [`Vmm`]; answers each [`VmmAction`] the API thread sends. It runs on the main
+//! thread, so a request never races the VM's own stop handling.
+//!
+//! Pre-boot requests after the start, and runtime requests before it, get Firecracker's
+//! refusals. Configuration bodies are checked by [`FullVmConfig`]'s `set_*` methods, the
+//! same checks `--config-file` goes through.
+
+use std::time::Instant;
+
+use api::action::{ActionError, ActionResult, VmmAction, VmmData};
+use api::firecracker::{
+    Balloon, BalloonStatistics, BootSource, ConfigError, FullVmConfig, InstanceInfo,
+};
+use vmm::builder::Vmm;
+
+use crate::metrics::{BalloonValues, Metrics, VmValues};
+
+/// The API's view of the machine.
+pub struct Controller {
+    id: String,
+    config: FullVmConfig,
+    vmm: Option<Vmm>,
+    started_at: Option<Instant>,
+    /// Metrics counters and destination.
+    pub metrics: Metrics,
+}
+
+fn file_check(path: &str, what: &str) -> Result<(), ConfigError> {
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| ConfigError::BootSource(format!("The {what} file cannot be opened: {e}")))
+}
+
+impl Controller {
+    /// A controller with no VM yet, for instance `id`.
+    pub fn new(id: String) -> Self {
+        Self {
+            id,
+            config: FullVmConfig::default(),
+            vmm: None,
+            started_at: None,
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// Take a whole configuration (`--config-file`), logger and metrics included.
+    pub fn load(&mut self, config: FullVmConfig) -> Result<(), ActionError> {
+        if let Some(boot) = &config.boot_source {
+            self.check_boot_source(boot)?;
+        }
+        if let Some(logger) = &config.logger {
+            crate::logger::configure(logger).map_err(ConfigError::Logger)?;
+        }
+        if let Some(metrics) = &config.metrics {
+            self.metrics
+                .configure(metrics)
+                .map_err(ConfigError::Metrics)?;
+        }
+        self.config = config;
+        Ok(())
+    }
+
+    /// The running VM, if started.
+    pub fn vmm(&self) -> Option<&Vmm> {
+        self.vmm.as_ref()
+    }
+
+    /// Hand the VM over (the guest stopped).
+    pub fn take_vmm(&mut self) -> Option<Vmm> {
+        self.vmm.take()
+    }
+
+    /// Whether the guest's console is the terminal.
+    pub fn console_on_stdio(&self) -> bool {
+        self.config
+            .serial
+            .as_ref()
+            .and_then(|s| s.serial_out_path.as_ref())
+            .is_none()
+    }
+
+    fn state(&self) -> &'static str {
+        match &self.vmm {
+            None => "Not started",
+            Some(vmm) if vmm.is_paused() => "Paused",
+            Some(_) => "Running",
+        }
+    }
+
+    fn check_boot_source(&self, boot: &BootSource) -> Result<(), ConfigError> {
+        file_check(&boot.kernel_image_path, "kernel")?;
+        if let Some(initrd) = &boot.initrd_path {
+            file_check(initrd, "initrd")?;
+        }
+        Ok(())
+    }
+
+    /// Answer one action.
+    pub fn handle(&mut self, action: VmmAction) -> ActionResult {
+        let result = self.dispatch(action);
+        self.metrics.count_request(result.is_err());
+        result
+    }
+
+    /// Write a metrics line now.
+    pub fn flush_metrics(&mut self) -> Result<(), String> {
+        let vm = VmValues {
+            state: self.state(),
+            uptime_ms: self
+                .started_at
+                .map_or(0, |t| t.elapsed().as_millis() as u64),
+            balloon: self.vmm.as_ref().and_then(Vmm::balloon).map(|b| {
+                let c = b.counters();
+                BalloonValues {
+                    target_mib: b.target_mib(),
+                    actual_mib: b.actual_mib(),
+                    inflated_pages: c.inflated_pages,
+                    deflated_pages: c.deflated_pages,
+                    released_bytes: c.released_bytes,
+                    stats_updates: c.stats_updates,
+                }
+            }),
+        };
+        self.metrics.flush(&self.id, &vm)
+    }
+
+    fn dispatch(&mut self, action: VmmAction) -> ActionResult {
+        use VmmAction as A;
+        let started = self.vmm.is_some();
+        let empty = |r: Result<(), ConfigError>| r.map(|()| VmmData::Empty).map_err(Into::into);
+        match action {
+            A::GetInstanceInfo => Ok(VmmData::InstanceInfo(InstanceInfo {
+                id: self.id.clone(),
+                state: self.state().into(),
+                vmm_version: env!("CARGO_PKG_VERSION").into(),
+                app_name: "Vireo".into(),
+            })),
+            A::GetVersion => Ok(VmmData::Version(env!("CARGO_PKG_VERSION").into())),
+            A::GetFullVmConfig => Ok(VmmData::FullVmConfig(Box::new(self.config.clone()))),
+            A::GetMachineConfig => Ok(VmmData::MachineConfig(self.config.machine_config.clone())),
+            A::GetBalloon => self.balloon_config().map(VmmData::Balloon),
+            A::Snapshot(what) => Err(ActionError::NotSupported(format!(
+                "snapshot {what} is not supported by Vireo's API yet."
+            ))),
+
+            // Pre-boot only.
+            A::PutMachineConfig(_)
+            | A::PatchMachineConfig(_)
+            | A::PutBootSource(_)
+            | A::PutDrive(_)
+            | A::PutNetworkInterface(_)
+            | A::PutVsock(_)
+            | A::PutEntropy(_)
+            | A::PutBalloon(_)
+            | A::PutLogger(_)
+            | A::PutMetrics(_)
+            | A::PutSerial(_)
+            | A::InstanceStart
+                if started =>
+            {
+                Err(ActionError::NotSupportedPostBoot)
+            }
+            A::PutMachineConfig(c) => empty(self.config.set_machine_config(c)),
+            A::PatchMachineConfig(u) => empty(self.config.update_machine_config(u)),
+            A::PutBootSource(b) => {
+                self.check_boot_source(&b)?;
+                empty(self.config.set_boot_source(b))
+            }
+            A::PutDrive(d) => empty(self.config.set_drive(d)),
+            A::PutNetworkInterface(n) => empty(self.config.set_network_interface(n)),
+            A::PutVsock(v) => empty(self.config.set_vsock(v)),
+            A::PutEntropy(e) => empty(self.config.set_entropy(e)),
+            A::PutBalloon(b) => empty(self.config.set_balloon(b)),
+            A::PutSerial(s) => empty(self.config.set_serial(s)),
+            A::PutLogger(l) => {
+                crate::logger::configure(&l).map_err(ConfigError::Logger)?;
+                self.config.logger = Some(l);
+                Ok(VmmData::Empty)
+            }
+            A::PutMetrics(m) => {
+                self.metrics.configure(&m).map_err(ConfigError::Metrics)?;
+                self.config.metrics = Some(m);
+                Ok(VmmData::Empty)
+            }
+            A::InstanceStart => self.start().map(|()| VmmData::Empty),
+
+            // Runtime only.
+            A::PatchDrive(_)
+            | A::PatchNetworkInterface(_)
+            | A::PatchBalloon(_)
+            | A::GetBalloonStats
+            | A::PatchBalloonStats(_)
+            | A::SendCtrlAltDel
+            | A::FlushMetrics
+            | A::Pause
+            | A::Resume
+                if !started =>
+            {
+                Err(ActionError::NotSupportedPreBoot)
+            }
+            A::PatchDrive(d) => {
+                if !self.config.drives.iter().any(|x| x.drive_id == d.drive_id) {
+                    return Err(ConfigError::Drive("Invalid block device ID!".into()).into());
+                }
+                if d.path_on_host.is_some() || d.rate_limiter.is_some() {
+                    return Err(ActionError::NotSupported(
+                        "changing the image or rate limiter of a running drive is not \
+                         supported by Vireo yet."
+                            .into(),
+                    ));
+                }
+                Ok(VmmData::Empty)
+            }
+            A::PatchNetworkInterface(n) => {
+                if !self
+                    .config
+                    .network_interfaces
+                    .iter()
+                    .any(|x| x.iface_id == n.iface_id)
+                {
+                    return Err(ConfigError::Net(format!(
+                        "The interface {} does not exist.",
+                        n.iface_id
+                    ))
+                    .into());
+                }
+                if n.rx_rate_limiter.is_some() || n.tx_rate_limiter.is_some() {
+                    return Err(ActionError::NotSupported(
+                        "changing the rate limiters of a running interface is not supported \
+                         by Vireo yet."
+                            .into(),
+                    ));
+                }
+                Ok(VmmData::Empty)
+            }
+            A::PatchBalloon(u) => self.patch_balloon(u.amount_mib),
+            A::GetBalloonStats => self.balloon_stats().map(VmmData::BalloonStats),
+            A::PatchBalloonStats(u) => self.patch_balloon_stats(u.stats_polling_interval_s),
+            A::SendCtrlAltDel => Err(ActionError::NotSupported(
+                "SendCtrlAltDel: Vireo's i8042 has no keyboard port yet.".into(),
+            )),
+            A::FlushMetrics => self
+                .flush_metrics()
+                .map(|()| VmmData::Empty)
+                .map_err(|e| ConfigError::Metrics(e).into()),
+            A::Pause | A::Resume => {
+                let pause = action == A::Pause;
+                let Some(vmm) = self.vmm.as_mut() else {
+                    return Err(ActionError::NotSupportedPreBoot);
+                };
+                let result = if pause { vmm.pause() } else { vmm.resume() };
+                result.map_err(|e| ActionError::Internal(e.to_string()))?;
+                self.metrics.count_pause(pause);
+                Ok(VmmData::Empty)
+            }
+        }
+    }
+
+    fn start(&mut self) -> Result<(), ActionError> {
+        let config = self.config.to_vm_config()?;
+        crate::signals::warn_if_kvm_is_emulated(self.console_on_stdio());
+        let vmm = vmm::builder::build_and_boot(&config)
+            .map_err(|e| ActionError::StartMicrovm(e.to_string()))?;
+        self.vmm = Some(vmm);
+        self.started_at = Some(Instant::now());
+        Ok(())
+    }
+
+    fn balloon_config(&self) -> Result<Balloon, ActionError> {
+        let mut config = self
+            .config
+            .balloon
+            .clone()
+            .ok_or_else(|| ConfigError::Balloon("No balloon device found.".into()))?;
+        if let Some(handle) = self.vmm.as_ref().and_then(Vmm::balloon) {
+            config.amount_mib = u32::try_from(handle.target_mib()).unwrap_or(u32::MAX);
+            config.stats_polling_interval_s =
+                u16::try_from(handle.stats_interval_s()).unwrap_or(u16::MAX);
+        }
+        Ok(config)
+    }
+
+    fn balloon_handle(&self) -> Result<&balloon::BalloonHandle, ActionError> {
+        self.vmm
+            .as_ref()
+            .and_then(Vmm::balloon)
+            .ok_or_else(|| ActionError::BalloonUpdate("No balloon device found.".into()))
+    }
+
+    fn patch_balloon(&mut self, amount_mib: u32) -> ActionResult {
+        if u64::from(amount_mib) > self.config.machine_config.mem_size_mib {
+            return Err(ActionError::BalloonUpdate(format!(
+                "The balloon cannot hold {amount_mib} MiB: the guest has {} MiB.",
+                self.config.machine_config.mem_size_mib
+            )));
+        }
+        self.balloon_handle()?
+            .set_target_mib(u64::from(amount_mib))
+            .map_err(|e| ActionError::BalloonUpdate(e.to_string()))?;
+        if let Some(b) = self.config.balloon.as_mut() {
+            b.amount_mib = amount_mib;
+        }
+        Ok(VmmData::Empty)
+    }
+
+    fn patch_balloon_stats(&mut self, seconds: u16) -> ActionResult {
+        let handle = self.balloon_handle()?;
+        if !handle.stats_enabled() || seconds == 0 {
+            return Err(ActionError::BalloonUpdate(
+                "Statistics cannot be turned on or off after boot; the interval can change.".into(),
+            ));
+        }
+        handle
+            .set_stats_interval(u64::from(seconds))
+            .map_err(|e| ActionError::BalloonUpdate(e.to_string()))?;
+        if let Some(b) = self.config.balloon.as_mut() {
+            b.stats_polling_interval_s = seconds;
+        }
+        Ok(VmmData::Empty)
+    }
+
+    fn balloon_stats(&self) -> Result<BalloonStatistics, ActionError> {
+        let handle = self.balloon_handle()?;
+        if !handle.stats_enabled() {
+            return Err(ActionError::BalloonUpdate(
+                "Statistics for the balloon device are not enabled.".into(),
+            ));
+        }
+        let mut out = BalloonStatistics {
+            target_pages: handle.target_pages(),
+            actual_pages: handle.actual_pages(),
+            target_mib: handle.target_mib(),
+            actual_mib: handle.actual_mib(),
+            ..Default::default()
+        };
+        if let Some(s) = handle.statistics() {
+            out.swap_in = s.swap_in;
+            out.swap_out = s.swap_out;
+            out.major_faults = s.major_faults;
+            out.minor_faults = s.minor_faults;
+            out.free_memory = s.free_memory;
+            out.total_memory = s.total_memory;
+            out.available_memory = s.available_memory;
+            out.disk_caches = s.disk_caches;
+            out.hugetlb_allocations = s.hugetlb_allocations;
+            out.hugetlb_failures = s.hugetlb_failures;
+            out.oom_kill = s.oom_kill;
+            out.alloc_stall = s.alloc_stall;
+            out.async_scan = s.async_scan;
+            out.direct_scan = s.direct_scan;
+            out.async_reclaim = s.async_reclaim;
+            out.direct_reclaim = s.direct_reclaim;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,692 @@
+//! The Firecracker-compatible API, against the real `vireo` binary over its Unix socket:
+//! each endpoint's success and errors, out-of-order calls, malformed and oversized bodies,
+//! and a tiny guest started, paused and resumed through the API.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// A tiny HTTP/1.1 client on a Unix socket: one request, one response per call, on one
+/// kept-alive connection.
+struct Client {
+    stream: UnixStream,
+}
+
+struct Reply {
+    status: u16,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    fn fault(&self) -> String {
+        self.json()["fault_message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no fault_message: {}", self.body))
+            .to_string()
+    }
+}
+
+impl Client {
+    fn connect(sock: &Path) -> Self {
+        let start = Instant::now();
+        loop {
+            match UnixStream::connect(sock) {
+                Ok(stream) => {
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(20)))
+                        .unwrap();
+                    return Self { stream };
+                }
+                Err(_) if start.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("cannot connect to {}: {e}", sock.display()),
+            }
+        }
+    }
+
+    fn raw(&mut self, bytes: &[u8]) -> Reply {
+        self.stream.write_all(bytes).unwrap();
+        self.read_reply()
+    }
+
+    fn read_reply(&mut self) -> Reply {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
+                    return Reply { status, body };
+                }
+            }
+            let n = self.stream.read(&mut chunk).expect("read the response");
+            assert!(
+                n > 0,
+                "connection closed; got {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
+        if let Some(b) = body {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            ));
+        } else {
+            req.push_str("\r\n");
+        }
+        self.raw(req.as_bytes())
+    }
+
+    fn get(&mut self, path: &str) -> Reply {
+        self.request("GET", path, None)
+    }
+
+    fn put(&mut self, path: &str, body: &str) -> Reply {
+        self.request("PUT", path, Some(body))
+    }
+
+    fn patch(&mut self, path: &str, body: &str) -> Reply {
+        self.request("PATCH", path, Some(body))
+    }
+}
+
+#[track_caller]
+fn ok(r: Reply) {
+    assert_eq!(r.status, 204, "{}", r.body);
+}
+
+#[track_caller]
+fn bad(r: Reply, needle: &str) {
+    assert_eq!(r.status, 400, "{}", r.body);
+    let fault = r.fault();
+    assert!(fault.contains(needle), "{fault:?} lacks {needle:?}");
+}
+
+/// A `vireo --api-sock` process, killed when dropped.
+struct Vireo {
+    child: Child,
+    sock: PathBuf,
+    dir: PathBuf,
+}
+
+impl Vireo {
+    fn start(name: &str, extra: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("vireo-api-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("api.sock");
+        let mut args = vec!["--api-sock", sock.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let child = common::vireo(&args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start vireo");
+        Self { child, sock, dir }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.sock)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+impl Drop for Vireo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn count_guest() -> String {
+    test_guests::path(test_guests::COUNT).display().to_string()
+}
+
+#[test]
+fn info_version_and_machine_config_before_boot() {
+    let vm = Vireo::start("info", &["--id", "vm_one"]);
+    let mut c = vm.client();
+    let info = c.get("/").json();
+    assert_eq!(info["state"], "Not started");
+    assert_eq!(info["id"], "vm_one");
+    assert_eq!(info["app_name"], "Vireo");
+    assert!(c.get("/version").json()["firecracker_version"].is_string());
+    let mc = c.get("/machine-config").json();
+    assert_eq!(
+        (mc["vcpu_count"].as_u64(), mc["mem_size_mib"].as_u64()),
+        (Some(1), Some(128))
+    );
+
+    ok(c.put(
+        "/machine-config",
+        r#"{"vcpu_count": 2, "mem_size_mib": 256}"#,
+    ));
+    ok(c.patch("/machine-config", r#"{"mem_size_mib": 512}"#));
+    let mc = c.get("/machine-config").json();
+    assert_eq!(
+        (mc["vcpu_count"].as_u64(), mc["mem_size_mib"].as_u64()),
+        (Some(2), Some(512))
+    );
+    bad(
+        c.put(
+            "/machine-config",
+            r#"{"vcpu_count": 0, "mem_size_mib": 256}"#,
+        ),
+        "vCPU number",
+    );
+    bad(
+        c.put("/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 8}"#),
+        "memory size",
+    );
+    bad(
+        c.put(
+            "/machine-config",
+            r#"{"vcpu_count": 2, "mem_size_mib": 256, "smt": true}"#,
+        ),
+        "SMT",
+    );
+    bad(
+        c.put("/machine-config", r#"{"vcpu_count": 1}"#),
+        "missing field `mem_size_mib`",
+    );
+    bad(c.patch("/machine-config", "{}"), "Empty PATCH request.");
+    assert_eq!(c.get("/machine-config").json()["mem_size_mib"], 512);
+}
+
+#[test]
+fn every_preboot_resource_and_its_errors() {
+    let vm = Vireo::start("preboot", &[]);
+    let mut c = vm.client();
+    bad(
+        c.put("/boot-source", r#"{"kernel_image_path": "/nonexistent/k"}"#),
+        "cannot be opened",
+    );
+    let kernel = count_guest();
+    ok(c.put(
+        "/boot-source",
+        &format!(r#"{{"kernel_image_path": "{kernel}", "boot_args": "console=ttyS0"}}"#),
+    ));
+
+    let img = vm.path("root.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let drive = |id: &str, root: bool| {
+        format!(
+            r#"{{"drive_id": "{id}", "path_on_host": "{img}", "is_root_device": {root}, "is_read_only": false,
+                    "rate_limiter": {{"bandwidth": {{"size": 1048576, "refill_time": 1000}}}}}}"#
+        )
+    };
+    ok(c.put("/drives/rootfs", &drive("rootfs", true)));
+    bad(
+        c.put("/drives/other", &drive("other", true)),
+        "A root block device already exists!",
+    );
+    bad(
+        c.put("/drives/other", &drive("rootfs", false)),
+        "does not match",
+    );
+    bad(c.put("/drives/a-b", &drive("a-b", false)), "alphanumeric");
+    bad(
+        c.put("/drives/x", r#"{"drive_id": "x", "is_root_device": false}"#),
+        "path_on_host is required",
+    );
+    bad(
+        c.patch("/drives/rootfs", r#"{"drive_id": "rootfs"}"#),
+        "before starting",
+    );
+
+    ok(c.put(
+        "/network-interfaces/eth0",
+        r#"{"iface_id": "eth0", "host_dev_name": "vtap0", "guest_mac": "06:00:ac:10:00:02"}"#,
+    ));
+    bad(
+        c.put(
+            "/network-interfaces/eth1",
+            r#"{"iface_id": "eth1", "host_dev_name": "vtap1", "guest_mac": "06:00:ac:10:00:02"}"#,
+        ),
+        "already in use",
+    );
+    bad(
+        c.put(
+            "/network-interfaces/eth1",
+            r#"{"iface_id": "eth1", "host_dev_name": "vtap1", "guest_mac": "zz"}"#,
+        ),
+        "not a MAC",
+    );
+    bad(
+        c.patch("/network-interfaces/eth0", r#"{"iface_id": "eth0"}"#),
+        "before starting",
+    );
+
+    let uds = vm.path("v.sock");
+    ok(c.put(
+        "/vsock",
+        &format!(r#"{{"guest_cid": 3, "uds_path": "{uds}"}}"#),
+    ));
+    bad(
+        c.put(
+            "/vsock",
+            &format!(r#"{{"guest_cid": 2, "uds_path": "{uds}"}}"#),
+        ),
+        "guest_cid",
+    );
+    ok(c.put("/entropy", "{}"));
+    bad(
+        c.put(
+            "/entropy",
+            r#"{"rate_limiter": {"ops": {"size": 1, "refill_time": 1}}}"#,
+        ),
+        "not supported",
+    );
+
+    bad(c.get("/balloon"), "No balloon device found.");
+    ok(c.put(
+        "/balloon",
+        r#"{"amount_mib": 16, "deflate_on_oom": true, "stats_polling_interval_s": 1}"#,
+    ));
+    assert_eq!(c.get("/balloon").json()["amount_mib"], 16);
+    bad(
+        c.put("/balloon", r#"{"amount_mib": 999, "deflate_on_oom": true}"#),
+        "cannot hold",
+    );
+    bad(
+        c.patch("/balloon", r#"{"amount_mib": 1}"#),
+        "before starting",
+    );
+    bad(c.get("/balloon/statistics"), "before starting");
+    bad(
+        c.patch("/balloon/statistics", r#"{"stats_polling_interval_s": 2}"#),
+        "before starting",
+    );
+
+    let log = vm.path("log");
+    ok(c.put(
+        "/logger",
+        &format!(r#"{{"log_path": "{log}", "level": "debug", "show_level": true}}"#),
+    ));
+    bad(c.put("/logger", r#"{"level": "loud"}"#), "unknown level");
+    let metrics = vm.path("metrics");
+    ok(c.put("/metrics", &format!(r#"{{"metrics_path": "{metrics}"}}"#)));
+    bad(
+        c.put("/metrics", &format!(r#"{{"metrics_path": "{metrics}"}}"#)),
+        "Reinitialization",
+    );
+    ok(c.put(
+        "/serial",
+        &format!(r#"{{"serial_out_path": "{}"}}"#, vm.path("serial")),
+    ));
+    bad(
+        c.put(
+            "/serial",
+            r#"{"rate_limiter": {"size": 1, "refill_time": 1}}"#,
+        ),
+        "not supported",
+    );
+
+    bad(
+        c.put("/actions", r#"{"action_type": "FlushMetrics"}"#),
+        "before starting",
+    );
+    bad(
+        c.put("/actions", r#"{"action_type": "SendCtrlAltDel"}"#),
+        "before starting",
+    );
+    bad(c.patch("/vm", r#"{"state": "Paused"}"#), "before starting");
+    bad(
+        c.put(
+            "/snapshot/create",
+            r#"{"snapshot_path": "s", "mem_file_path": "m"}"#,
+        ),
+        "not supported",
+    );
+    bad(
+        c.put("/snapshot/load", r#"{"snapshot_path": "s"}"#),
+        "not supported",
+    );
+
+    // GET /vm/config shows it all, in the shape --config-file takes.
+    let config = c.get("/vm/config").json();
+    assert_eq!(config["drives"][0]["drive_id"], "rootfs");
+    assert_eq!(config["network-interfaces"][0]["host_dev_name"], "vtap0");
+    assert_eq!(config["vsock"]["guest_cid"], 3);
+    assert_eq!(config["balloon"]["stats_polling_interval_s"], 1);
+    assert_eq!(config["logger"]["level"], "Debug");
+    assert!(config["entropy"].is_object());
+    assert_eq!(config["boot-source"]["boot_args"], "console=ttyS0");
+    assert!(c.get("/").json()["state"] == "Not started");
+}
+
+#[test]
+fn malformed_requests_never_crash_the_server() {
+    let vm = Vireo::start("malformed", &[]);
+    let mut c = vm.client();
+    bad(
+        c.get("/nope"),
+        "Invalid request method and/or path: GET nope.",
+    );
+    bad(
+        c.request("DELETE", "/vm", None),
+        "Invalid request method and/or path",
+    );
+    bad(
+        c.put("/mmds", "{}"),
+        "Invalid request method and/or path: PUT mmds.",
+    );
+    bad(c.request("PUT", "/vsock", None), "Empty PUT request.");
+    bad(
+        c.request("GET", "/", Some("{}")),
+        "GET request cannot have a body.",
+    );
+    bad(
+        c.put("/machine-config", "{not json"),
+        "deserializing the json body",
+    );
+    bad(
+        c.put(
+            "/machine-config",
+            r#"{"vcpu_count": "two", "mem_size_mib": 128}"#,
+        ),
+        "invalid type",
+    );
+    bad(
+        c.put(
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 128, "colour": 1}"#,
+        ),
+        "unknown field `colour`",
+    );
+    bad(
+        c.put("/actions", r#"{"action_type": "Reboot"}"#),
+        "unknown variant",
+    );
+    bad(c.put("/boot-source", "\u{1}\u{2}"), "deserializing");
+
+    // Still serving on the same connection after every error above.
+    assert_eq!(c.get("/").status, 200);
+
+    // An oversized body is refused before it is read; the connection is closed.
+    let mut big = vm.client();
+    let body = format!(r#"{{"kernel_image_path": "{}"}}"#, "a".repeat(60_000));
+    let r = big.raw(
+        format!(
+            "PUT /boot-source HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        r.fault().contains("is larger than the limit of 51200"),
+        "{}",
+        r.body
+    );
+
+    // Garbage that is not HTTP at all.
+    let mut junk = vm.client();
+    let r = junk.raw(b"\x16\x03\x01 hello\r\n\r\n");
+    assert_eq!(r.status, 400);
+
+    // A body over 1 KiB sent after "Expect: 100-continue" is served.
+    let mut cont = vm.client();
+    let body = format!(
+        r#"{{"kernel_image_path": "/nonexistent/{}"}}"#,
+        "k".repeat(2000)
+    );
+    cont.stream
+        .write_all(
+            format!(
+                "PUT /boot-source HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let interim = cont.read_reply();
+    assert_eq!(interim.status, 100);
+    cont.stream.write_all(body.as_bytes()).unwrap();
+    bad(cont.read_reply(), "cannot be opened");
+
+    // A second client while the first is idle and kept alive.
+    assert_eq!(vm.client().get("/version").status, 200);
+    assert_eq!(c.get("/").status, 200);
+}
+
+#[test]
+fn instance_start_pause_resume_and_post_boot_refusals() {
+    let vm = Vireo::start("start", &[]);
+    let mut c = vm.client();
+    bad(
+        c.put("/actions", r#"{"action_type": "InstanceStart"}"#),
+        "Cannot start microvm without kernel configuration.",
+    );
+    let serial = vm.path("serial");
+    ok(c.put(
+        "/boot-source",
+        &format!(r#"{{"kernel_image_path": "{}"}}"#, count_guest()),
+    ));
+    ok(c.put(
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 32}"#,
+    ));
+    ok(c.put("/serial", &format!(r#"{{"serial_out_path": "{serial}"}}"#)));
+    ok(c.put("/balloon", r#"{"amount_mib": 0, "deflate_on_oom": false}"#));
+    ok(c.put(
+        "/metrics",
+        &format!(r#"{{"metrics_path": "{}"}}"#, vm.path("metrics")),
+    ));
+    ok(c.put("/actions", r#"{"action_type": "InstanceStart"}"#));
+    assert_eq!(c.get("/").json()["state"], "Running");
+
+    // Pre-boot calls after the start.
+    for (method, path, body) in [
+        ("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#),
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 32}"#,
+        ),
+        ("PATCH", "/machine-config", r#"{"vcpu_count": 2}"#),
+        ("PUT", "/boot-source", r#"{"kernel_image_path": "/k"}"#),
+        (
+            "PUT",
+            "/drives/d",
+            r#"{"drive_id": "d", "path_on_host": "/d", "is_root_device": false}"#,
+        ),
+        (
+            "PUT",
+            "/network-interfaces/e",
+            r#"{"iface_id": "e", "host_dev_name": "t"}"#,
+        ),
+        ("PUT", "/vsock", r#"{"guest_cid": 3, "uds_path": "/v"}"#),
+        ("PUT", "/entropy", "{}"),
+        (
+            "PUT",
+            "/balloon",
+            r#"{"amount_mib": 0, "deflate_on_oom": false}"#,
+        ),
+        ("PUT", "/logger", "{}"),
+        ("PUT", "/metrics", r#"{"metrics_path": "/m"}"#),
+        ("PUT", "/serial", "{}"),
+    ] {
+        bad(
+            c.request(method, path, Some(body)),
+            "not supported after starting the microVM",
+        );
+    }
+
+    // Runtime calls.
+    assert_eq!(c.get("/balloon").json()["amount_mib"], 0);
+    ok(c.patch("/balloon", r#"{"amount_mib": 4}"#));
+    assert_eq!(c.get("/balloon").json()["amount_mib"], 4);
+    bad(c.patch("/balloon", r#"{"amount_mib": 64}"#), "cannot hold");
+    bad(c.get("/balloon/statistics"), "not enabled");
+    bad(
+        c.patch("/balloon/statistics", r#"{"stats_polling_interval_s": 3}"#),
+        "cannot be turned on or off",
+    );
+    bad(
+        c.patch("/drives/nope", r#"{"drive_id": "nope"}"#),
+        "Invalid block device ID!",
+    );
+    bad(
+        c.patch("/network-interfaces/nope", r#"{"iface_id": "nope"}"#),
+        "does not exist",
+    );
+    bad(
+        c.put("/actions", r#"{"action_type": "SendCtrlAltDel"}"#),
+        "not supported",
+    );
+    ok(c.put("/actions", r#"{"action_type": "FlushMetrics"}"#));
+    let line = std::fs::read_to_string(vm.path("metrics")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(first["vmm"]["state"], "Running");
+    assert!(first["api_server"]["requests"].as_u64().unwrap() > 10);
+
+    // Pause: the counting guest prints nothing more; resume: it goes on.
+    let size = || std::fs::metadata(&serial).map_or(0, |m| m.len());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while size() == 0 {
+        assert!(Instant::now() < deadline, "the guest printed nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ok(c.patch("/vm", r#"{"state": "Paused"}"#));
+    assert_eq!(c.get("/").json()["state"], "Paused");
+    ok(c.patch("/vm", r#"{"state": "Paused"}"#));
+    let paused_at = size();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(size(), paused_at, "the guest ran while paused");
+    ok(c.patch("/vm", r#"{"state": "Resumed"}"#));
+    assert_eq!(c.get("/").json()["state"], "Running");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while size() == paused_at {
+        assert!(
+            Instant::now() < deadline,
+            "the guest did not go on after resume"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bad(c.patch("/vm", r#"{"state": "Running"}"#), "unknown variant");
+}
+
+#[test]
+fn config_file_round_trip_and_no_api_boot() {
+    // Configure through the API and read GET /vm/config back...
+    let vm = Vireo::start("roundtrip", &[]);
+    let mut c = vm.client();
+    ok(c.put(
+        "/boot-source",
+        &format!(r#"{{"kernel_image_path": "{}"}}"#, count_guest()),
+    ));
+    ok(c.put(
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
+    ));
+    ok(c.put("/entropy", "{}"));
+    ok(c.put("/balloon", r#"{"amount_mib": 0, "deflate_on_oom": true}"#));
+    let serial = vm.path("serial");
+    ok(c.put("/serial", &format!(r#"{{"serial_out_path": "{serial}"}}"#)));
+    let exported = c.get("/vm/config").body;
+    let file = vm.path("config.json");
+    std::fs::write(&file, &exported).unwrap();
+
+    // ...boot a second vireo from it at once: it runs, with the same config.
+    let api = vm.path("second.sock");
+    let second = common::vireo(&["--api-sock", &api, "--config-file", &file])
+        .spawn()
+        .unwrap();
+    let second = Vireo {
+        child: second,
+        sock: PathBuf::from(&api),
+        dir: vm.dir.join("unused"),
+    };
+    let mut c2 = second.client();
+    assert_eq!(c2.get("/").json()["state"], "Running");
+    assert_eq!(c2.get("/vm/config").body, exported);
+    drop(second);
+
+    // --no-api: a guest that resets at once; vireo exits 0 as `vireo run` does.
+    let hello = test_guests::path(test_guests::HELLO64)
+        .display()
+        .to_string();
+    let text = exported.replace(&count_guest(), &hello);
+    std::fs::write(&file, text).unwrap();
+    let _ = std::fs::remove_file(&serial);
+    let run = common::finish(
+        common::vireo(&["--no-api", "--config-file", &file])
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(20),
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    let printed = std::fs::read_to_string(&serial).unwrap();
+    assert!(
+        printed.contains(test_guests::expected::HELLO64),
+        "{printed}"
+    );
+
+    // A bad file is refused with exit 1 and a message naming the problem.
+    std::fs::write(
+        &file,
+        r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "x": 1}}"#,
+    )
+    .unwrap();
+    let run = common::run(&["--no-api", "--config-file", &file]);
+    assert_eq!(run.code(), Some(1));
+    assert!(run.stderr.contains("unknown field `x`"), "{}", run.stderr);
+}
+
+#[test]
+fn flags_are_checked() {
+    let run = common::run(&[]);
+    assert_eq!(run.code(), Some(1));
+    assert!(run.stderr.contains("nothing to do"), "{}", run.stderr);
+    let run = common::run(&["--no-api"]);
+    assert_eq!(run.code(), Some(1), "{}", run.stderr);
+    let run = common::run(&["--api-sock", "/tmp/x.sock", "probe-kvm"]);
+    assert_eq!(run.code(), Some(1));
+    assert!(
+        run.stderr.contains("without a subcommand"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn sigterm_before_boot_exits_cleanly_and_removes_the_socket() {
+    let mut vm = Vireo::start("sigterm", &[]);
+    assert_eq!(vm.client().get("/").status, 200);
+    // SAFETY: kill(2) on the child we started and still own.
+    unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) };
+    let status = vm.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(!vm.sock.exists());
+}
