@@ -36,3 +36,8 @@ cargo test --workspace -- "${include[@]}"
 # if needed); a crash fails the run and leaves its input in fuzz/artifacts/.
 echo "== fuzz (${FUZZ_SECONDS:-15} s per target)"
 FUZZ_SECONDS=${FUZZ_SECONDS:-15} scripts/fuzz.sh
+
+# Schema-driven requests against the API (schemathesis from PyPI, in a cached venv): no
+# 5xx, every status and body as docs/api/vireo-api.json says. ~15 s.
+echo "== API schema check (schemathesis)"
+scripts/api-fuzz.sh
