@@ -104,6 +104,61 @@ pub fn local_mac(name: &str) -> [u8; 6] {
     [0x02, b[0], b[1], b[2], b[3], b[4]]
 }
 
+/// The configuration space of a NIC with address `mac`: the MAC, link up, one queue
+/// pair.
+pub fn config_space(mac: [u8; 6]) -> [u8; CONFIG_LEN] {
+    let mut config = [0u8; CONFIG_LEN];
+    config[..6].copy_from_slice(&mac);
+    config[6..8].copy_from_slice(&(virtio_net::VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+    config[8..10].copy_from_slice(&1u16.to_le_bytes());
+    config
+}
+
+/// What a NIC keeps while no worker runs: the backend and the rx and tx limiters (as
+/// [`NetWorker::into_parts`] returns them).
+pub type IdleParts<B> = (B, RateLimiter, RateLimiter);
+
+/// A worker for a driver that accepted `acked_features`, from the device's idle parts:
+/// the backend's offloads set, its fd watched by the worker's inner epoll. Everything
+/// that can fail is done before the parts are handed over, so on failure they come
+/// back untouched with the reason and the device can be started again later.
+#[expect(
+    clippy::result_large_err,
+    reason = "the parts are handed back by value, on a path taken once per activation"
+)]
+pub fn start_worker<B: NetBackend>(
+    parts: IdleParts<B>,
+    acked_features: u64,
+    metrics: Arc<NetMetrics>,
+) -> Result<NetWorker<B>, (IdleParts<B>, ActivateError)> {
+    let (mut backend, rx, tx) = parts;
+    let prepared = backend
+        .set_offload(acked_features)
+        .map_err(|e| ActivateError::Backend(e.to_string()))
+        .and_then(|()| Epoll::new().map_err(ActivateError::Worker))
+        .and_then(|epoll| {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    backend.raw_fd(),
+                    EpollEvent::new(EventSet::IN, 0),
+                )
+                .map(|()| epoll)
+                .map_err(ActivateError::Worker)
+        });
+    match prepared {
+        Ok(epoll) => Ok(NetWorker::from_parts(
+            backend,
+            epoll,
+            rx,
+            tx,
+            acked_features,
+            metrics,
+        )),
+        Err(e) => Err(((backend, rx, tx), e)),
+    }
+}
+
 /// The virtio-net device.
 pub struct Net<B: NetBackend = Tap> {
     id: String,
@@ -135,13 +190,9 @@ impl<B: NetBackend> Net<B> {
         tx_limiter: RateLimiter,
         name: &str,
     ) -> Self {
-        let mut config = [0u8; CONFIG_LEN];
-        config[..6].copy_from_slice(&mac);
-        config[6..8].copy_from_slice(&(virtio_net::VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
-        config[8..10].copy_from_slice(&1u16.to_le_bytes());
         Self {
             id: name.to_string(),
-            config,
+            config: config_space(mac),
             idle: Some((backend, rx_limiter, tx_limiter)),
             worker: None,
             metrics: Arc::new(NetMetrics::default()),
@@ -192,43 +243,19 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
                 return Err(ActivateError::QueueNotReady(i));
             }
         }
-        let Some((mut backend, rx, tx)) = self.idle.take() else {
+        let Some(parts) = self.idle.take() else {
             return Err(ActivateError::Backend(format!(
                 "{}: the backend was lost when its worker failed",
                 self.id
             )));
         };
-        // Everything that can fail is done while we still own the backend, so a failed
-        // activation leaves the device as it was.
-        let prepared = backend
-            .set_offload(ctx.acked_features)
-            .map_err(|e| ActivateError::Backend(e.to_string()))
-            .and_then(|()| Epoll::new().map_err(ActivateError::Worker))
-            .and_then(|epoll| {
-                epoll
-                    .ctl(
-                        ControlOperation::Add,
-                        backend.raw_fd(),
-                        EpollEvent::new(EventSet::IN, 0),
-                    )
-                    .map(|()| epoll)
-                    .map_err(ActivateError::Worker)
-            });
-        let epoll = match prepared {
-            Ok(epoll) => epoll,
-            Err(e) => {
-                self.idle = Some((backend, rx, tx));
+        let worker = match start_worker(parts, ctx.acked_features, self.metrics.clone()) {
+            Ok(worker) => worker,
+            Err((parts, e)) => {
+                self.idle = Some(parts);
                 return Err(e);
             }
         };
-        let worker = NetWorker::from_parts(
-            backend,
-            epoll,
-            rx,
-            tx,
-            ctx.acked_features,
-            self.metrics.clone(),
-        );
         let thread = WorkerThread::spawn(&self.id, worker, ctx).map_err(ActivateError::Worker)?;
         self.worker = Some(thread);
         Ok(())

@@ -62,6 +62,25 @@ pub enum VhostUserCommand {
         #[arg(long, value_name = "path=FILE,...")]
         disk: DiskConfig,
     },
+    /// A virtio-net NIC on a host TAP device.
+    Net {
+        /// The socket options.
+        #[command(flatten)]
+        socket: SocketArg,
+        /// The NIC: tap=NAME[,mac=MAC][,id=NAME][,bandwidth=BYTES/s][,pps=N]
+        /// [,rx_/tx_ variants].
+        #[arg(long, value_name = "tap=NAME,...")]
+        net: NetConfig,
+    },
+    /// A virtio-vsock device whose host side is a Unix socket (as `vireo run --vsock`).
+    Vsock {
+        /// The socket options.
+        #[command(flatten)]
+        socket: SocketArg,
+        /// The guest CID and the host-side socket: cid=N,socket=PATH.
+        #[arg(long, value_name = "cid=N,socket=PATH")]
+        vsock: VsockConfig,
+    },
     /// A virtio-rng entropy device fed from the host's getrandom.
     Rng {
         /// The socket options.
@@ -235,7 +254,7 @@ mod tests {
     }
 
     #[test]
-    fn vhost_user_blk_and_rng() {
+    fn vhost_user_devices() {
         let cli = parse(&[
             "vhost-user",
             "blk",
@@ -263,6 +282,37 @@ mod tests {
             "--socket is required"
         );
         assert!(parse(&["vhost-user", "blk", "--socket", "/s"]).is_err());
+
+        let cli = parse(&[
+            "vhost-user",
+            "net",
+            "--socket",
+            "/tmp/n",
+            "--net",
+            "tap=vt0,mac=02:00:00:00:00:07",
+        ])
+        .unwrap();
+        let Some(Command::VhostUser(VhostUserCommand::Net { net, .. })) = cli.command else {
+            panic!("not vhost-user net")
+        };
+        assert_eq!(net.tap, "vt0");
+        assert_eq!(net.mac, Some([2, 0, 0, 0, 0, 7]));
+
+        let cli = parse(&[
+            "vhost-user",
+            "vsock",
+            "--socket",
+            "/tmp/v",
+            "--vsock",
+            "cid=3,socket=/tmp/h",
+        ])
+        .unwrap();
+        let Some(Command::VhostUser(VhostUserCommand::Vsock { vsock, .. })) = cli.command else {
+            panic!("not vhost-user vsock")
+        };
+        assert_eq!((vsock.cid, vsock.socket), (3, PathBuf::from("/tmp/h")));
+        assert!(parse(&["vhost-user", "net", "--socket", "/s", "--net", "mac=1"]).is_err());
+        assert!(parse(&["vhost-user", "vsock", "--socket", "/s", "--vsock", "cid=3"]).is_err());
         assert!(parse(&["vhost-user", "blk", "--socket", "/s", "--disk", "x=1"]).is_err());
     }
 }

@@ -23,7 +23,7 @@ use clap::Parser;
 use vmm::vcpu::StopReason;
 
 use cli::{Cli, Command, VhostUserCommand};
-use vhost_user_backends::{BlkServed, RngServed, Served, Server};
+use vhost_user_backends::{BlkServed, NetServed, RngServed, Served, Server, VsockServed};
 
 /// The guest reset or powered off the machine; or a signal asked Vireo to stop.
 pub(crate) const EXIT_OK: u8 = 0;
@@ -155,9 +155,19 @@ fn probe_kvm(iterations: u32) -> ExitCode {
 fn vhost_user(command: VhostUserCommand) -> ExitCode {
     let result = match command {
         VhostUserCommand::Blk { socket, disk } => BlkServed::new(&disk)
-            .map_err(|e| e.to_string())
-            .and_then(|served| serve(&socket.socket, served)),
-        VhostUserCommand::Rng { socket } => serve(&socket.socket, RngServed),
+            .map_err(|e| format!("--disk {}: {e}", disk.path.display()))
+            .and_then(|served| serve(&socket.socket, served, &[])),
+        VhostUserCommand::Net { socket, net } => NetServed::new(&net)
+            .map_err(|e| format!("--net tap={}: {e}", net.tap))
+            .and_then(|served| serve(&socket.socket, served, &[])),
+        VhostUserCommand::Vsock { socket, vsock } => {
+            // The host socket is bound first: a signal must remove it too.
+            let host = vsock.socket.clone();
+            VsockServed::new(&vsock)
+                .map_err(|e| format!("--vsock socket={}: {e}", vsock.socket.display()))
+                .and_then(|served| serve(&socket.socket, served, &[host]))
+        }
+        VhostUserCommand::Rng { socket } => serve(&socket.socket, RngServed, &[]),
     };
     match result {
         Ok(()) => ExitCode::from(EXIT_OK),
@@ -168,17 +178,21 @@ fn vhost_user(command: VhostUserCommand) -> ExitCode {
     }
 }
 
-/// Serve `served` on `socket` until the frontend leaves (or a stop signal arrives).
-fn serve<S: Served>(socket: &Path, served: S) -> Result<(), String> {
-    exit_on_stop_signal(socket.to_path_buf())?;
+/// Serve `served` on `socket` until the frontend leaves (or a stop signal arrives, which
+/// removes `socket` and the device's own sockets, `also`).
+fn serve<S: Served>(socket: &Path, served: S, also: &[PathBuf]) -> Result<(), String> {
+    let mut sockets = vec![socket.to_path_buf()];
+    sockets.extend_from_slice(also);
+    exit_on_stop_signal(sockets)?;
     let server = Server::bind(socket, served).map_err(|e| e.to_string())?;
     server.serve_one().map_err(|e| e.to_string())
 }
 
 /// Block SIGTERM and SIGINT in every thread (call before any other thread starts) and
-/// wait for them on a thread of their own: on either, remove `socket` (if it is still a
-/// socket) and exit 0. Nothing else sees the signals, so no blocking call fails with EINTR.
-fn exit_on_stop_signal(socket: PathBuf) -> Result<(), String> {
+/// wait for them on a thread of their own: on either, remove `sockets` (those still
+/// sockets) and exit 0. Nothing else sees the signals, so no blocking call fails with
+/// EINTR.
+fn exit_on_stop_signal(sockets: Vec<PathBuf>) -> Result<(), String> {
     // SAFETY: sigset_t is plain data; all-zeroes is a valid value, and sigemptyset
     // initialises it below anyway.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -206,10 +220,12 @@ fn exit_on_stop_signal(socket: PathBuf) -> Result<(), String> {
                 if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
                     continue;
                 }
-                if std::fs::symlink_metadata(&socket)
-                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
-                {
-                    let _ = std::fs::remove_file(&socket);
+                for socket in &sockets {
+                    if std::fs::symlink_metadata(socket)
+                        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+                    {
+                        let _ = std::fs::remove_file(socket);
+                    }
                 }
                 log::info!("stopped on signal {signal}");
                 std::process::exit(i32::from(EXIT_OK));

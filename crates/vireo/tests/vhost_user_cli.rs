@@ -197,3 +197,88 @@ fn sigterm_while_waiting_exits_0_and_removes_the_socket() {
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
     assert!(!socket.exists(), "socket removed");
 }
+
+#[test]
+fn net_with_a_bad_tap_name_exits_1_naming_it() {
+    let out = run(&[
+        "vhost-user",
+        "net",
+        "--socket",
+        "/tmp/vireo-vu-n",
+        "--net",
+        "tap=no/such",
+    ]);
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("no/such"), "{}", out.stderr);
+}
+
+#[test]
+fn vsock_serves_then_removes_both_sockets() {
+    let dir = TempDir::new("vsock");
+    let socket = dir.path("vu.sock");
+    let host = dir.path("host.sock");
+    let spec = format!("cid=3,socket={}", host.display());
+    let child = serve(
+        &[
+            "vhost-user",
+            "vsock",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--vsock",
+            &spec,
+        ],
+        &socket,
+    );
+    assert!(host.exists(), "host-side socket bound");
+    let mut fe = Frontend::connect(&socket, 3).unwrap();
+    hello(&mut fe);
+    fe.set_protocol_features(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG)
+        .unwrap();
+    assert_eq!(fe.get_queue_num().unwrap(), 3);
+    let (_, cid) = fe
+        .get_config(0, 8, VhostUserConfigFlags::WRITABLE, &[0u8; 8])
+        .unwrap();
+    assert_eq!(cid, 3u64.to_le_bytes());
+    drop(fe);
+    let out = finish(child, Duration::from_secs(10));
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(!socket.exists() && !host.exists(), "both sockets removed");
+
+    // A reserved CID is refused before anything is bound.
+    let out = run(&[
+        "vhost-user",
+        "vsock",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--vsock",
+        &format!("cid=2,socket={}", host.display()),
+    ]);
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("reserved"), "{}", out.stderr);
+    assert!(!socket.exists() && !host.exists());
+}
+
+#[test]
+fn sigterm_removes_the_vsock_host_socket_too() {
+    let dir = TempDir::new("vsockterm");
+    let socket = dir.path("vu.sock");
+    let host = dir.path("host.sock");
+    let spec = format!("cid=3,socket={}", host.display());
+    let child = serve(
+        &[
+            "vhost-user",
+            "vsock",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--vsock",
+            &spec,
+        ],
+        &socket,
+    );
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child, which has not been waited for yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let out = finish(child, Duration::from_secs(10));
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(!socket.exists() && !host.exists(), "both sockets removed");
+}

@@ -32,6 +32,23 @@ pub const EVENT_QUEUE: usize = 2;
 /// `VIRTIO_VSOCK_F_STREAM`: stream sockets (bit 0).
 pub const F_STREAM: u64 = 1 << 0;
 
+/// The features the device offers: stream sockets and the transport's
+/// [`features::COMMON`].
+pub const OFFERED_FEATURES: u64 = features::COMMON | F_STREAM;
+
+/// The configuration space: `guest_cid` (le64).
+pub fn config_space(cid: u64) -> [u8; 8] {
+    cid.to_le_bytes()
+}
+
+/// Refuse a reserved guest CID (0, 1, 2) or `VMADDR_CID_ANY`.
+pub fn check_cid(cid: u32) -> Result<u64, VsockError> {
+    if cid < 3 || cid == u32::MAX {
+        return Err(VsockError::ReservedCid(cid));
+    }
+    Ok(u64::from(cid))
+}
+
 /// Why the device could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum VsockError {
@@ -63,13 +80,11 @@ impl Vsock {
     /// A device for `cfg`; binds the host socket now, so host connections queue until
     /// the guest driver starts the device. `name` names its worker thread.
     pub fn new(cfg: &api::VsockConfig, name: &str) -> Result<Self, VsockError> {
-        if cfg.cid < 3 || cfg.cid == u32::MAX {
-            return Err(VsockError::ReservedCid(cfg.cid));
-        }
-        let worker = VsockWorker::bind(u64::from(cfg.cid), &cfg.socket)?;
+        let cid = check_cid(cfg.cid)?;
+        let worker = VsockWorker::bind(cid, &cfg.socket)?;
         Ok(Self {
             name: name.to_string(),
-            cid: u64::from(cfg.cid),
+            cid,
             socket: cfg.socket.clone(),
             idle: Some(worker),
             running: None,
@@ -92,11 +107,11 @@ impl VirtioDevice for Vsock {
     }
 
     fn features(&self) -> u64 {
-        features::COMMON | F_STREAM
+        OFFERED_FEATURES
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        virtio_devices::device::read_config_bytes(&self.cid.to_le_bytes(), offset, data);
+        virtio_devices::device::read_config_bytes(&config_space(self.cid), offset, data);
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
