@@ -155,11 +155,8 @@ fn body_action(
         ("PUT", "logger") => VmmAction::PutLogger(body_json(body)?),
         ("PUT", "metrics") => VmmAction::PutMetrics(body_json(body)?),
         ("PUT", "serial") => VmmAction::PutSerial(body_json(body)?),
-        ("PUT", "snapshot") => {
-            // Checked for JSON so a garbled body gets the usual message.
-            let _: serde_json::Value = body_json(body)?;
-            VmmAction::Snapshot(if rest == ["create"] { "create" } else { "load" })
-        }
+        ("PUT", "snapshot") if rest == ["create"] => VmmAction::CreateSnapshot(body_json(body)?),
+        ("PUT", "snapshot") => VmmAction::LoadSnapshot(body_json(body)?),
         ("PUT", "actions") => {
             let info: InstanceActionInfo = body_json(body)?;
             match info.action_type {

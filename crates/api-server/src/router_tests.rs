@@ -105,13 +105,30 @@ fn each_route_with_a_valid_body() {
         VmmAction::Resume
     );
     assert_eq!(
-        ok("PUT", "/snapshot/create", Some("{}")),
-        VmmAction::Snapshot("create")
+        ok(
+            "PUT",
+            "/snapshot/create",
+            Some(r#"{"snapshot_path":"s","mem_file_path":"m","snapshot_type":"Diff"}"#)
+        ),
+        VmmAction::CreateSnapshot(api::firecracker::SnapshotCreateParams {
+            snapshot_path: "s".into(),
+            mem_file_path: "m".into(),
+            snapshot_type: api::firecracker::SnapshotType::Diff,
+        })
     );
-    assert_eq!(
-        ok("PUT", "/snapshot/load", Some("{}")),
-        VmmAction::Snapshot("load")
-    );
+    let VmmAction::LoadSnapshot(load) = ok(
+        "PUT",
+        "/snapshot/load",
+        Some(
+            r#"{"snapshot_path":"s","mem_backend":{"backend_type":"File","backend_path":"m"},"resume_vm":true,"network_overrides":[{"iface_id":"eth0","host_dev_name":"tap9"}]}"#,
+        ),
+    ) else {
+        panic!("not a load")
+    };
+    assert_eq!(load.memory_file().unwrap(), "m");
+    assert_eq!(load.resume_vm, Some(true));
+    assert!(!load.tracks_dirty_pages());
+    assert_eq!(load.network_overrides.unwrap()[0].host_dev_name, "tap9");
     assert!(matches!(
         ok("PUT", "/logger", Some(r#"{"level":"Info"}"#)),
         VmmAction::PutLogger(_)

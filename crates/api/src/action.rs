@@ -5,7 +5,8 @@
 use crate::firecracker::{
     Balloon, BalloonStatistics, BalloonStatsUpdate, BalloonUpdate, BootSource, ConfigError, Drive,
     EntropyDevice, FullVmConfig, InstanceInfo, Logger, MachineConfig, MachineConfigUpdate, Metrics,
-    NetworkInterface, PartialDrive, PartialNetworkInterface, SerialDevice, Vsock,
+    NetworkInterface, PartialDrive, PartialNetworkInterface, SerialDevice, SnapshotCreateParams,
+    SnapshotLoadParams, Vsock,
 };
 
 /// One request to the VMM.
@@ -63,8 +64,10 @@ pub enum VmmAction {
     Pause,
     /// `PATCH /vm` Resumed.
     Resume,
-    /// `PUT /snapshot/create` or `/snapshot/load` (not supported yet).
-    Snapshot(&'static str),
+    /// `PUT /snapshot/create`.
+    CreateSnapshot(SnapshotCreateParams),
+    /// `PUT /snapshot/load`.
+    LoadSnapshot(SnapshotLoadParams),
 }
 
 /// What a successful request returns.
@@ -107,6 +110,12 @@ pub enum ActionError {
     /// The running VM refused or failed.
     #[error("Internal VMM error: {0}")]
     Internal(String),
+    /// `PUT /snapshot/create` failed.
+    #[error("Create snapshot error: {0}")]
+    CreateSnapshot(String),
+    /// `PUT /snapshot/load` failed.
+    #[error("Load snapshot error: {0}")]
+    LoadSnapshot(String),
     /// A balloon update on the running VM failed.
     #[error("Balloon update error: {0}")]
     BalloonUpdate(String),

@@ -6,13 +6,16 @@
 //! refusals. Configuration bodies are checked by [`FullVmConfig`]'s `set_*` methods, the
 //! same checks `--config-file` goes through.
 
+use std::path::Path;
 use std::time::Instant;
 
 use api::action::{ActionError, ActionResult, VmmAction, VmmData};
 use api::firecracker::{
-    Balloon, BalloonStatistics, BootSource, ConfigError, FullVmConfig, InstanceInfo,
+    Balloon, BalloonStatistics, BootSource, ConfigError, FullVmConfig, InstanceInfo, MachineConfig,
+    SnapshotCreateParams, SnapshotLoadParams, SnapshotType,
 };
 use vmm::builder::Vmm;
+use vmm::snapshot_vm::{RestoreOptions, SnapshotKind};
 
 use crate::metrics::{BalloonValues, Metrics, VmValues};
 
@@ -140,9 +143,10 @@ impl Controller {
             A::GetFullVmConfig => Ok(VmmData::FullVmConfig(Box::new(self.config.clone()))),
             A::GetMachineConfig => Ok(VmmData::MachineConfig(self.config.machine_config.clone())),
             A::GetBalloon => self.balloon_config().map(VmmData::Balloon),
-            A::Snapshot(what) => Err(ActionError::NotSupported(format!(
-                "snapshot {what} is not supported by Vireo's API yet."
-            ))),
+            A::LoadSnapshot(_) if started => Err(ActionError::NotSupportedPostBoot),
+            A::LoadSnapshot(p) => self.load_snapshot(&p).map(|()| VmmData::Empty),
+            A::CreateSnapshot(_) if !started => Err(ActionError::NotSupportedPreBoot),
+            A::CreateSnapshot(p) => self.create_snapshot(&p).map(|()| VmmData::Empty),
 
             // Pre-boot only.
             A::PutMachineConfig(_)
@@ -262,6 +266,112 @@ impl Controller {
         crate::signals::warn_if_kvm_is_emulated(self.console_on_stdio());
         let vmm = vmm::builder::build_and_boot(&config)
             .map_err(|e| ActionError::StartMicrovm(e.to_string()))?;
+        self.vmm = Some(vmm);
+        self.started_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// `PUT /snapshot/create` on the running VM: it must be paused.
+    fn create_snapshot(&mut self, p: &SnapshotCreateParams) -> Result<(), ActionError> {
+        let config = serde_json::to_value(&self.config)
+            .map_err(|e| ActionError::CreateSnapshot(e.to_string()))?;
+        let Some(vmm) = self.vmm.as_mut() else {
+            return Err(ActionError::NotSupportedPreBoot);
+        };
+        let kind = match p.snapshot_type {
+            SnapshotType::Full => SnapshotKind::Full,
+            SnapshotType::Diff => SnapshotKind::Diff,
+        };
+        vmm.set_frontend_config(config);
+        let started = Instant::now();
+        let info = vmm
+            .snapshot(
+                kind,
+                Path::new(&p.snapshot_path),
+                Path::new(&p.mem_file_path),
+            )
+            .map_err(|e| ActionError::CreateSnapshot(e.to_string()))?;
+        log::info!(
+            "snapshot {:?} written in {:?}: state {} bytes, {} bytes of memory",
+            p.snapshot_type,
+            started.elapsed(),
+            info.state_bytes,
+            info.memory_bytes_written
+        );
+        Ok(())
+    }
+
+    /// `PUT /snapshot/load`: only logger, metrics and serial may be configured before.
+    fn load_snapshot(&mut self, p: &SnapshotLoadParams) -> Result<(), ActionError> {
+        let c = &self.config;
+        if c.boot_source.is_some()
+            || !c.drives.is_empty()
+            || !c.network_interfaces.is_empty()
+            || c.vsock.is_some()
+            || c.entropy.is_some()
+            || c.balloon.is_some()
+            || c.machine_config != MachineConfig::default()
+        {
+            return Err(ActionError::LoadSnapshot(
+                "Loading a microVM snapshot not allowed after configuring boot-specific \
+                 resources."
+                    .into(),
+            ));
+        }
+        let mem = p.memory_file()?;
+        if p.clock_realtime == Some(true) {
+            return Err(ActionError::NotSupported(
+                "clock_realtime on snapshot load.".into(),
+            ));
+        }
+        let serial = match c.serial.as_ref().and_then(|s| s.serial_out_path.as_ref()) {
+            Some(path) => api::SerialConfig::File(path.into()),
+            None => api::SerialConfig::Stdio,
+        };
+        let options = RestoreOptions {
+            serial,
+            resume: p.resume_vm.unwrap_or(false),
+            track_dirty_pages: p.tracks_dirty_pages(),
+        };
+        let state = Path::new(&p.snapshot_path);
+        let started = Instant::now();
+        crate::signals::warn_if_kvm_is_emulated(self.console_on_stdio());
+        let vmm = vmm::snapshot_vm::restore(state, Path::new(mem), &options)
+            .map_err(|e| ActionError::LoadSnapshot(e.to_string()))?;
+        let mut restored = match vmm.frontend_config() {
+            Some(v) => serde_json::from_value::<FullVmConfig>(v.clone()).map_err(|e| {
+                ActionError::LoadSnapshot(format!("the snapshot's configuration: {e}"))
+            })?,
+            None => FullVmConfig::default(),
+        };
+        for o in p.network_overrides.iter().flatten() {
+            let Some(nic) = restored
+                .network_interfaces
+                .iter_mut()
+                .find(|n| n.iface_id == o.iface_id)
+            else {
+                vmm.shutdown();
+                return Err(ActionError::LoadSnapshot(format!(
+                    "network override: the snapshot has no interface {}.",
+                    o.iface_id
+                )));
+            };
+            nic.host_dev_name = o.host_dev_name.clone();
+        }
+        if let Some(o) = &p.vsock_override {
+            let Some(vsock) = restored.vsock.as_mut() else {
+                vmm.shutdown();
+                return Err(ActionError::LoadSnapshot(
+                    "vsock override: the snapshot has no vsock device.".into(),
+                ));
+            };
+            vsock.uds_path = o.uds_path.clone();
+        }
+        log::info!("snapshot loaded in {:?}", started.elapsed());
+        restored.logger = self.config.logger.clone();
+        restored.metrics = self.config.metrics.clone();
+        restored.serial = self.config.serial.clone();
+        self.config = restored;
         self.vmm = Some(vmm);
         self.started_at = Some(Instant::now());
         Ok(())

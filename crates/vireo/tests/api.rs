@@ -4,166 +4,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::io::Write;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// A tiny HTTP/1.1 client on a Unix socket: one request, one response per call, on one
-/// kept-alive connection.
-struct Client {
-    stream: UnixStream,
-}
-
-struct Reply {
-    status: u16,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-
-    fn fault(&self) -> String {
-        self.json()["fault_message"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no fault_message: {}", self.body))
-            .to_string()
-    }
-}
-
-impl Client {
-    fn connect(sock: &Path) -> Self {
-        let start = Instant::now();
-        loop {
-            match UnixStream::connect(sock) {
-                Ok(stream) => {
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(20)))
-                        .unwrap();
-                    return Self { stream };
-                }
-                Err(_) if start.elapsed() < Duration::from_secs(10) => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Err(e) => panic!("cannot connect to {}: {e}", sock.display()),
-            }
-        }
-    }
-
-    fn raw(&mut self, bytes: &[u8]) -> Reply {
-        self.stream.write_all(bytes).unwrap();
-        self.read_reply()
-    }
-
-    fn read_reply(&mut self) -> Reply {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-                let len = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse::<usize>().unwrap())
-                    })
-                    .unwrap_or(0);
-                if buf.len() >= end + 4 + len {
-                    let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
-                    return Reply { status, body };
-                }
-            }
-            let n = self.stream.read(&mut chunk).expect("read the response");
-            assert!(
-                n > 0,
-                "connection closed; got {:?}",
-                String::from_utf8_lossy(&buf)
-            );
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> Reply {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
-        if let Some(b) = body {
-            req.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
-                b.len()
-            ));
-        } else {
-            req.push_str("\r\n");
-        }
-        self.raw(req.as_bytes())
-    }
-
-    fn get(&mut self, path: &str) -> Reply {
-        self.request("GET", path, None)
-    }
-
-    fn put(&mut self, path: &str, body: &str) -> Reply {
-        self.request("PUT", path, Some(body))
-    }
-
-    fn patch(&mut self, path: &str, body: &str) -> Reply {
-        self.request("PATCH", path, Some(body))
-    }
-}
-
-#[track_caller]
-fn ok(r: Reply) {
-    assert_eq!(r.status, 204, "{}", r.body);
-}
-
-#[track_caller]
-fn bad(r: Reply, needle: &str) {
-    assert_eq!(r.status, 400, "{}", r.body);
-    let fault = r.fault();
-    assert!(fault.contains(needle), "{fault:?} lacks {needle:?}");
-}
-
-/// A `vireo --api-sock` process, killed when dropped.
-struct Vireo {
-    child: Child,
-    sock: PathBuf,
-    dir: PathBuf,
-}
-
-impl Vireo {
-    fn start(name: &str, extra: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(format!("vireo-api-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let sock = dir.join("api.sock");
-        let mut args = vec!["--api-sock", sock.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        let child = common::vireo(&args)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start vireo");
-        Self { child, sock, dir }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(&self.sock)
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-}
-
-impl Drop for Vireo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use common::http::{Vireo, bad, ok};
 
 fn count_guest() -> String {
     test_guests::path(test_guests::COUNT).display().to_string()
@@ -366,11 +211,14 @@ fn every_preboot_resource_and_its_errors() {
             "/snapshot/create",
             r#"{"snapshot_path": "s", "mem_file_path": "m"}"#,
         ),
-        "not supported",
+        "not supported before starting the microVM",
     );
     bad(
-        c.put("/snapshot/load", r#"{"snapshot_path": "s"}"#),
-        "not supported",
+        c.put(
+            "/snapshot/load",
+            r#"{"snapshot_path": "s", "mem_file_path": "m"}"#,
+        ),
+        "Loading a microVM snapshot not allowed after configuring boot-specific resources.",
     );
 
     // GET /vm/config shows it all, in the shape --config-file takes.

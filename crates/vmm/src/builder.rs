@@ -299,6 +299,7 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
             config: config.clone(),
             vm,
             memory: mem_arc,
+            frontend_config: None,
         },
     )
 }
@@ -313,6 +314,7 @@ pub(crate) struct Parts {
     pub(crate) config: VmConfig,
     pub(crate) vm: VmFd,
     pub(crate) memory: Arc<GuestMemory>,
+    pub(crate) frontend_config: Option<serde_json::Value>,
 }
 
 /// Start the event loop and every vCPU thread (`running`, or paused until resumed).

@@ -104,6 +104,10 @@ pub struct VmSnapshot {
     pub vm: VmState,
     /// The legacy devices' registers.
     pub legacy: LegacyState,
+    /// The front end's own description of the VM (the API's full configuration), given
+    /// back on restore.
+    #[serde(default)]
+    pub frontend_config: Option<serde_json::Value>,
 }
 
 impl Vmm {
@@ -158,6 +162,17 @@ impl Vmm {
         Ok(())
     }
 
+    /// The front end's configuration this VM was restored with, if it was restored
+    /// from a snapshot that carried one.
+    pub fn frontend_config(&self) -> Option<&serde_json::Value> {
+        self.parts.frontend_config.as_ref()
+    }
+
+    /// Keep `config` (the front end's description of the VM) in the next snapshots.
+    pub fn set_frontend_config(&mut self, config: serde_json::Value) {
+        self.parts.frontend_config = Some(config);
+    }
+
     /// Write the paused VM to `state_path` and `mem_path`.
     pub fn snapshot(
         &mut self,
@@ -208,6 +223,7 @@ impl Vmm {
             vcpus,
             vm: VmState::save(&self.parts.vm)?,
             legacy: self.parts.legacy.state(),
+            frontend_config: self.parts.frontend_config.clone(),
         };
         let memory_bytes_written = match kind {
             SnapshotKind::Full => {
@@ -330,6 +346,7 @@ pub fn restore(
             config,
             vm,
             memory: mem,
+            frontend_config: snapshot.frontend_config,
         },
     )?)
 }

@@ -185,8 +185,17 @@ pub fn read_file<T: DeserializeOwned>(path: &Path) -> Result<T, FormatError> {
         path: name.clone(),
         source,
     };
-    let mut file = std::fs::File::open(path).map_err(io_err)?;
-    let len = file.metadata().map_err(io_err)?.len();
+    let file = std::fs::File::open(path).map_err(io_err)?;
+    let meta = file.metadata().map_err(io_err)?;
+    if !meta.is_file() {
+        return Err(io_err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    let len = meta.len();
+    // Never read more than the file said it had (a file that grows is not a snapshot).
+    let mut file = file.take(len);
     if len > MAX_BODY + HEADER_LEN as u64 + 4 {
         // Check the header alone before reading a huge file.
         let mut head = [0u8; HEADER_LEN];
@@ -291,6 +300,14 @@ mod tests {
         let bytes = encode(&vec![1u8, 2, 3]).unwrap();
         let err = decode::<Sample>(&bytes, "s").unwrap_err();
         assert!(matches!(err, FormatError::Body { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_directory_or_device_is_not_read() {
+        for path in ["/", "/dev/zero"] {
+            let err = read_file::<Sample>(Path::new(path)).unwrap_err();
+            assert!(err.to_string().contains("not a regular file"), "{err}");
+        }
     }
 
     #[test]

@@ -190,13 +190,17 @@ pub fn map_memory_file(
         path: name.clone(),
         source,
     })?;
-    let len = file
-        .metadata()
-        .map_err(|source| MemoryFileError::Io {
-            path: name.clone(),
-            source,
-        })?
-        .len();
+    let meta = file.metadata().map_err(|source| MemoryFileError::Io {
+        path: name.clone(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(MemoryFileError::Io {
+            path: name,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        });
+    }
+    let len = meta.len();
     let expected: u64 = regions.iter().map(|r| r.size).sum();
     if len != expected {
         return Err(MemoryFileError::Size {

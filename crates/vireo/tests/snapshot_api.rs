@@ -1,0 +1,255 @@
+//! Snapshots through the API, across processes, on real KVM (layer 2): the `count`
+//! guest (crates/test-guests/guests/count.s) increments a u64 at guest address 0x12000
+//! and prints "." on COM1 each time it reaches a multiple of 256.
+//!
+//! A first `vireo` boots it, pauses it, writes a Full snapshot and is killed with
+//! SIGKILL. A second `vireo` loads the snapshot and resumes; after a while it is paused
+//! and snapshotted again. The counter read from the two memory files (the guest's RAM
+//! starts at file offset 0) shows it went on from where it stopped, and the console of
+//! the second process has exactly one dot per 256 boundary crossed in between.
+//! Bad requests (not paused, missing or corrupted files, a Uffd backend, overrides of
+//! devices the snapshot does not have) get a 400 and leave the process serving.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::http::{Client, Vireo, bad, ok};
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn file_len(path: &str) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// The count guest's counter, read from a snapshot's memory file.
+fn counter_in(mem_file: &str) -> u64 {
+    let bytes = std::fs::read(mem_file).unwrap();
+    let at = test_guests::COUNT_COUNTER_ADDR as usize;
+    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+}
+
+/// Boot the count guest through the API with its console in `serial`.
+fn boot_count_guest(c: &mut Client, serial: &str, extra_machine: &str) {
+    let kernel = test_guests::path(test_guests::COUNT);
+    ok(c.put(
+        "/boot-source",
+        &format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display()),
+    ));
+    ok(c.put(
+        "/machine-config",
+        &format!(r#"{{"vcpu_count": 1, "mem_size_mib": 32{extra_machine}}}"#),
+    ));
+    ok(c.put("/serial", &format!(r#"{{"serial_out_path": "{serial}"}}"#)));
+    ok(c.put("/actions", r#"{"action_type": "InstanceStart"}"#));
+}
+
+#[test]
+fn snapshot_kill_load_and_the_count_goes_on() {
+    let first = Vireo::start("snap-a", &[]);
+    let mut c = first.client();
+    let serial_a = first.path("serial");
+    boot_count_guest(&mut c, &serial_a, "");
+    wait_until("a dot", || file_len(&serial_a) >= 1);
+
+    // Running: refused.
+    let state = first.path("state");
+    let mem = first.path("mem");
+    let create = format!(r#"{{"snapshot_path": "{state}", "mem_file_path": "{mem}"}}"#);
+    bad(c.put("/snapshot/create", &create), "must be paused");
+
+    ok(c.patch("/vm", r#"{"state": "Paused"}"#));
+    ok(c.put("/snapshot/create", &create));
+    let at_snapshot = counter_in(&mem);
+    assert!(at_snapshot >= 256, "counter {at_snapshot}");
+    // Diff without dirty-page tracking: refused, the VM still answers.
+    bad(
+        c.put(
+            "/snapshot/create",
+            &format!(
+                r#"{{"snapshot_path": "{state}.d", "mem_file_path": "{mem}", "snapshot_type": "Diff"}}"#
+            ),
+        ),
+        "track_dirty_pages",
+    );
+    assert_eq!(c.get("/").json()["state"], "Paused");
+
+    // Kill -9: the snapshot files are all that is left.
+    let keep = std::env::temp_dir().join(format!("vireo-snap-keep-{}", std::process::id()));
+    std::fs::create_dir_all(&keep).unwrap();
+    let state_kept = keep.join("state").display().to_string();
+    let mem_kept = keep.join("mem").display().to_string();
+    std::fs::copy(&state, &state_kept).unwrap();
+    std::fs::copy(&mem, &mem_kept).unwrap();
+    drop(c);
+    drop(first); // SIGKILL, then the scratch directory goes.
+
+    let second = Vireo::start("snap-b", &[]);
+    let mut c = second.client();
+    let serial_b = second.path("serial");
+    ok(c.put(
+        "/serial",
+        &format!(r#"{{"serial_out_path": "{serial_b}"}}"#),
+    ));
+    // Errors first: each leaves the process ready for a good load.
+    bad(
+        c.put(
+            "/snapshot/load",
+            &format!(r#"{{"snapshot_path": "{state_kept}"}}"#),
+        ),
+        "One of mem_file_path and mem_backend must be given.",
+    );
+    bad(
+        c.put(
+            "/snapshot/load",
+            &format!(
+                r#"{{"snapshot_path": "{state_kept}", "mem_backend": {{"backend_type": "Uffd", "backend_path": "/x"}}}}"#
+            ),
+        ),
+        "Uffd",
+    );
+    bad(
+        c.put(
+            "/snapshot/load",
+            &format!(r#"{{"snapshot_path": "{mem_kept}", "mem_file_path": "{mem_kept}"}}"#),
+        ),
+        "not a Vireo snapshot",
+    );
+    bad(
+        c.put(
+            "/snapshot/load",
+            &format!(
+                r#"{{"snapshot_path": "{state_kept}", "mem_file_path": "{}"}}"#,
+                second.path("missing")
+            ),
+        ),
+        "No such file",
+    );
+    let mut corrupt = std::fs::read(&state_kept).unwrap();
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 1;
+    let corrupt_path = second.path("corrupt");
+    std::fs::write(&corrupt_path, corrupt).unwrap();
+    bad(
+        c.put(
+            "/snapshot/load",
+            &format!(r#"{{"snapshot_path": "{corrupt_path}", "mem_file_path": "{mem_kept}"}}"#),
+        ),
+        "checksum mismatch",
+    );
+    assert_eq!(c.get("/").json()["state"], "Not started");
+
+    // The good load, resumed at once.
+    ok(c.put(
+        "/snapshot/load",
+        &format!(
+            r#"{{"snapshot_path": "{state_kept}", "mem_backend": {{"backend_type": "File", "backend_path": "{mem_kept}"}}, "resume_vm": true}}"#
+        ),
+    ));
+    assert_eq!(c.get("/").json()["state"], "Running");
+    // The configuration came back with the snapshot.
+    let config = c.get("/vm/config").json();
+    assert_eq!(config["machine-config"]["mem_size_mib"], 32);
+    assert_eq!(
+        config["boot-source"]["kernel_image_path"],
+        test_guests::path(test_guests::COUNT).display().to_string()
+    );
+    // Load after load, and boot-time calls, are refused.
+    bad(
+        c.put(
+            "/snapshot/load",
+            &format!(r#"{{"snapshot_path": "{state_kept}", "mem_file_path": "{mem_kept}"}}"#),
+        ),
+        "not supported after starting",
+    );
+
+    wait_until("dots on the new console", || file_len(&serial_b) >= 2);
+    ok(c.patch("/vm", r#"{"state": "Paused"}"#));
+    let mem2 = second.path("mem2");
+    ok(c.put(
+        "/snapshot/create",
+        &format!(
+            r#"{{"snapshot_path": "{}", "mem_file_path": "{mem2}"}}"#,
+            second.path("state2")
+        ),
+    ));
+    let later = counter_in(&mem2);
+    assert!(later > at_snapshot, "{later} <= {at_snapshot}");
+    let dots = std::fs::read_to_string(&serial_b).unwrap();
+    assert!(dots.chars().all(|ch| ch == '.'), "{dots:?}");
+    assert_eq!(
+        dots.len() as u64,
+        later / 256 - at_snapshot / 256,
+        "one dot per 256 boundary between the two snapshots"
+    );
+    let _ = std::fs::remove_dir_all(&keep);
+}
+
+#[test]
+fn diff_snapshot_through_the_api_and_load_with_tracking() {
+    let vm = Vireo::start("snap-diff", &[]);
+    let mut c = vm.client();
+    let serial = vm.path("serial");
+    boot_count_guest(&mut c, &serial, r#", "track_dirty_pages": true"#);
+    wait_until("a dot", || file_len(&serial) >= 1);
+    ok(c.patch("/vm", r#"{"state": "Paused"}"#));
+    let mem = vm.path("mem");
+    let full = format!(
+        r#"{{"snapshot_path": "{}", "mem_file_path": "{mem}", "snapshot_type": "Full"}}"#,
+        vm.path("full")
+    );
+    ok(c.put("/snapshot/create", &full));
+    let at_full = counter_in(&mem);
+    ok(c.patch("/vm", r#"{"state": "Resumed"}"#));
+    wait_until("more dots", || file_len(&serial) >= 3);
+    ok(c.patch("/vm", r#"{"state": "Paused"}"#));
+    let diff_state = vm.path("diff");
+    ok(c.put(
+        "/snapshot/create",
+        &format!(
+            r#"{{"snapshot_path": "{diff_state}", "mem_file_path": "{mem}", "snapshot_type": "Diff"}}"#
+        ),
+    ));
+    let at_diff = counter_in(&mem);
+    assert!(at_diff > at_full, "the Diff updated the memory file");
+
+    let loaded = Vireo::start("snap-diff-load", &[]);
+    let mut c2 = loaded.client();
+    ok(c2.put(
+        "/snapshot/load",
+        &format!(
+            r#"{{"snapshot_path": "{diff_state}", "mem_file_path": "{mem}", "track_dirty_pages": true}}"#
+        ),
+    ));
+    assert_eq!(c2.get("/").json()["state"], "Paused");
+    // Loaded with tracking: a Diff of the loaded VM works too.
+    let mem_copy = loaded.path("mem");
+    std::fs::copy(&mem, &mem_copy).unwrap();
+    ok(c2.put(
+        "/snapshot/create",
+        &format!(
+            r#"{{"snapshot_path": "{}", "mem_file_path": "{mem_copy}", "snapshot_type": "Diff"}}"#,
+            loaded.path("diff2")
+        ),
+    ));
+    assert_eq!(counter_in(&mem_copy), at_diff, "paused since the load");
+    // Overrides of devices the snapshot does not have.
+    let other = Vireo::start("snap-diff-override", &[]);
+    let mut c3 = other.client();
+    bad(
+        c3.put(
+            "/snapshot/load",
+            &format!(
+                r#"{{"snapshot_path": "{diff_state}", "mem_file_path": "{mem}", "network_overrides": [{{"iface_id": "eth0", "host_dev_name": "tap1"}}]}}"#
+            ),
+        ),
+        "no interface eth0",
+    );
+    assert_eq!(c3.get("/").json()["state"], "Not started");
+}
