@@ -120,7 +120,7 @@ impl Options {
 }
 
 /// A limit on operations and bytes per second; `None` is unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RateLimit {
     /// Requests (disk) or packets (network) per second.
     pub ops_per_sec: Option<u64>,
@@ -136,7 +136,7 @@ impl RateLimit {
 }
 
 /// Disk image format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DiskFormat {
     /// A plain image: guest sector n is file offset n * 512.
     #[default]
@@ -146,7 +146,7 @@ pub enum DiskFormat {
 }
 
 /// How disk requests reach the host kernel.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum IoEngine {
     /// io_uring if the host kernel allows it, else synchronous.
     #[default]
@@ -159,7 +159,7 @@ pub enum IoEngine {
 
 /// One virtio-blk disk: `--disk path=FILE[,readonly][,format=raw|qcow2][,serial=ID]
 /// [,iops=N][,bandwidth=BYTES/s][,io=auto|sync|uring][,id=NAME]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiskConfig {
     /// Name of the drive (Firecracker's `drive_id`); `disk<N>` when not given.
     pub id: Option<String>,
@@ -235,7 +235,7 @@ impl FromStr for DiskConfig {
 /// One virtio-net NIC on a host TAP device: `--net tap=NAME[,mac=MAC][,id=NAME]
 /// [,bandwidth=BYTES/s][,pps=N]` (limits apply to each direction; `rx_`/`tx_` prefixed
 /// keys set one direction).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetConfig {
     /// Name of the interface (Firecracker's `iface_id`); `net<N>` when not given.
     pub id: Option<String>,
@@ -317,7 +317,7 @@ impl FromStr for NetConfig {
 /// The vsock device: `--vsock cid=N,socket=PATH`. The host side is a Unix socket, as
 /// Firecracker's: host-initiated connections connect to PATH and send `CONNECT <port>\n`;
 /// guest-initiated connections to port P go to `PATH_P`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VsockConfig {
     /// The guest's context id (3 or more).
     pub cid: u32,
@@ -346,7 +346,7 @@ impl FromStr for VsockConfig {
 
 /// The memory balloon: `--balloon [size=MIB][,deflate_on_oom][,stats=SECONDS]
 /// [,free_page_reporting]` (an empty value is accepted: `--balloon ""`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BalloonConfig {
     /// Target balloon size in MiB (how much memory the guest should give back).
     pub amount_mib: u64,

@@ -25,7 +25,7 @@ pub const DEFAULT_MEMORY_BYTES: u64 = 128 << 20;
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 
 /// Where the guest's serial console goes.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum SerialConfig {
     /// The VMM's standard input and output (raw mode while a terminal).
     #[default]
@@ -54,7 +54,7 @@ impl std::str::FromStr for SerialConfig {
 }
 
 /// Everything needed to boot one VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VmConfig {
     /// Kernel image: bzImage, ELF vmlinux, or ELF with a PVH entry note.
     pub kernel: PathBuf,

@@ -166,6 +166,12 @@ impl VirtioDevice for Block {
         }
     }
 
+    fn snapshot_queues(
+        &mut self,
+    ) -> Result<Option<Vec<virtio_devices::device::QueueSnapshot>>, String> {
+        self.running.as_ref().map(|w| w.snapshot()).transpose()
+    }
+
     fn reset(&mut self) -> bool {
         let Some(thread) = self.running.take() else {
             return self.idle.is_some();

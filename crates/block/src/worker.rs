@@ -383,6 +383,29 @@ impl DeviceWorker for BlockWorker {
         }
     }
 
+    fn prepare_snapshot<M: GuestMemory>(
+        &mut self,
+        queues: &mut [&mut Queue],
+        mem: &M,
+        interrupt: &dyn Interrupt,
+    ) -> Result<(), WorkerError> {
+        // Requests submitted to io_uring finish and are answered; throttled requests
+        // were never taken from the avail ring and stay there.
+        let Some(queue) = queues.get_mut(0) else {
+            return Ok(());
+        };
+        let done = self
+            .uring
+            .as_mut()
+            .map(Uring::wait_idle)
+            .unwrap_or_default();
+        if done.is_empty() {
+            return Ok(());
+        }
+        self.complete(done, queue, mem)?;
+        notify_if_needed(queue, 0, mem, interrupt)
+    }
+
     fn process_extra<M: GuestMemory>(
         &mut self,
         index: usize,

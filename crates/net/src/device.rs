@@ -273,6 +273,12 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         }
     }
 
+    fn snapshot_queues(
+        &mut self,
+    ) -> Result<Option<Vec<virtio_devices::device::QueueSnapshot>>, String> {
+        self.worker.as_ref().map(|w| w.snapshot()).transpose()
+    }
+
     fn reset(&mut self) -> bool {
         if let Some(thread) = self.worker.take() {
             match thread.stop() {

@@ -332,6 +332,13 @@ impl Controller {
             serial,
             resume: p.resume_vm.unwrap_or(false),
             track_dirty_pages: p.tracks_dirty_pages(),
+            net_overrides: p
+                .network_overrides
+                .iter()
+                .flatten()
+                .map(|o| (o.iface_id.clone(), o.host_dev_name.clone()))
+                .collect(),
+            vsock_override: p.vsock_override.as_ref().map(|o| o.uds_path.clone().into()),
         };
         let state = Path::new(&p.snapshot_path);
         let started = Instant::now();
@@ -344,27 +351,17 @@ impl Controller {
             })?,
             None => FullVmConfig::default(),
         };
+        // The overrides are in the restored VM; keep GET /vm/config true to it.
         for o in p.network_overrides.iter().flatten() {
-            let Some(nic) = restored
+            if let Some(nic) = restored
                 .network_interfaces
                 .iter_mut()
                 .find(|n| n.iface_id == o.iface_id)
-            else {
-                vmm.shutdown();
-                return Err(ActionError::LoadSnapshot(format!(
-                    "network override: the snapshot has no interface {}.",
-                    o.iface_id
-                )));
-            };
-            nic.host_dev_name = o.host_dev_name.clone();
+            {
+                nic.host_dev_name = o.host_dev_name.clone();
+            }
         }
-        if let Some(o) = &p.vsock_override {
-            let Some(vsock) = restored.vsock.as_mut() else {
-                vmm.shutdown();
-                return Err(ActionError::LoadSnapshot(
-                    "vsock override: the snapshot has no vsock device.".into(),
-                ));
-            };
+        if let (Some(o), Some(vsock)) = (&p.vsock_override, restored.vsock.as_mut()) {
             vsock.uds_path = o.uds_path.clone();
         }
         log::info!("snapshot loaded in {:?}", started.elapsed());

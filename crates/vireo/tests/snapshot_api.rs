@@ -253,3 +253,99 @@ fn diff_snapshot_through_the_api_and_load_with_tracking() {
     );
     assert_eq!(c3.get("/").json()["state"], "Not started");
 }
+
+#[test]
+fn a_disk_request_in_flight_completes_once_after_load() {
+    const SECTORS: u64 = 16;
+    let first = Vireo::start("snap-blk-a", &[]);
+    let image = first.path("disk.img");
+    std::fs::write(&image, vec![0xeeu8; (SECTORS * 512) as usize]).unwrap();
+    let mut c = first.client();
+    let serial_a = first.path("serial");
+    let kernel = test_guests::path(test_guests::VIRTIO_BLK);
+    ok(c.put(
+        "/boot-source",
+        &format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display()),
+    ));
+    ok(c.put(
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 32}"#,
+    ));
+    // One request per second: after the write, the read waits in the avail ring, taken
+    // by no one, while the guest polls for its completion.
+    ok(c.put(
+        "/drives/scratch",
+        &format!(
+            r#"{{"drive_id": "scratch", "path_on_host": "{image}", "is_root_device": false,
+                "rate_limiter": {{"ops": {{"size": 1, "refill_time": 1000}}}}}}"#
+        ),
+    ));
+    ok(c.put(
+        "/serial",
+        &format!(r#"{{"serial_out_path": "{serial_a}"}}"#),
+    ));
+    ok(c.put("/actions", r#"{"action_type": "InstanceStart"}"#));
+    let console = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    wait_until("the write to complete", || {
+        console(&serial_a).contains("write sector 1 ok")
+    });
+    ok(c.patch("/vm", r#"{"state": "Paused"}"#));
+    let before = console(&serial_a);
+    assert!(
+        !before.contains("read sector 1 ok"),
+        "the read finished before the pause: the test did not catch it in flight"
+    );
+    let keep = std::env::temp_dir().join(format!("vireo-snap-blk-{}", std::process::id()));
+    std::fs::create_dir_all(&keep).unwrap();
+    let state = keep.join("state").display().to_string();
+    let mem = keep.join("mem").display().to_string();
+    let image_kept = keep.join("disk.img").display().to_string();
+    ok(c.put(
+        "/snapshot/create",
+        &format!(r#"{{"snapshot_path": "{state}", "mem_file_path": "{mem}"}}"#),
+    ));
+    // The disk as the killed process leaves it; the new process opens the same path.
+    std::fs::copy(&image, &image_kept).unwrap();
+    drop(c);
+    drop(first);
+    std::fs::create_dir_all(std::path::Path::new(&image).parent().unwrap()).unwrap();
+    std::fs::copy(&image_kept, &image).unwrap();
+
+    let mut second = Vireo::start("snap-blk-b", &[]);
+    let mut c = second.client();
+    let serial_b = keep.join("serial-b").display().to_string();
+    ok(c.put(
+        "/serial",
+        &format!(r#"{{"serial_out_path": "{serial_b}"}}"#),
+    ));
+    ok(c.put(
+        "/snapshot/load",
+        &format!(r#"{{"snapshot_path": "{state}", "mem_file_path": "{mem}", "resume_vm": true}}"#),
+    ));
+    // The guest finishes and resets: the process exits 0.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restored guest did not finish: {:?}",
+            console(&serial_b)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0));
+    let all = before + &console(&serial_b);
+    assert_eq!(all, test_guests::expected::virtio_blk(SECTORS));
+    let disk = std::fs::read(&image).unwrap();
+    let at = (test_guests::VIRTIO_BLK_SECTOR * 512) as usize;
+    assert_eq!(&disk[at..at + 512], &test_guests::virtio_blk_pattern()[..]);
+    assert!(
+        disk[..at]
+            .iter()
+            .chain(&disk[at + 512..])
+            .all(|&b| b == 0xee)
+    );
+    let _ = std::fs::remove_dir_all(&keep);
+}

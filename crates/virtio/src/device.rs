@@ -102,6 +102,20 @@ pub trait DeviceWorker: Send + 'static {
         interrupt: &dyn Interrupt,
     ) -> Result<(), WorkerError>;
 
+    /// A snapshot is about to be taken (the worker is parked): finish every request
+    /// already taken from the rings (answer it, add it to the used ring, signal the
+    /// driver) so that the rings and guest memory alone describe the device's work.
+    /// Requests still in the avail ring are left there; they are served after restore.
+    fn prepare_snapshot<M: GuestMemory>(
+        &mut self,
+        queues: &mut [&mut Queue],
+        mem: &M,
+        interrupt: &dyn Interrupt,
+    ) -> Result<(), WorkerError> {
+        let _ = (queues, mem, interrupt);
+        Ok(())
+    }
+
     /// Extra fd number `index` (in [`DeviceWorker::extra_fds`] order) is readable.
     fn process_extra<M: GuestMemory>(
         &mut self,
@@ -187,6 +201,63 @@ where
     Ok(())
 }
 
+/// A virtqueue's state in a snapshot (virtio-queue's `QueueState`, with serde).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct QueueSnapshot {
+    /// Largest size the device offers.
+    pub max_size: u16,
+    /// The next avail ring entry to take.
+    pub next_avail: u16,
+    /// The next used ring entry to fill.
+    pub next_used: u16,
+    /// `VIRTIO_F_EVENT_IDX` negotiated.
+    pub event_idx_enabled: bool,
+    /// Size chosen by the driver.
+    pub size: u16,
+    /// The driver enabled the queue.
+    pub ready: bool,
+    /// Descriptor table address.
+    pub desc_table: u64,
+    /// Avail ring address.
+    pub avail_ring: u64,
+    /// Used ring address.
+    pub used_ring: u64,
+}
+
+impl QueueSnapshot {
+    /// The state of `queue`.
+    pub fn of(queue: &Queue) -> Self {
+        let s = queue.state();
+        Self {
+            max_size: s.max_size,
+            next_avail: s.next_avail,
+            next_used: s.next_used,
+            event_idx_enabled: s.event_idx_enabled,
+            size: s.size,
+            ready: s.ready,
+            desc_table: s.desc_table,
+            avail_ring: s.avail_ring,
+            used_ring: s.used_ring,
+        }
+    }
+
+    /// A queue in this state; a state virtio-queue refuses (a size that is not a power
+    /// of two, say) is an error, not a panic.
+    pub fn to_queue(&self) -> Result<Queue, virtio_queue::Error> {
+        Queue::try_from(virtio_queue::QueueState {
+            max_size: self.max_size,
+            next_avail: self.next_avail,
+            next_used: self.next_used,
+            event_idx_enabled: self.event_idx_enabled,
+            size: self.size,
+            ready: self.ready,
+            desc_table: self.desc_table,
+            avail_ring: self.avail_ring,
+            used_ring: self.used_ring,
+        })
+    }
+}
+
 /// What a transport hands a device when the driver sets `DRIVER_OK`.
 pub struct ActivateContext {
     /// Guest memory.
@@ -246,6 +317,17 @@ pub trait VirtioDevice: Send {
 
     /// The VM runs again after [`VirtioDevice::pause`].
     fn resume(&mut self) {}
+
+    /// For a snapshot of a paused VM: the running queues' state, after the worker has
+    /// finished the requests it had taken ([`DeviceWorker::prepare_snapshot`]); `None`
+    /// when the device is not running. A device whose state a snapshot cannot capture
+    /// yet refuses (the default), which refuses the snapshot.
+    fn snapshot_queues(&mut self) -> Result<Option<Vec<QueueSnapshot>>, String> {
+        Err(format!(
+            "{}: snapshots of this device are not supported yet",
+            self.name()
+        ))
+    }
 
     /// The driver reset the device (or the VM stops): stop serving, drop the queues and
     /// return to the state before activation. Returns `false` if the device cannot be

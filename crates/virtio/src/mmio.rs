@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::device::{ActivateContext, Interrupt, VirtioDevice, VmMemory, features};
+use crate::device::{ActivateContext, Interrupt, QueueSnapshot, VirtioDevice, VmMemory, features};
 
 /// Size of one device's MMIO window.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
@@ -83,6 +83,33 @@ impl Interrupt for MmioInterrupt {
             log::error!("cannot signal a device failure: {e}");
         }
     }
+}
+
+/// A transport's registers and queues in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MmioState {
+    /// The device behind it (checked on restore).
+    pub device_type: u32,
+    /// DeviceFeaturesSel.
+    pub device_features_sel: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_sel: u32,
+    /// The features the driver wrote.
+    pub driver_features: u64,
+    /// QueueSel.
+    pub queue_sel: u32,
+    /// Device status.
+    pub status: u32,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// Whether the device was running.
+    pub activated: bool,
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+    /// DEVICE_NEEDS_RESET.
+    pub needs_reset: bool,
+    /// Every queue.
+    pub queues: Vec<QueueSnapshot>,
 }
 
 /// One virtio device behind a virtio-mmio register window.
@@ -185,6 +212,90 @@ impl MmioTransport {
         if self.activated {
             self.device.resume();
         }
+    }
+
+    /// The register file and queues, for a snapshot of a paused VM. A running device is
+    /// asked for its queues' live state ([`VirtioDevice::snapshot_queues`]); a device
+    /// that cannot be snapshotted yet refuses.
+    pub fn state(&mut self) -> Result<MmioState, String> {
+        let queues = match self.activated {
+            true => self.device.snapshot_queues()?.ok_or_else(|| {
+                format!(
+                    "{}: activated but its worker is not running",
+                    self.device.name()
+                )
+            })?,
+            false => self.queues.iter().map(QueueSnapshot::of).collect(),
+        };
+        Ok(MmioState {
+            device_type: self.device.device_type(),
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            status: self.status,
+            config_generation: self.config_generation,
+            activated: self.activated,
+            interrupt_status: self.interrupt.status.load(Ordering::SeqCst),
+            needs_reset: self.interrupt.needs_reset.load(Ordering::SeqCst),
+            queues,
+        })
+    }
+
+    /// Take the registers and queues of a snapshot; a device that was running is
+    /// activated again with its queues where they were. Call before the guest runs.
+    pub fn restore(&mut self, state: &MmioState) -> Result<(), String> {
+        let name = self.device.name().to_string();
+        if state.device_type != self.device.device_type() {
+            return Err(format!(
+                "{name}: the snapshot has a device of type {} in this slot",
+                state.device_type
+            ));
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(format!(
+                "{name}: the snapshot has {} queues, the device {}",
+                state.queues.len(),
+                self.queues.len()
+            ));
+        }
+        let queues = state
+            .queues
+            .iter()
+            .map(QueueSnapshot::to_queue)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{name}: queue state refused: {e}"))?;
+        if state.driver_features & !self.device.features() != 0 {
+            return Err(format!(
+                "{name}: the snapshot's driver features {:#x} are not all offered",
+                state.driver_features
+            ));
+        }
+        self.queues = queues;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.driver_features = state.driver_features;
+        self.queue_sel = state.queue_sel;
+        self.status = state.status;
+        self.config_generation = state.config_generation;
+        self.interrupt
+            .status
+            .store(state.interrupt_status, Ordering::SeqCst);
+        self.interrupt
+            .needs_reset
+            .store(state.needs_reset, Ordering::SeqCst);
+        if state.activated {
+            self.activate();
+            if !self.activated {
+                return Err(format!("{name}: cannot start the device again"));
+            }
+            // Requests the driver made available before the snapshot and the device had
+            // not taken are served now.
+            for evt in &self.queue_evts {
+                let _ = evt.write(1);
+            }
+        }
+        Ok(())
     }
 
     fn warn_once(&mut self, offset: u64, what: std::fmt::Arguments) {

@@ -67,6 +67,10 @@ impl VirtioDevice for Rng {
         }
     }
 
+    fn snapshot_queues(&mut self) -> Result<Option<Vec<crate::device::QueueSnapshot>>, String> {
+        self.worker.as_ref().map(|w| w.snapshot()).transpose()
+    }
+
     fn reset(&mut self) -> bool {
         if let Some(w) = self.worker.take() {
             w.stop();

@@ -16,11 +16,12 @@ use virtio_queue::Queue;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::device::{ActivateContext, DeviceWorker, Interrupt, VmMemory};
+use crate::device::{ActivateContext, DeviceWorker, Interrupt, QueueSnapshot, VmMemory};
 
 enum Command {
     Pause(Sender<()>),
     Resume,
+    Snapshot(Sender<Result<Vec<QueueSnapshot>, String>>),
     Stop,
 }
 
@@ -83,6 +84,18 @@ impl<W: DeviceWorker> WorkerThread<W> {
         self.send(Command::Resume)
     }
 
+    /// For a snapshot of the paused device: the worker finishes the requests it had
+    /// taken ([`DeviceWorker::prepare_snapshot`]), then the queues' state. Refused
+    /// unless paused.
+    pub fn snapshot(&self) -> Result<Vec<QueueSnapshot>, String> {
+        let (tx, rx) = channel();
+        if !self.send(Command::Snapshot(tx)) {
+            return Err("the device's worker thread has ended".into());
+        }
+        rx.recv()
+            .map_err(|_| "the device's worker thread has ended".to_string())?
+    }
+
     /// Stop the thread and take back the worker and the queues.
     pub fn stop(mut self) -> Option<(W, Vec<Queue>)> {
         self.send(Command::Stop);
@@ -109,6 +122,18 @@ impl<W: DeviceWorker> Running<W> {
             while !matches!(self.commands.recv(), Ok(Command::Stop) | Err(_)) {}
         }
         (self.worker, self.queues)
+    }
+
+    /// Answer a snapshot request: only while paused.
+    fn snapshot(&mut self, paused: bool) -> Result<Vec<QueueSnapshot>, String> {
+        if !paused {
+            return Err(format!("{}: not paused", self.name));
+        }
+        let mut queues: Vec<&mut Queue> = self.queues.iter_mut().collect();
+        self.worker
+            .prepare_snapshot(&mut queues, &*self.mem, &*self.interrupt)
+            .map_err(|e| format!("{}: {e}", self.name))?;
+        Ok(self.queues.iter().map(QueueSnapshot::of).collect())
     }
 
     fn serve(&mut self) -> Result<(), String> {
@@ -153,6 +178,9 @@ impl<W: DeviceWorker> Running<W> {
                                 let _ = ack.send(());
                             }
                             Command::Resume => paused = false,
+                            Command::Snapshot(reply) => {
+                                let _ = reply.send(self.snapshot(paused));
+                            }
                         }
                     }
                     continue;
@@ -165,6 +193,9 @@ impl<W: DeviceWorker> Running<W> {
                         Ok(Command::Resume) => paused = false,
                         Ok(Command::Pause(ack)) => {
                             let _ = ack.send(());
+                        }
+                        Ok(Command::Snapshot(reply)) => {
+                            let _ = reply.send(self.snapshot(paused));
                         }
                     }
                     let _ = self.control.read();

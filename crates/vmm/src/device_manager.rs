@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::{IoEventAddress, VmFd};
 use virtio_devices::device::VirtioDevice;
-use virtio_devices::mmio::{MMIO_WINDOW_SIZE, MmioTransport, QUEUE_NOTIFY_OFFSET};
+use virtio_devices::mmio::{MMIO_WINDOW_SIZE, MmioState, MmioTransport, QUEUE_NOTIFY_OFFSET};
 
 use crate::arch::x86_64::acpi::{AcpiError, DsdtDevice, DsdtResource, IrqPolarity, IrqTrigger};
 use crate::bus::{Bus, BusDevice, BusError};
@@ -150,6 +150,40 @@ impl VirtioDevices {
         log::debug!("{name}: irq {}", slot.irq);
         self.devices.push((slot, name, shared));
         Ok(slot)
+    }
+
+    /// Every transport's registers and queues, in slot order, for a snapshot of the
+    /// paused VM; the first device that cannot be snapshotted refuses it.
+    pub fn states(&self) -> Result<Vec<MmioState>, String> {
+        self.devices
+            .iter()
+            .map(|(_, name, transport)| {
+                transport
+                    .lock()
+                    .map_err(|_| format!("{name}: transport lock poisoned"))?
+                    .0
+                    .state()
+            })
+            .collect()
+    }
+
+    /// Give the devices, in slot order, the registers and queues of a snapshot.
+    pub fn restore(&self, states: &[MmioState]) -> Result<(), String> {
+        if states.len() != self.devices.len() {
+            return Err(format!(
+                "the snapshot has {} virtio devices, this VM {}",
+                states.len(),
+                self.devices.len()
+            ));
+        }
+        for ((_, name, transport), state) in self.devices.iter().zip(states) {
+            transport
+                .lock()
+                .map_err(|_| format!("{name}: transport lock poisoned"))?
+                .0
+                .restore(state)?;
+        }
+        Ok(())
     }
 
     /// Number of devices.

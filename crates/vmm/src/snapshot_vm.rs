@@ -12,8 +12,12 @@
 //!   the memory file (lazy: nothing is read until the guest touches it), KVM's state and
 //!   the devices' registers written back, vCPUs started paused or running.
 //!
-//! Snapshots cover the vCPUs, the in-kernel irqchip, PIT and clock, and the legacy
-//! devices. A VM with virtio devices is refused for now, with a message saying so.
+//! Snapshots cover the vCPUs, the in-kernel irqchip, PIT and clock, the legacy devices
+//! and the virtio transports with their queues; the devices are opened again from the
+//! saved configuration on restore (a NIC's TAP and the vsock socket may be overridden).
+//! virtio-rng, virtio-blk (requests taken by the worker are finished first; throttled
+//! ones stay in the ring) and virtio-net (frames in flight may be lost, as on a wire)
+//! can be snapshotted; vsock and the balloon refuse, with a message, for now.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -31,6 +35,7 @@ use crate::snapshot::vm_state::{VmState, VmStateError};
 use crate::stop::StopSignal;
 use crate::vcpu::{UnhandledLog, Vcpu, VcpuCommand, VcpuResponse};
 use crate::vm;
+use virtio_devices::mmio::MmioState;
 
 /// Why a pause, resume, snapshot or restore failed.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +109,10 @@ pub struct VmSnapshot {
     pub vm: VmState,
     /// The legacy devices' registers.
     pub legacy: LegacyState,
+    /// The VM's configuration: the devices are built again from it on restore.
+    pub config: VmConfig,
+    /// Every virtio transport's registers and queues, in slot order.
+    pub virtio: Vec<MmioState>,
     /// The front end's own description of the VM (the API's full configuration), given
     /// back on restore.
     #[serde(default)]
@@ -183,12 +192,14 @@ impl Vmm {
         if !self.paused {
             return Err(SnapshotError::NotPaused);
         }
-        if !self.parts.virtio.is_empty() {
+        let tracking = self.parts.config.track_dirty_pages;
+        if kind == SnapshotKind::Diff && !self.parts.virtio.is_empty() {
+            // KVM's dirty log sees the vCPUs' writes, not the devices' (a disk read lands
+            // in guest memory through the VMM's own mapping).
             return Err(SnapshotError::Unsupported(
-                "snapshots of VMs with virtio devices are not supported yet".into(),
+                "Diff snapshots of VMs with virtio devices are not supported yet (the devices' writes to guest memory are not tracked); take a Full snapshot".into(),
             ));
         }
-        let tracking = self.parts.config.track_dirty_pages;
         if kind == SnapshotKind::Diff {
             if !tracking {
                 return Err(SnapshotError::Unsupported(
@@ -202,6 +213,13 @@ impl Vmm {
                 )));
             }
         }
+        // Devices first: finishing the requests they had taken writes guest memory and
+        // raises interrupts, which the vCPU and irqchip state below must include.
+        let virtio = self
+            .parts
+            .virtio
+            .states()
+            .map_err(SnapshotError::Unsupported)?;
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
         for vcpu in &self.vcpus {
             vcpu.send(VcpuCommand::SaveState(self.parts.msr_indices.clone()));
@@ -223,6 +241,8 @@ impl Vmm {
             vcpus,
             vm: VmState::save(&self.parts.vm)?,
             legacy: self.parts.legacy.state(),
+            config: self.parts.config.clone(),
+            virtio,
             frontend_config: self.parts.frontend_config.clone(),
         };
         let memory_bytes_written = match kind {
@@ -259,6 +279,42 @@ pub struct RestoreOptions {
     /// Log dirtied pages from the start, so a Diff snapshot of the restored VM writes
     /// only what changed since this snapshot.
     pub track_dirty_pages: bool,
+    /// New TAP devices for NICs: (interface id, TAP name). The id is the NIC's `id`, or
+    /// `net<N>` for the N-th NIC without one.
+    pub net_overrides: Vec<(String, String)>,
+    /// A new host-side socket for the vsock device.
+    pub vsock_override: Option<std::path::PathBuf>,
+}
+
+/// The snapshot's configuration with the overrides of `options` applied.
+fn overridden_config(
+    config: &VmConfig,
+    options: &RestoreOptions,
+) -> Result<VmConfig, SnapshotError> {
+    let mut config = config.clone();
+    for (id, tap) in &options.net_overrides {
+        let nic = config
+            .nets
+            .iter_mut()
+            .enumerate()
+            .find(|(i, n)| n.id.clone().unwrap_or_else(|| format!("net{i}")) == *id)
+            .map(|(_, n)| n)
+            .ok_or_else(|| {
+                SnapshotError::Mismatch(format!(
+                    "network override: the snapshot has no interface {id}"
+                ))
+            })?;
+        nic.tap = tap.clone();
+    }
+    if let Some(socket) = &options.vsock_override {
+        let vsock = config.vsock.as_mut().ok_or_else(|| {
+            SnapshotError::Mismatch("vsock override: the snapshot has no vsock device".into())
+        })?;
+        vsock.socket = socket.clone();
+    }
+    config.serial = options.serial.clone();
+    config.track_dirty_pages = options.track_dirty_pages;
+    Ok(config)
 }
 
 /// Build a VM from a snapshot's state file and memory file.
@@ -299,6 +355,14 @@ pub fn restore(
         )));
     }
 
+    let config = overridden_config(&snapshot.config, options)?;
+    if config.vcpus != count || config.memory_bytes != snapshot.memory_bytes {
+        return Err(SnapshotError::Mismatch(format!(
+            "{}: the configuration does not match the saved vCPUs and memory",
+            state_path.display()
+        )));
+    }
+
     let kvm = KvmContext::new().map_err(BuildError::from)?;
     crate::builder::check_vcpus(count, kvm.max_vcpus())?;
     let mem = Arc::new(memory::map_memory_file(mem_path, &snapshot.regions)?);
@@ -310,7 +374,23 @@ pub fn restore(
         source,
     })?);
     let legacy = LegacyDevices::new(&vm, serial, &stop, Some(&snapshot.legacy))?;
-    let mmio = Arc::new(crate::bus::Bus::new());
+    // The devices again, from the saved configuration (backends opened again: a disk
+    // image or TAP that went away is reported here), in the same slots.
+    let mut mmio = crate::bus::Bus::new();
+    let mut virtio = VirtioDevices::new();
+    let models = crate::device_models::build(&config).map_err(BuildError::from)?;
+    for device in models.devices {
+        virtio
+            .add(&vm, &mut mmio, &mem, device)
+            .map_err(BuildError::from)?;
+    }
+    virtio
+        .restore(&snapshot.virtio)
+        .map_err(SnapshotError::Mismatch)?;
+    if !options.resume {
+        virtio.pause();
+    }
+    let mmio = Arc::new(mmio);
     let unhandled = Arc::new(UnhandledLog::default());
     let vcpus = snapshot
         .vcpus
@@ -327,19 +407,14 @@ pub fn restore(
         .collect::<Result<Vec<_>, _>>()
         .map_err(BuildError::from)?;
     let subscribers = legacy.subscribers(serial);
-    let mut config = VmConfig::new("(restored from a snapshot)");
-    config.vcpus = count;
-    config.memory_bytes = snapshot.memory_bytes;
-    config.serial = serial.clone();
-    config.track_dirty_pages = options.track_dirty_pages;
     let msr_indices = msrs_to_save(&kvm)?;
     Ok(start_vm(
         vcpus,
         options.resume,
         subscribers,
         Parts {
-            virtio: VirtioDevices::new(),
-            balloon: None,
+            virtio,
+            balloon: models.balloon,
             stop,
             legacy,
             msr_indices,
