@@ -329,6 +329,29 @@ pub trait VirtioDevice: Send {
         ))
     }
 
+    /// For a snapshot, after [`VirtioDevice::snapshot_queues`] (or instead of it when the
+    /// device is not running): the device's own state that neither the transport's
+    /// registers nor the queues hold and that the restored device needs (a balloon's
+    /// target, a statistics buffer it keeps), as JSON. `None`, the default, when there is
+    /// none.
+    fn snapshot_state(&mut self) -> Result<Option<serde_json::Value>, String> {
+        Ok(None)
+    }
+
+    /// Restoring a snapshot into this freshly built device: `state` is what
+    /// [`VirtioDevice::snapshot_state`] gave (`None` when it gave nothing). Called before
+    /// the transport activates the device again (if it was running); a state the device
+    /// cannot take is refused, which refuses the restore.
+    fn restore_state(&mut self, state: Option<&serde_json::Value>) -> Result<(), String> {
+        match state {
+            None => Ok(()),
+            Some(_) => Err(format!(
+                "{}: the snapshot has device state this device does not take",
+                self.name()
+            )),
+        }
+    }
+
     /// The driver reset the device (or the VM stops): stop serving, drop the queues and
     /// return to the state before activation. Returns `false` if the device cannot be
     /// reset; the transport then leaves it stopped and sets `DEVICE_NEEDS_RESET`.

@@ -110,6 +110,9 @@ pub struct MmioState {
     pub needs_reset: bool,
     /// Every queue.
     pub queues: Vec<QueueSnapshot>,
+    /// The device's own state ([`VirtioDevice::snapshot_state`]), if it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_state: Option<serde_json::Value>,
 }
 
 /// One virtio device behind a virtio-mmio register window.
@@ -227,6 +230,8 @@ impl MmioTransport {
             })?,
             false => self.queues.iter().map(QueueSnapshot::of).collect(),
         };
+        // After the queues: finishing the worker's requests may change the device's state.
+        let device_state = self.device.snapshot_state()?;
         Ok(MmioState {
             device_type: self.device.device_type(),
             device_features_sel: self.device_features_sel,
@@ -239,11 +244,13 @@ impl MmioTransport {
             interrupt_status: self.interrupt.status.load(Ordering::SeqCst),
             needs_reset: self.interrupt.needs_reset.load(Ordering::SeqCst),
             queues,
+            device_state,
         })
     }
 
-    /// Take the registers and queues of a snapshot; a device that was running is
-    /// activated again with its queues where they were. Call before the guest runs.
+    /// Take the registers and queues of a snapshot; the device gets its own state
+    /// ([`VirtioDevice::restore_state`]), then, if it was running, is activated again
+    /// with its queues where they were. Call before the guest runs.
     pub fn restore(&mut self, state: &MmioState) -> Result<(), String> {
         let name = self.device.name().to_string();
         if state.device_type != self.device.device_type() {
@@ -271,6 +278,7 @@ impl MmioTransport {
                 state.driver_features
             ));
         }
+        self.device.restore_state(state.device_state.as_ref())?;
         self.queues = queues;
         self.device_features_sel = state.device_features_sel;
         self.driver_features_sel = state.driver_features_sel;

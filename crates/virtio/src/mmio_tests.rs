@@ -324,3 +324,122 @@ fn a_state_of_another_device_or_shape_is_refused() {
     t.restore(&state).unwrap();
     assert!(!t.is_activated());
 }
+
+/// The entropy device with a piece of device state of its own, recorded where the test
+/// can see it.
+struct Stateful {
+    rng: Rng,
+    value: Arc<std::sync::Mutex<Option<serde_json::Value>>>,
+}
+
+impl VirtioDevice for Stateful {
+    fn device_type(&self) -> u32 {
+        self.rng.device_type()
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        self.rng.queue_max_sizes()
+    }
+    fn features(&self) -> u64 {
+        self.rng.features()
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.rng.read_config(offset, data);
+    }
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), crate::device::ActivateError> {
+        self.rng.activate(ctx)
+    }
+    fn pause(&mut self) {
+        self.rng.pause();
+    }
+    fn resume(&mut self) {
+        self.rng.resume();
+    }
+    fn snapshot_queues(&mut self) -> Result<Option<Vec<QueueSnapshot>>, String> {
+        self.rng.snapshot_queues()
+    }
+    fn snapshot_state(&mut self) -> Result<Option<serde_json::Value>, String> {
+        Ok(self.value.lock().unwrap().clone())
+    }
+    fn restore_state(&mut self, state: Option<&serde_json::Value>) -> Result<(), String> {
+        if state.is_some_and(|v| !v.is_u64()) {
+            return Err("stateful: not a number".into());
+        }
+        *self.value.lock().unwrap() = state.cloned();
+        Ok(())
+    }
+    fn reset(&mut self) -> bool {
+        self.rng.reset()
+    }
+    fn name(&self) -> &str {
+        "stateful"
+    }
+}
+
+/// A device's own state goes into the transport's state and back into the device of
+/// the new transport, before that device is activated again; a device without state
+/// has none, and refuses some.
+#[test]
+fn device_state_travels_with_the_transport_state() {
+    let mem = guest_memory(1 << 20);
+    let saved = Arc::new(std::sync::Mutex::new(Some(serde_json::json!(42))));
+    let dev = Stateful {
+        rng: Rng::new("rng-test"),
+        value: saved.clone(),
+    };
+    let mut t = MmioTransport::new(Box::new(dev), mem.clone()).unwrap();
+    let vq = MockSplitQueue::create(mem.as_ref(), GuestAddress(0x1_0000), 16);
+    let mut d = MmioDriver(&mut t);
+    assert!(d.negotiate(f::VERSION_1));
+    d.setup_queue(
+        0,
+        16,
+        vq.desc_table_addr().0,
+        vq.avail_addr().0,
+        vq.used_addr().0,
+    );
+    d.driver_ok();
+    t.pause();
+    let state = t.state().unwrap();
+    assert_eq!(state.device_state, Some(serde_json::json!(42)));
+    drop(t);
+
+    // Through the state file's JSON and back.
+    let json = serde_json::to_string(&state).unwrap();
+    let state: MmioState = serde_json::from_str(&json).unwrap();
+    let restored_value = Arc::new(std::sync::Mutex::new(None));
+    let dev = Stateful {
+        rng: Rng::new("rng-test"),
+        value: restored_value.clone(),
+    };
+    let mut restored = MmioTransport::new(Box::new(dev), mem.clone()).unwrap();
+    restored.restore(&state).unwrap();
+    assert!(restored.is_activated());
+    assert_eq!(*restored_value.lock().unwrap(), Some(serde_json::json!(42)));
+
+    // A state the device refuses refuses the restore and leaves the transport alone.
+    let mut bad = state.clone();
+    bad.device_state = Some(serde_json::json!("forty-two"));
+    let dev = Stateful {
+        rng: Rng::new("rng-test"),
+        value: Arc::new(std::sync::Mutex::new(None)),
+    };
+    let mut other = MmioTransport::new(Box::new(dev), mem.clone()).unwrap();
+    assert!(other.restore(&bad).unwrap_err().contains("not a number"));
+    assert!(!other.is_activated());
+    assert_eq!(other.status(), 0);
+    MmioDriver(&mut restored).write(0x70, 0);
+
+    // The entropy device has no state of its own: none saved, and some is refused.
+    let mut rng = transport();
+    let plain = rng.state().unwrap();
+    assert_eq!(plain.device_state, None);
+    assert!(
+        !serde_json::to_string(&plain)
+            .unwrap()
+            .contains("device_state"),
+        "no state, no field"
+    );
+    let older: MmioState = serde_json::from_str(&serde_json::to_string(&plain).unwrap()).unwrap();
+    assert_eq!(older, plain, "a state without the field reads as no state");
+    assert!(rng.restore(&bad).unwrap_err().contains("does not take"));
+}
