@@ -5,10 +5,18 @@
 //! space) and, while the device is not running, the worker; activation moves the worker
 //! to a [`WorkerThread`], reset takes it back and drops every connection. The
 //! [`VsockWorker`] moves packets between the queues and the [`Muxer`].
+//!
+//! Snapshots: connections cannot outlive the process (their host-side Unix sockets
+//! belong to it), so a snapshot keeps only the rings; the worker holds no buffer between
+//! events (every RX and TX chain it takes is answered at once, and it takes an event
+//! buffer only to fill it), so the rings are whole as they are. A device restored while
+//! the driver was running puts a `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` event in the event
+//! queue (virtio 1.2, 5.10.6.5): the driver drops its connections and reads the guest CID
+//! again.
 
 use std::os::fd::RawFd;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueT, Writer};
 use vm_memory::GuestMemory;
 
 use virtio_devices::device::{
@@ -27,8 +35,12 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const RX_QUEUE: usize = 0;
 /// Queue the guest sends packets on.
 pub const TX_QUEUE: usize = 1;
-/// Event queue (transport resets after migration; unused here).
+/// Event queue: the device tells the driver of a transport reset after a restore.
 pub const EVENT_QUEUE: usize = 2;
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`, the `id` of a `virtio_vsock_event`.
+pub const EVENT_TRANSPORT_RESET: u32 = 0;
+/// Size of a `virtio_vsock_event` (`le32 id`).
+pub const EVENT_SIZE: u32 = 4;
 /// `VIRTIO_VSOCK_F_STREAM`: stream sockets (bit 0).
 pub const F_STREAM: u64 = 1 << 0;
 
@@ -63,6 +75,15 @@ pub enum VsockError {
     Epoll(#[source] std::io::Error),
 }
 
+/// The device's own state in a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockState {
+    /// The driver was running the device: the restored device sends it a transport
+    /// reset event, since its connections are gone.
+    pub transport_reset: bool,
+}
+
 /// A virtio-vsock device whose host side is a Unix socket (Firecracker's scheme).
 ///
 /// Host processes connect to the socket and write `CONNECT <port>\n` to reach a guest
@@ -74,6 +95,9 @@ pub struct Vsock {
     socket: std::path::PathBuf,
     idle: Option<VsockWorker>,
     running: Option<WorkerThread<VsockWorker>>,
+    /// Restored from a snapshot of a running device: the next activation (the
+    /// transport's, during the restore) sends the driver a transport reset.
+    reset_on_activate: bool,
 }
 
 impl Vsock {
@@ -88,6 +112,7 @@ impl Vsock {
             socket: cfg.socket.clone(),
             idle: Some(worker),
             running: None,
+            reset_on_activate: false,
         })
     }
 
@@ -120,11 +145,14 @@ impl VirtioDevice for Vsock {
                 return Err(ActivateError::QueueNotReady(q));
             }
         }
-        let worker = match self.idle.take() {
+        let mut worker = match self.idle.take() {
             Some(w) => w,
             None => VsockWorker::bind(self.cid, &self.socket)
                 .map_err(|e| ActivateError::Backend(e.to_string()))?,
         };
+        if std::mem::take(&mut self.reset_on_activate) {
+            worker.queue_transport_reset();
+        }
         let thread = WorkerThread::spawn(&self.name, worker, ctx).map_err(ActivateError::Worker)?;
         self.running = Some(thread);
         Ok(())
@@ -142,7 +170,34 @@ impl VirtioDevice for Vsock {
         }
     }
 
+    fn snapshot_queues(
+        &mut self,
+    ) -> Result<Option<Vec<virtio_devices::device::QueueSnapshot>>, String> {
+        // Nothing to finish: the worker answers every chain it takes before it parks.
+        self.running.as_ref().map(|w| w.snapshot()).transpose()
+    }
+
+    fn snapshot_state(&mut self) -> Result<Option<serde_json::Value>, String> {
+        let state = VsockState {
+            transport_reset: self.running.is_some(),
+        };
+        serde_json::to_value(state)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", self.name()))
+    }
+
+    fn restore_state(&mut self, state: Option<&serde_json::Value>) -> Result<(), String> {
+        let Some(state) = state else {
+            return Ok(());
+        };
+        let state: VsockState = serde_json::from_value(state.clone())
+            .map_err(|e| format!("{}: device state refused: {e}", self.name()))?;
+        self.reset_on_activate = state.transport_reset;
+        Ok(())
+    }
+
     fn reset(&mut self) -> bool {
+        self.reset_on_activate = false;
         if let Some(thread) = self.running.take() {
             match thread.stop() {
                 Some((mut worker, _queues)) => {
@@ -174,6 +229,8 @@ impl VirtioDevice for Vsock {
 pub struct VsockWorker {
     muxer: Muxer,
     tx_stalled: bool,
+    /// A transport reset event waits for an event queue buffer.
+    transport_reset: bool,
 }
 
 impl VsockWorker {
@@ -184,7 +241,20 @@ impl VsockWorker {
         Ok(Self {
             muxer,
             tx_stalled: false,
+            transport_reset: false,
         })
+    }
+
+    /// Tell the driver, at the next event, that the transport was reset (the device was
+    /// restored from a snapshot): the event goes into the first event queue buffer the
+    /// driver offers.
+    pub fn queue_transport_reset(&mut self) {
+        self.transport_reset = true;
+    }
+
+    /// Whether a transport reset event still waits for an event queue buffer.
+    pub fn transport_reset_pending(&self) -> bool {
+        self.transport_reset
     }
 
     /// The host side.
@@ -196,6 +266,56 @@ impl VsockWorker {
     pub fn reset(&mut self) {
         self.muxer.reset();
         self.tx_stalled = false;
+        self.transport_reset = false;
+    }
+
+    /// Put a pending transport reset event in the event queue, if the driver offers a
+    /// buffer; otherwise it waits for the driver's next event queue kick. A buffer too
+    /// small or not writable is given back empty and the next one is tried.
+    fn send_events<M: GuestMemory>(
+        &mut self,
+        queues: &mut [&mut Queue],
+        mem: &M,
+        interrupt: &dyn Interrupt,
+    ) -> Result<(), WorkerError> {
+        if !self.transport_reset {
+            return Ok(());
+        }
+        let Some(evq) = queues.get_mut(EVENT_QUEUE) else {
+            self.transport_reset = false;
+            return Ok(());
+        };
+        if !evq.ready() {
+            log::debug!("vsock: no event queue, the transport reset is not sent");
+            self.transport_reset = false;
+            return Ok(());
+        }
+        let ring = |e: virtio_queue::Error| WorkerError::new(format!("event queue: {e}"));
+        let mut used = 0;
+        while self.transport_reset {
+            let Some(chain) = pop_chain(evq, mem)? else {
+                // With EVENT_IDX, ask for a kick when the driver adds buffers.
+                evq.enable_notification(mem).map_err(ring)?;
+                break;
+            };
+            let head = chain.head_index();
+            let len = match write_event(mem, chain, EVENT_TRANSPORT_RESET) {
+                Ok(()) => {
+                    self.transport_reset = false;
+                    EVENT_SIZE
+                }
+                Err(e) => {
+                    log::debug!("vsock: unusable event buffer: {e}");
+                    0
+                }
+            };
+            evq.add_used(mem, head, len).map_err(ring)?;
+            used += 1;
+        }
+        if used > 0 {
+            notify_if_needed(evq, EVENT_QUEUE, mem, interrupt)?;
+        }
+        Ok(())
     }
 
     /// Take the guest's TX packets, unless replies already wait for RX buffers.
@@ -272,6 +392,7 @@ impl DeviceWorker for VsockWorker {
         mem: &M,
         interrupt: &dyn Interrupt,
     ) -> Result<(), WorkerError> {
+        self.send_events(queues, mem, interrupt)?;
         if index == EVENT_QUEUE {
             return Ok(());
         }
@@ -285,7 +406,25 @@ impl DeviceWorker for VsockWorker {
         mem: &M,
         interrupt: &dyn Interrupt,
     ) -> Result<(), WorkerError> {
+        self.send_events(queues, mem, interrupt)?;
         self.muxer.handle_host_events();
         self.service(queues, mem, interrupt)
     }
+}
+
+/// Write a `virtio_vsock_event` with `id` into an event queue chain, which must offer
+/// [`EVENT_SIZE`] device-writable bytes.
+fn write_event<M: GuestMemory>(
+    mem: &M,
+    chain: virtio_queue::DescriptorChain<&M>,
+    id: u32,
+) -> Result<(), String> {
+    let mut writer = Writer::new(mem, chain).map_err(|e| e.to_string())?;
+    if writer.available_bytes() < EVENT_SIZE as usize {
+        return Err(format!(
+            "{} writable bytes, the event needs {EVENT_SIZE}",
+            writer.available_bytes()
+        ));
+    }
+    std::io::Write::write_all(&mut writer, &id.to_le_bytes()).map_err(|e| e.to_string())
 }

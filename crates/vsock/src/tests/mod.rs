@@ -7,6 +7,7 @@ mod flow;
 mod guest_init;
 mod host_init;
 mod robustness;
+mod snapshot;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
