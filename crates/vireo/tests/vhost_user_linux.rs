@@ -41,6 +41,21 @@
 //! - vsock: Firecracker's Unix-socket host side; the host connects in (`CONNECT 1234`)
 //!   and the guest echoes a stream back; the guest connects out to CID 2 and the host's
 //!   `<socket>_1235` listener receives a stream.
+//!
+//! Known issues:
+//! - net is `#[ignore]`d: QEMU's virtio-net sends `SET_VRING_ENABLE` for a vhost-user
+//!   netdev before any `SET_FEATURES` (from `peer_attach`, when the device is reset and
+//!   when the driver sets its features; QEMU checks only that the backend *offers*
+//!   `VHOST_USER_F_PROTOCOL_FEATURES`). vhost 0.18 (`BackendReqHandler`) and
+//!   vhost-user-backend 0.24 (`VhostUserHandler::set_vring_enable`) both refuse it unless
+//!   `SET_FEATURES` already acked that bit, so the backend closes the connection at QEMU's
+//!   start ("frontend error, connection closed: inactive feature: 1073741824") and the
+//!   guest's NIC never passes a frame. blk, rng and vsock are not affected: QEMU enables
+//!   their rings only in `vhost_dev_start`, after `SET_FEATURES`. With those two checks
+//!   removed, the test passes (ping, 2 MiB down, 1 MiB up).
+//! - QEMU 7.2 in TCG mode segfaults starting a vhost-user NIC whose driver uses MSI-X
+//!   (in `vhost_net_start` -> `msix_set_vector_notifiers`); the NIC is given
+//!   `vectors=0` (INTx), see [`layer3::vhost_user_device`].
 
 mod common;
 mod layer3;
@@ -228,7 +243,14 @@ fn blk_two_boots(test: &str, format: Format) {
         Backend::vireo_command("blk", &socket, &["--disk", &disk]),
         &socket,
     );
-    let run = Qemu::start(&format!("{test}-write"), dir.path(), &initrd, &devices).finish();
+    let run = Qemu::start(
+        &format!("{test}-write"),
+        dir.path(),
+        &initrd,
+        &devices,
+        &backend,
+    )
+    .finish();
     backend.expect_clean_exit();
     check_blk_queue(&run);
     assert_eq!(
@@ -245,7 +267,14 @@ fn blk_two_boots(test: &str, format: Format) {
         Backend::vireo_command("blk", &socket, &["--disk", &disk]),
         &socket,
     );
-    let run = Qemu::start(&format!("{test}-verify"), dir.path(), &initrd, &devices).finish();
+    let run = Qemu::start(
+        &format!("{test}-verify"),
+        dir.path(),
+        &initrd,
+        &devices,
+        &backend,
+    )
+    .finish();
     backend.expect_clean_exit();
     assert_eq!(
         sorted(run.all("read")),
@@ -318,11 +347,11 @@ fn blk_reference_backend_qemu_storage_daemon() {
             socket.display()
         ));
     // qemu-storage-daemon keeps serving after QEMU leaves: dropping it kills it.
-    let _qsd = Backend::start("qemu-storage-daemon", qsd, &socket);
+    let qsd = Backend::start("qemu-storage-daemon", qsd, &socket);
     let initrd = dir.join("write.initrd");
     blk_archive(BLK_WRITE).initrd(&guest, &initrd);
     let devices = vhost_user_device("blk", &socket, None);
-    let run = Qemu::start(test, dir.path(), &initrd, &devices).finish();
+    let run = Qemu::start(test, dir.path(), &initrd, &devices, &qsd).finish();
     let files = blk_files();
     assert_eq!(
         sorted(run.all("written")),
@@ -366,6 +395,7 @@ fn rng_hwrng_reads() {
         dir.path(),
         &initrd,
         &vhost_user_device("rng", &socket, None),
+        &backend,
     )
     .finish();
     backend.expect_clean_exit();
@@ -552,7 +582,7 @@ result upload $(cat /tmp/reply)
 /// The guest on a TAP inside a network namespace: ping the host side, download and
 /// upload a file over HTTP.
 #[test]
-#[ignore = "waits for `vireo vhost-user net|vsock`, not in the tree yet"]
+#[ignore = "vireo vhost-user net drops QEMU's virtio-net: SET_VRING_ENABLE before SET_FEATURES is refused by the vhost crates (module doc, Known issues)"]
 fn net_tap_ping_and_http_transfer() {
     let test = "net";
     if !qemu_available(test) || !tool_available(test, "ip", "iproute2") {
@@ -603,6 +633,7 @@ fn net_tap_ping_and_http_transfer() {
         dir.path(),
         &initrd,
         &vhost_user_device("net", &socket, Some(GUEST_MAC)),
+        &backend,
     )
     .finish();
     backend.expect_clean_exit();
@@ -727,7 +758,6 @@ fn echo_through_guest(socket: &Path, data: &[u8]) -> Vec<u8> {
 
 /// Host to guest (`CONNECT`, echoed stream) and guest to host (`<socket>_PORT`).
 #[test]
-#[ignore = "waits for `vireo vhost-user net|vsock`, not in the tree yet"]
 fn vsock_host_and_guest_connections() {
     let test = "vsock";
     if !qemu_available(test) || !tool_available(test, "gcc", "gcc") {
@@ -769,6 +799,7 @@ fn vsock_host_and_guest_connections() {
         dir.path(),
         &initrd,
         &vhost_user_device("vsock", &socket, None),
+        &backend,
     );
     qemu.wait_for_result(&format!("listening {ECHO_PORT}"), layer3::RUN_DEADLINE);
     let echoed = echo_through_guest(&host_socket, &to_guest);
