@@ -3,6 +3,13 @@
 //! side (target size, the guest's answer, statistics, polling interval).
 //!
 //! Both share one [`Shared`] state; the worker thread ([`crate::worker`]) reads it too.
+//!
+//! Snapshots: what the guest can observe beyond the rings is kept as a [`BalloonState`]
+//! (the target in the configuration space, the `actual` the driver wrote, the polling
+//! interval, and the statistics buffer the device holds until its next poll). The worker
+//! serves inflate, deflate and reporting chains as it takes them, so none is in flight
+//! at a snapshot; the statistics buffer is the only one it keeps, and the restored
+//! device keeps it again (same head), answering it at its first poll.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -105,6 +112,8 @@ pub(crate) struct Shared {
     pub control: EventFd,
     /// Whether an ignored page has been logged already (logged once per device).
     pub warned_ignored: AtomicBool,
+    /// The statistics buffer the worker held when it prepared the last snapshot.
+    pub held_stats_at_snapshot: Mutex<Option<u16>>,
     pub counters: Counters,
 }
 
@@ -120,6 +129,27 @@ impl Shared {
     pub fn set_stats(&self, stats: BalloonStats) {
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
     }
+
+    pub fn held_at_snapshot(&self) -> MutexGuard<'_, Option<u16>> {
+        self.held_stats_at_snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The balloon's own state in a snapshot: what the guest can observe beyond the rings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonState {
+    /// `num_pages` in the configuration space: the target, in 4 KiB pages.
+    pub target_pages: u32,
+    /// `actual`, as the driver last wrote it.
+    pub actual_pages: u32,
+    /// The statistics polling interval in milliseconds (0: not polling).
+    pub stats_interval_ms: u64,
+    /// Head of the statistics buffer the device held (the driver's buffer, given back at
+    /// the next poll), if any.
+    pub held_stats_head: Option<u16>,
 }
 
 fn mib_to_pages(mib: u64) -> Result<u32, BalloonError> {
@@ -135,6 +165,8 @@ pub struct Balloon {
     queue_sizes: Vec<u16>,
     worker: Option<WorkerThread<BalloonWorker>>,
     name: String,
+    /// From a restored snapshot: the statistics buffer the next worker holds again.
+    restored_held_stats: Option<u16>,
 }
 
 impl Balloon {
@@ -168,6 +200,7 @@ impl Balloon {
             interrupt: Mutex::new(None),
             control: EventFd::new(EFD_NONBLOCK).map_err(BalloonError::EventFd)?,
             warned_ignored: AtomicBool::new(false),
+            held_stats_at_snapshot: Mutex::new(None),
             counters: Counters::default(),
         });
         let handle = BalloonHandle {
@@ -179,6 +212,7 @@ impl Balloon {
             queue_sizes,
             worker: None,
             name: name.to_string(),
+            restored_held_stats: None,
         };
         Ok((dev, handle))
     }
@@ -271,7 +305,21 @@ impl VirtioDevice for Balloon {
                 return Err(ActivateError::QueueNotReady(index));
             }
         }
-        let worker = BalloonWorker::new(&self.handle(), acked).map_err(ActivateError::Worker)?;
+        let mut worker =
+            BalloonWorker::new(&self.handle(), acked).map_err(ActivateError::Worker)?;
+        if let Some(head) = self.restored_held_stats.take() {
+            let size = layout
+                .stats()
+                .and_then(|i| ctx.queues.get(i))
+                .map(|q| q.size());
+            match size {
+                Some(size) if head < size => worker.hold_stats_buffer(head),
+                _ => log::warn!(
+                    "{}: the snapshot's statistics buffer {head} does not fit the statistics queue; dropped",
+                    self.name
+                ),
+            }
+        }
         *self.shared.interrupt() = Some(ctx.interrupt.clone());
         match WorkerThread::spawn(&self.name, worker, ctx) {
             Ok(t) => {
@@ -297,7 +345,61 @@ impl VirtioDevice for Balloon {
         }
     }
 
+    fn snapshot_queues(
+        &mut self,
+    ) -> Result<Option<Vec<virtio_devices::device::QueueSnapshot>>, String> {
+        // The worker records the statistics buffer it holds (prepare_snapshot).
+        *self.shared.held_at_snapshot() = None;
+        self.worker.as_ref().map(|w| w.snapshot()).transpose()
+    }
+
+    fn snapshot_state(&mut self) -> Result<Option<serde_json::Value>, String> {
+        let held_stats_head = match self.worker {
+            Some(_) => self.shared.held_at_snapshot().take(),
+            None => None,
+        };
+        let state = BalloonState {
+            target_pages: self.shared.target_pages.load(Ordering::SeqCst),
+            actual_pages: self.shared.actual_pages.load(Ordering::SeqCst),
+            stats_interval_ms: self.shared.stats_interval_ms.load(Ordering::SeqCst),
+            held_stats_head,
+        };
+        serde_json::to_value(state)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", self.name()))
+    }
+
+    fn restore_state(&mut self, state: Option<&serde_json::Value>) -> Result<(), String> {
+        let name = self.name().to_string();
+        // A snapshot from before the balloon kept state (its driver had not started the
+        // device): the configuration's values stand.
+        let Some(state) = state else {
+            return Ok(());
+        };
+        let state: BalloonState = serde_json::from_value(state.clone())
+            .map_err(|e| format!("{name}: device state refused: {e}"))?;
+        if !self.shared.stats_offered
+            && (state.stats_interval_ms > 0 || state.held_stats_head.is_some())
+        {
+            return Err(format!(
+                "{name}: the snapshot polls statistics, this device has no statistics queue"
+            ));
+        }
+        self.shared
+            .target_pages
+            .store(state.target_pages, Ordering::SeqCst);
+        self.shared
+            .actual_pages
+            .store(state.actual_pages, Ordering::SeqCst);
+        self.shared
+            .stats_interval_ms
+            .store(state.stats_interval_ms, Ordering::SeqCst);
+        self.restored_held_stats = state.held_stats_head;
+        Ok(())
+    }
+
     fn reset(&mut self) -> bool {
+        self.restored_held_stats = None;
         self.stop_worker();
         // A reset driver's balloon is empty.
         self.shared.actual_pages.store(0, Ordering::SeqCst);

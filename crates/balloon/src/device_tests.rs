@@ -283,3 +283,169 @@ fn reporting_through_the_mmio_transport() {
     d.write(0x70, 0);
     assert!(!t.is_activated());
 }
+
+/// Head and length of used element `i` of `vq`.
+fn used_elem(mem: &VmMemory, vq: &MockSplitQueue<'_, VmMemory>, i: u64) -> (u32, u32) {
+    let at = vq.used_addr().0 + 4 + 8 * i;
+    (
+        mem.read_obj(GuestAddress(at)).unwrap(),
+        mem.read_obj(GuestAddress(at + 4)).unwrap(),
+    )
+}
+
+/// A running balloon moves to a new device over the same memory: the target, `actual`
+/// and the polling interval survive (the new handle reports them), and the statistics
+/// buffer the device held at the snapshot is held by the restored device, given back
+/// once at its first poll, and the fresh statistics the guest puts in it are read.
+#[test]
+fn state_and_the_held_stats_buffer_move_to_a_restored_device() {
+    let mem = guest_memory(MEM_SIZE);
+    let config = cfg(16, 1, false, false);
+    let (dev, h) = Balloon::new(&config, "balloon-snap").unwrap();
+    // A long interval: the buffer is still held at the snapshot.
+    h.set_stats_interval_ms(60_000).unwrap();
+    let mut t = MmioTransport::new(Box::new(dev), mem.clone()).unwrap();
+    let mocks: Vec<_> = (0..3u64)
+        .map(|i| MockSplitQueue::create(mem.as_ref(), GuestAddress(0x1_0000 * (i + 1)), 16))
+        .collect();
+    let mut d = MmioDriver(&mut t);
+    assert!(d.negotiate(features::VERSION_1 | features::EVENT_IDX | feature_bits::STATS_VQ));
+    for (i, m) in mocks.iter().enumerate() {
+        d.setup_queue(
+            i as u32,
+            16,
+            m.desc_table_addr().0,
+            m.avail_addr().0,
+            m.used_addr().0,
+        );
+    }
+    d.driver_ok();
+    assert!(t.is_activated());
+    h.set_target_mib(32).unwrap();
+    let mut d = MmioDriver(&mut t);
+    assert_eq!(d.read(0x100), 32 * 256);
+    d.write(0x104, 32 * 256);
+    assert_eq!(h.actual_mib(), 32);
+
+    // The driver's statistics buffer: read, then held by the device.
+    let stats_buf = 0x11_0000;
+    let bytes = stat(tag::MEMTOT, 1 << 30);
+    mem.write_slice(&bytes, GuestAddress(stats_buf)).unwrap();
+    add_chain(&mocks[2], 0, &[(stats_buf, bytes.len() as u32, 0)]);
+    d.write(0x50, 2);
+    wait_for("the first statistics", || h.statistics().is_some());
+    assert_eq!(used_idx(&mem, &mocks[2]), 0, "held until the next poll");
+
+    t.pause();
+    let state = t.state().unwrap();
+    let saved: BalloonState =
+        serde_json::from_value(state.device_state.clone().expect("balloon state")).unwrap();
+    assert_eq!(
+        saved,
+        BalloonState {
+            target_pages: 32 * 256,
+            actual_pages: 32 * 256,
+            stats_interval_ms: 60_000,
+            held_stats_head: Some(0),
+        }
+    );
+    assert_eq!(
+        (state.queues[2].next_avail, state.queues[2].next_used),
+        (1, 0)
+    );
+    drop(t);
+
+    // A new device, built from the same configuration, then given the state.
+    let (dev, h2) = Balloon::new(&config, "balloon-restored").unwrap();
+    assert_eq!(h2.target_mib(), 16);
+    let mut restored = MmioTransport::new(Box::new(dev), mem.clone()).unwrap();
+    restored.restore(&state).unwrap();
+    assert!(restored.is_activated());
+    assert_eq!((h2.target_mib(), h2.actual_mib()), (32, 32));
+    assert_eq!(h2.stats_interval_s(), 60);
+    let mut d = MmioDriver(&mut restored);
+    assert_eq!(d.read(0x100), 32 * 256, "num_pages");
+    assert_eq!(d.read(0x104), 32 * 256, "actual");
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(used_idx(&mem, &mocks[2]), 0, "still held after restore");
+
+    // The first poll of the restored device gives the buffer back, once.
+    h2.set_stats_interval_ms(20).unwrap();
+    wait_for("the statistics buffer back", || {
+        used_idx(&mem, &mocks[2]) == 1
+    });
+    assert_eq!(used_elem(&mem, &mocks[2], 0), (0, 0));
+    // The guest answers with fresh numbers in the same buffer.
+    let fresh = stat(tag::MEMTOT, 2 << 30);
+    mem.write_slice(&fresh, GuestAddress(stats_buf)).unwrap();
+    add_chain(&mocks[2], 0, &[(stats_buf, fresh.len() as u32, 0)]);
+    h2.set_stats_interval_ms(60_000).unwrap();
+    MmioDriver(&mut restored).write(0x50, 2);
+    wait_for("the fresh statistics", || {
+        h2.statistics().and_then(|s| s.total_memory) == Some(2 << 30)
+    });
+    assert_eq!(
+        h2.counters().stats_updates,
+        1,
+        "the old buffer is not read again"
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(used_idx(&mem, &mocks[2]), 1, "the buffer was used once");
+    MmioDriver(&mut restored).write(0x70, 0);
+}
+
+/// A target set before the driver started the device survives too; a state that does
+/// not fit the device is refused.
+#[test]
+fn state_of_a_stopped_balloon_and_refused_states() {
+    let mem = guest_memory(MEM_SIZE);
+    let (dev, h) = Balloon::new(&cfg(16, 0, false, false), "balloon-snap").unwrap();
+    h.set_target_mib(48).unwrap();
+    let mut t = MmioTransport::new(Box::new(dev), mem.clone()).unwrap();
+    let state = t.state().unwrap();
+    drop(t);
+    let (dev, h2) = Balloon::new(&cfg(16, 0, false, false), "balloon-restored").unwrap();
+    let mut restored = MmioTransport::new(Box::new(dev), mem.clone()).unwrap();
+    restored.restore(&state).unwrap();
+    assert!(!restored.is_activated());
+    assert_eq!(h2.target_mib(), 48);
+
+    let (mut dev, h3) = Balloon::new(&cfg(16, 0, false, false), "b").unwrap();
+    let polling = serde_json::to_value(BalloonState {
+        target_pages: 0,
+        actual_pages: 0,
+        stats_interval_ms: 1000,
+        held_stats_head: None,
+    })
+    .unwrap();
+    let e = dev.restore_state(Some(&polling)).unwrap_err();
+    assert!(e.contains("no statistics queue"), "{e}");
+    let e = dev
+        .restore_state(Some(&serde_json::json!({ "transport_reset": true })))
+        .unwrap_err();
+    assert!(e.contains("device state refused"), "{e}");
+    assert_eq!(h3.target_mib(), 16, "a refused state changes nothing");
+    dev.restore_state(None).unwrap();
+    assert_eq!(h3.target_mib(), 16, "no state: the configuration stands");
+}
+
+/// A held statistics head the restored queue cannot have is dropped, not used.
+#[test]
+fn a_held_stats_head_outside_the_queue_is_dropped() {
+    let mem = guest_memory(MEM_SIZE);
+    let (mut dev, h) = Balloon::new(&cfg(0, 1, false, false), "balloon-bad-head").unwrap();
+    let state = serde_json::to_value(BalloonState {
+        target_pages: 0,
+        actual_pages: 0,
+        stats_interval_ms: 20,
+        held_stats_head: Some(16),
+    })
+    .unwrap();
+    dev.restore_state(Some(&state)).unwrap();
+    let run = activate(&mut dev, &mem, features::VERSION_1 | feature_bits::STATS_VQ);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(used_idx(&mem, &run.mocks[2]), 0);
+    assert!(!run.irq.failed.load(Ordering::SeqCst), "the device goes on");
+    assert_eq!(h.stats_interval_s(), 0, "20 ms");
+    assert!(dev.reset());
+}

@@ -28,5 +28,5 @@ pub mod memory;
 pub mod stats;
 pub mod worker;
 
-pub use device::{Balloon, BalloonCounters, BalloonError, BalloonHandle};
+pub use device::{Balloon, BalloonCounters, BalloonError, BalloonHandle, BalloonState};
 pub use stats::BalloonStats;

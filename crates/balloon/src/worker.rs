@@ -130,6 +130,13 @@ impl BalloonWorker {
         self.held_stats.is_some()
     }
 
+    /// Hold the statistics buffer with head `head` (taken before a snapshot this worker
+    /// was restored from) and give it back at the next poll, as if this worker had taken
+    /// it. The caller checks that `head` is within the statistics queue.
+    pub fn hold_stats_buffer(&mut self, head: u16) {
+        self.held_stats = Some(head);
+    }
+
     fn arm_timer(&mut self) -> io::Result<()> {
         let interval = self.shared.stats_interval();
         if self.layout.stats.is_none() || interval.is_zero() {
@@ -336,6 +343,7 @@ impl DeviceWorker for BalloonWorker {
             return Ok(());
         };
         match kind {
+            // Served as they are taken: nothing is left in flight for a snapshot.
             QueueKind::Inflate => {
                 serve_queue(queue, index, mem, interrupt, |c| self.inflate(mem, c))
             }
@@ -347,6 +355,19 @@ impl DeviceWorker for BalloonWorker {
             }
             QueueKind::Stats => self.take_stats(queue, index, mem, interrupt),
         }
+    }
+
+    /// Inflate, deflate and reporting chains are finished as they are taken; the held
+    /// statistics buffer stays held (it is answered at the next poll, by this worker or
+    /// by a restored one) and is recorded for the snapshot.
+    fn prepare_snapshot<M: GuestMemory>(
+        &mut self,
+        _queues: &mut [&mut Queue],
+        _mem: &M,
+        _interrupt: &dyn Interrupt,
+    ) -> Result<(), WorkerError> {
+        *self.shared.held_at_snapshot() = self.held_stats;
+        Ok(())
     }
 
     fn process_extra<M: GuestMemory>(
