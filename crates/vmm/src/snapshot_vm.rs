@@ -13,11 +13,15 @@
 //!   the devices' registers written back, vCPUs started paused or running.
 //!
 //! Snapshots cover the vCPUs, the in-kernel irqchip, PIT and clock, the legacy devices
-//! and the virtio transports with their queues; the devices are opened again from the
-//! saved configuration on restore (a NIC's TAP and the vsock socket may be overridden).
-//! virtio-rng, virtio-blk (requests taken by the worker are finished first; throttled
-//! ones stay in the ring) and virtio-net (frames in flight may be lost, as on a wire)
-//! can be snapshotted; vsock and the balloon refuse, with a message, for now.
+//! and the virtio transports with their queues and each device's own state, if it has
+//! any; the devices are opened again from the saved configuration on restore (a NIC's
+//! TAP and the vsock socket may be overridden), then given their state before they are
+//! activated again. virtio-rng, virtio-blk (requests taken by the worker are finished
+//! first; throttled ones stay in the ring), virtio-net (frames in flight may be lost, as
+//! on a wire), virtio-vsock (connections are not kept: the restored device sends the
+//! driver a transport reset event, and the driver drops them) and the balloon (target,
+//! `actual`, polling interval and the statistics buffer it holds; its handle reports the
+//! restored target) can be snapshotted.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -384,6 +388,8 @@ pub fn restore(
             .add(&vm, &mut mmio, &mem, device)
             .map_err(BuildError::from)?;
     }
+    // The balloon's handle (`models.balloon`) shares the device's state, so it reports
+    // the restored target, `actual` and polling interval from here on.
     virtio
         .restore(&snapshot.virtio)
         .map_err(SnapshotError::Mismatch)?;
