@@ -16,7 +16,9 @@
 //! have its size and no more allocated blocks than a full image: nothing was written
 //! outside it.
 #![no_main]
-use std::os::unix::fs::MetadataExt;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -48,6 +50,10 @@ const WRITE: u16 = 2;
 const F_INDIRECT: u16 = 4;
 
 struct Image {
+    /// The image, unlinked at once (libFuzzer leaves by `exit`, so nothing would remove
+    /// it later); the worker opens it again through `path`.
+    file: File,
+    /// `/proc/self/fd/N` of `file`.
     path: PathBuf,
     /// 512-byte blocks of the fully written image.
     full_blocks: u64,
@@ -61,10 +67,23 @@ fn image() -> &'static Image {
         } else {
             std::env::temp_dir()
         };
-        let path = dir.join(format!("vireo-fuzz-blk-{}.raw", std::process::id()));
-        std::fs::write(&path, fill()).expect("fuzz image");
-        let full_blocks = std::fs::metadata(&path).expect("fuzz image").blocks();
-        Image { path, full_blocks }
+        let named = dir.join(format!("vireo-fuzz-blk-{}.raw", std::process::id()));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&named)
+            .expect("fuzz image");
+        let _ = std::fs::remove_file(&named);
+        file.write_all_at(&fill(), 0).expect("fuzz image");
+        let full_blocks = file.metadata().expect("fuzz image").blocks();
+        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        Image {
+            file,
+            path,
+            full_blocks,
+        }
     })
 }
 
@@ -327,7 +346,7 @@ fuzz_target!(|data: &[u8]| {
     let event_idx = switches & 2 != 0;
     let readonly = switches & 8 != 0;
     let img = image();
-    std::fs::write(&img.path, fill()).expect("reset image");
+    img.file.write_all_at(&fill(), 0).expect("reset image");
 
     let mem = guest_memory(MEM_SIZE);
     if switches & 4 != 0 {
@@ -355,7 +374,7 @@ fuzz_target!(|data: &[u8]| {
     drive(&mut worker, &mem, event_idx);
     drop(worker);
 
-    let meta = std::fs::metadata(&img.path).expect("fuzz image");
+    let meta = img.file.metadata().expect("fuzz image");
     assert_eq!(meta.len(), IMAGE_BYTES, "the image changed size");
     assert!(
         meta.blocks() <= img.full_blocks,
@@ -364,9 +383,8 @@ fuzz_target!(|data: &[u8]| {
         img.full_blocks
     );
     if readonly {
-        assert!(
-            std::fs::read(&img.path).expect("image") == fill(),
-            "a read-only disk was written"
-        );
+        let mut now = vec![0u8; IMAGE_BYTES as usize];
+        img.file.read_exact_at(&mut now, 0).expect("image");
+        assert!(now == fill(), "a read-only disk was written");
     }
 });

@@ -8,13 +8,19 @@
 //! Backends (`VHOST_BLK_BACKENDS`, comma-separated; default all of them):
 //! - `qsd`: `qemu-storage-daemon` with the file driver (`cache.direct=off`, its default
 //!   `aio=threads`) and a `vhost-user-blk` export;
-//! - `qsd-uring`: the same with `aio=io_uring`;
+//! - `qsd-uring`: the same with `aio=io_uring` (and `locking=off`: both daemons have the
+//!   image open at once);
 //! - `vireo`, `vireo-sync`: Vireo's `BlkServed` with the io_uring and the synchronous
 //!   engine. In this process (a server thread) by default; with `VIREO_BIN=path/to/vireo`
 //!   as a separate `vireo vhost-user blk --socket ... --disk path=...,io=...` process.
 //!
-//! Run with `cargo bench -p vhost-user-backends --bench vhost_blk`; `BLK_BENCH_SECS` sets
-//! the time per case (default 1 s). A backend that cannot start is reported and skipped.
+//! Every backend is started and connected first; then, case by case, the backends take
+//! turns: `BLK_BENCH_ROUNDS` rounds (default 5) of `BLK_BENCH_SECS` each (default 0.5 s),
+//! each round starting with the next backend, so drift on a shared machine hits them all
+//! alike. Each line gives the median over the rounds and the range.
+//!
+//! Run with `cargo bench -p vhost-user-backends --bench vhost_blk`. A backend that cannot
+//! start is reported and skipped.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -152,8 +158,10 @@ impl Backend {
         ));
         match name {
             "qsd" | "qsd-uring" => {
+                // Both daemons run at once on the same image: the second one must not
+                // take QEMU's image lock, which the first holds.
                 let aio = if name == "qsd-uring" {
-                    ",aio=io_uring"
+                    ",aio=io_uring,locking=off"
                 } else {
                     ""
                 };
@@ -371,53 +379,115 @@ impl<'a> Driver<'a> {
     }
 }
 
-fn bench_backend(name: &str, image: &Path, secs: f64) {
-    let backend = match Backend::start(name, image) {
-        Ok(b) => b,
-        Err(e) => {
-            println!("{name:10} skipped: {e}");
-            return;
-        }
-    };
-    let mem = shared_memory();
-    let mut fe = Frontend::connect(backend.socket(), 1).expect("connect to the backend");
-    let mut driver = Driver::new(&mut fe, &mem);
-    for (case, write, random, size, depth) in CASES {
-        let (kicks, waits) = (driver.kicks, driver.waits);
-        let (done, t) = driver.run(write, random, size, depth, secs);
-        let rps = done as f64 / t;
-        let mbs = rps * f64::from(size) / 1e6;
-        let reqs = done as f64;
-        println!(
-            "{name:10} {case}  {rps:>10.0} req/s  {mbs:>9.1} MB/s   ({:.2} kicks, {:.2} waits per request)",
-            (driver.kicks - kicks) as f64 / reqs,
-            (driver.waits - waits) as f64 / reqs,
-        );
+/// A backend with its connection and queue.
+struct Session {
+    name: String,
+    backend: Backend,
+    fe: Frontend,
+    driver: Driver<'static>,
+}
+
+impl Session {
+    fn open(name: &str, image: &Path) -> Result<Self, String> {
+        let backend = Backend::start(name, image)?;
+        // Leaked: the driver borrows it, and it lives as long as the bench anyway.
+        let mem: &'static GuestMemoryMmap<()> = Box::leak(Box::new(shared_memory()));
+        let mut fe = Frontend::connect(backend.socket(), 1).map_err(|e| format!("connect: {e}"))?;
+        let driver = Driver::new(&mut fe, mem);
+        Ok(Self {
+            name: name.to_string(),
+            backend,
+            fe,
+            driver,
+        })
     }
-    drop(driver);
-    drop(fe);
-    backend.stop();
+
+    fn close(self) {
+        drop(self.driver);
+        drop(self.fe);
+        self.backend.stop();
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
-    let secs: f64 = std::env::var("BLK_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    let backends = std::env::var("VHOST_BLK_BACKENDS")
+    let secs: f64 = env_or("BLK_BENCH_SECS", 0.5);
+    let rounds: usize = env_or("BLK_BENCH_ROUNDS", 5usize).max(1);
+    let names = std::env::var("VHOST_BLK_BACKENDS")
         .unwrap_or_else(|_| "qsd,qsd-uring,vireo,vireo-sync".into());
     let image = image();
     println!(
-        "vhost-user-blk on {} ({} s per case; Vireo {})",
+        "vhost-user-blk on {}: {rounds} rounds of {secs} s per case and backend, backends \
+         taking turns; Vireo {}",
         image.display(),
-        secs,
         match std::env::var("VIREO_BIN") {
-            Ok(b) => format!("as a process: {b}"),
+            Ok(b) => format!("as a process ({b})"),
             Err(_) => "in this process".into(),
         }
     );
-    for name in backends.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        bench_backend(name, &image, secs);
+    let mut sessions = Vec::new();
+    for name in names.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match Session::open(name, &image) {
+            Ok(s) => sessions.push(s),
+            Err(e) => println!("{name:10} skipped: {e}"),
+        }
+    }
+    println!(
+        "{:10} {:17}  {:>10}        {:>9}        {:>21}   per request",
+        "backend", "case", "median", "median", "min-max req/s"
+    );
+    for (case, write, random, size, depth) in CASES {
+        let mut rps: Vec<Vec<f64>> = vec![Vec::new(); sessions.len()];
+        let mut kicks = vec![0u64; sessions.len()];
+        let mut waits = vec![0u64; sessions.len()];
+        let mut done = vec![0u64; sessions.len()];
+        for round in 0..rounds {
+            // Start each round with another backend, so none always runs first.
+            for k in 0..sessions.len() {
+                let i = (round + k) % sessions.len();
+                let d = &mut sessions[i].driver;
+                let (k0, w0) = (d.kicks, d.waits);
+                let (n, t) = d.run(write, random, size, depth, secs);
+                rps[i].push(n as f64 / t);
+                kicks[i] += d.kicks - k0;
+                waits[i] += d.waits - w0;
+                done[i] += n;
+            }
+        }
+        for (i, s) in sessions.iter().enumerate() {
+            let (lo, hi) = rps[i]
+                .iter()
+                .fold((f64::MAX, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+            let m = median(&mut rps[i]);
+            let n = done[i].max(1) as f64;
+            println!(
+                "{:10} {case}  {m:>10.0} req/s  {:>9.1} MB/s  {lo:>10.0}-{hi:<10.0}   \
+                 {:.2} kicks, {:.2} waits",
+                s.name,
+                m * f64::from(size) / 1e6,
+                kicks[i] as f64 / n,
+                waits[i] as f64 / n,
+            );
+        }
+    }
+    for s in sessions {
+        s.close();
     }
     let _ = std::fs::remove_file(&image);
 }
