@@ -8,7 +8,8 @@
 //! starts at file offset 0) shows it went on from where it stopped, and the console of
 //! the second process has exactly one dot per 256 boundary crossed in between.
 //! Bad requests (not paused, missing or corrupted files, a Uffd backend, overrides of
-//! devices the snapshot does not have) get a 400 and leave the process serving.
+//! devices the snapshot does not have) get a 400 and leave the process serving. A
+//! balloon's target changed at runtime comes back with the snapshot.
 
 mod common;
 
@@ -347,5 +348,62 @@ fn a_disk_request_in_flight_completes_once_after_load() {
             .chain(&disk[at + 512..])
             .all(|&b| b == 0xee)
     );
+    let _ = std::fs::remove_dir_all(&keep);
+}
+
+/// A VM with a balloon and a vsock device (the count guest has no driver for either, so
+/// neither runs): the balloon's target and polling interval changed after boot come
+/// back with the snapshot in a new process (its handle reports them), and the vsock
+/// device binds its overridden socket.
+#[test]
+fn balloon_target_and_vsock_come_back_after_kill_and_load() {
+    let first = Vireo::start("snap-dev-a", &[]);
+    let mut c = first.client();
+    let serial = first.path("serial");
+    ok(c.put(
+        "/balloon",
+        r#"{"amount_mib": 4, "deflate_on_oom": false, "stats_polling_interval_s": 1}"#,
+    ));
+    ok(c.put(
+        "/vsock",
+        &format!(
+            r#"{{"guest_cid": 3, "uds_path": "{}"}}"#,
+            first.path("v.sock")
+        ),
+    ));
+    boot_count_guest(&mut c, &serial, "");
+    wait_until("a dot", || file_len(&serial) >= 1);
+    ok(c.patch("/balloon", r#"{"amount_mib": 12}"#));
+    ok(c.patch("/balloon/statistics", r#"{"stats_polling_interval_s": 7}"#));
+    ok(c.patch("/vm", r#"{"state": "Paused"}"#));
+    let keep = std::env::temp_dir().join(format!("vireo-snap-dev-{}", std::process::id()));
+    std::fs::create_dir_all(&keep).unwrap();
+    let state = keep.join("state").display().to_string();
+    let mem = keep.join("mem").display().to_string();
+    ok(c.put(
+        "/snapshot/create",
+        &format!(r#"{{"snapshot_path": "{state}", "mem_file_path": "{mem}"}}"#),
+    ));
+    drop(c);
+    drop(first);
+
+    let second = Vireo::start("snap-dev-b", &[]);
+    let mut c = second.client();
+    let sock = second.path("v2.sock");
+    ok(c.put(
+        "/snapshot/load",
+        &format!(
+            r#"{{"snapshot_path": "{state}", "mem_file_path": "{mem}", "vsock_override": {{"uds_path": "{sock}"}}}}"#
+        ),
+    ));
+    let balloon = c.get("/balloon").json();
+    assert_eq!(balloon["amount_mib"], 12, "{balloon}");
+    assert_eq!(balloon["stats_polling_interval_s"], 7, "{balloon}");
+    let stats = c.get("/balloon/statistics").json();
+    assert_eq!(stats["target_mib"], 12, "{stats}");
+    assert_eq!(stats["target_pages"], 12 * 256, "{stats}");
+    assert!(std::path::Path::new(&sock).exists(), "the vsock socket");
+    ok(c.patch("/vm", r#"{"state": "Resumed"}"#));
+    assert_eq!(c.get("/").json()["state"], "Running");
     let _ = std::fs::remove_dir_all(&keep);
 }
