@@ -8,7 +8,9 @@
 //! again, bind a new server (the device state starts afresh, as after a reset).
 
 use std::fs;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,6 +20,7 @@ use virtio_devices::device::VmMemory;
 use vm_memory::GuestMemoryAtomic;
 
 use crate::adapter::{AdapterError, VhostUserDevice};
+use crate::relay;
 use crate::served::Served;
 
 /// Why serving stopped with an error.
@@ -46,9 +49,15 @@ pub enum ServeError {
 }
 
 /// A device listening on a vhost-user socket.
+///
+/// The frontend connects to the socket at `path`; its messages reach the daemon through
+/// [`crate::relay`] (which fixes the order of one request QEMU sends early), over a
+/// private socket the daemon listens on.
 pub struct Server<S: Served> {
     daemon: VhostUserDaemon<Arc<VhostUserDevice<S>>>,
-    listener: Listener,
+    frontend_listener: UnixListener,
+    daemon_listener: Listener,
+    daemon_path: PathBuf,
     device: Arc<VhostUserDevice<S>>,
     path: PathBuf,
 }
@@ -73,13 +82,35 @@ impl<S: Served> Server<S> {
         if let Some(event_loop) = daemon.get_epoll_handlers().first() {
             device.attach(event_loop);
         }
-        let listener = Listener::new(socket, true).map_err(|e| ServeError::Listen {
-            path: socket.to_path_buf(),
+        let listen_err = |path: &Path, e: &dyn std::fmt::Display| ServeError::Listen {
+            path: path.to_path_buf(),
             reason: e.to_string(),
-        })?;
+        };
+        // A stale socket (checked above to be a socket) is replaced.
+        let _ = fs::remove_file(socket);
+        let frontend_listener = UnixListener::bind(socket).map_err(|e| listen_err(socket, &e))?;
+        // The daemon's side: a socket in a private directory, connected to at once and
+        // removed (see serve_one), so nothing else can reach the daemon.
+        let daemon_path = match private_dir() {
+            Ok(dir) => dir.join("daemon.sock"),
+            Err(e) => {
+                let _ = fs::remove_file(socket);
+                return Err(listen_err(&std::env::temp_dir(), &e));
+            }
+        };
+        let daemon_listener = match Listener::new(&daemon_path, true) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = fs::remove_file(socket);
+                remove_private(&daemon_path);
+                return Err(listen_err(&daemon_path, &e));
+            }
+        };
         Ok(Self {
             daemon,
-            listener,
+            frontend_listener,
+            daemon_listener,
+            daemon_path,
             device,
             path: socket.to_path_buf(),
         })
@@ -100,10 +131,23 @@ impl<S: Served> Server<S> {
     pub fn serve_one(mut self) -> Result<(), ServeError> {
         let name = self.device.served().name().to_string();
         log::info!("{name}: listening on {}", self.path.display());
-        let result = self
-            .daemon
-            .start(&mut self.listener)
-            .and_then(|()| self.daemon.wait());
+        // The relay's connection to the daemon waits in the listen backlog until the
+        // daemon accepts it; then the private socket goes away.
+        let daemon_side = UnixStream::connect(&self.daemon_path);
+        let started = match &daemon_side {
+            Ok(_) => self.daemon.start(&mut self.daemon_listener),
+            Err(_) => Ok(()),
+        };
+        remove_private(&self.daemon_path);
+        let daemon_side = daemon_side.map_err(|e| ServeError::Daemon(format!("relay: {e}")))?;
+        started.map_err(|e| ServeError::Daemon(e.to_string()))?;
+        let frontend = self.frontend_listener.accept().map(|(f, _)| f);
+        let frontend = frontend.map_err(|e| ServeError::Listen {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        relay::spawn(frontend, daemon_side).map_err(|e| ServeError::Daemon(e.to_string()))?;
+        let result = self.daemon.wait();
         for event_loop in self.daemon.get_epoll_handlers() {
             event_loop.send_exit_event();
         }
@@ -122,6 +166,38 @@ impl<S: Served> Server<S> {
             Err(DaemonError::HandleRequest(e)) => Err(ServeError::Frontend(e.to_string())),
             Err(e) => Err(ServeError::Daemon(e.to_string())),
         }
+    }
+}
+
+impl<S: Served> Drop for Server<S> {
+    /// The sockets go with the server, served or not.
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+        remove_private(&self.daemon_path);
+    }
+}
+
+/// A new directory only this user can enter, under the temporary directory.
+fn private_dir() -> std::io::Result<PathBuf> {
+    let template = std::env::temp_dir().join("vireo-vhost-user-XXXXXX");
+    let mut bytes = std::ffi::CString::new(template.as_os_str().as_encoded_bytes())
+        .map_err(std::io::Error::other)?
+        .into_bytes_with_nul();
+    // SAFETY: `bytes` is a NUL-terminated template ending in XXXXXX, writable and alive
+    // for the call; mkdtemp only rewrites the Xs.
+    let made = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
+    if made.is_null() {
+        return Err(std::io::Error::last_os_error());
+    }
+    bytes.pop();
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+}
+
+/// Remove the private socket and its directory.
+fn remove_private(socket: &Path) {
+    let _ = fs::remove_file(socket);
+    if let Some(dir) = socket.parent() {
+        let _ = fs::remove_dir(dir);
     }
 }
 

@@ -19,6 +19,7 @@ pub mod adapter;
 pub mod blk;
 pub mod daemon;
 pub mod net;
+pub mod relay;
 pub mod served;
 pub mod vsock;
 

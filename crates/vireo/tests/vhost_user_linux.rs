@@ -43,16 +43,13 @@
 //!   `<socket>_1235` listener receives a stream.
 //!
 //! Known issues:
-//! - net is `#[ignore]`d: QEMU's virtio-net sends `SET_VRING_ENABLE` for a vhost-user
-//!   netdev before any `SET_FEATURES` (from `peer_attach`, when the device is reset and
-//!   when the driver sets its features; QEMU checks only that the backend *offers*
-//!   `VHOST_USER_F_PROTOCOL_FEATURES`). vhost 0.18 (`BackendReqHandler`) and
-//!   vhost-user-backend 0.24 (`VhostUserHandler::set_vring_enable`) both refuse it unless
-//!   `SET_FEATURES` already acked that bit, so the backend closes the connection at QEMU's
-//!   start ("frontend error, connection closed: inactive feature: 1073741824") and the
-//!   guest's NIC never passes a frame. blk, rng and vsock are not affected: QEMU enables
-//!   their rings only in `vhost_dev_start`, after `SET_FEATURES`. With those two checks
-//!   removed, the test passes (ping, 2 MiB down, 1 MiB up).
+//! - QEMU's virtio-net sends `SET_VRING_ENABLE` for a vhost-user netdev before any
+//!   `SET_FEATURES` (from `peer_attach`, when the device is reset and when the driver
+//!   sets its features; QEMU checks only that the backend *offers*
+//!   `VHOST_USER_F_PROTOCOL_FEATURES`). vhost 0.18 and vhost-user-backend 0.24 refuse it
+//!   unless `SET_FEATURES` already acked that bit and close the connection. Vireo's
+//!   backends put a relay on the frontend's socket (`vhost_user_backends::relay`) that
+//!   sends the daemon a `SET_FEATURES` with that bit first; this test is what shows it.
 //! - QEMU 7.2 in TCG mode segfaults starting a vhost-user NIC whose driver uses MSI-X
 //!   (in `vhost_net_start` -> `msix_set_vector_notifiers`); the NIC is given
 //!   `vectors=0` (INTx), see [`layer3::vhost_user_device`].
@@ -582,7 +579,6 @@ result upload $(cat /tmp/reply)
 /// The guest on a TAP inside a network namespace: ping the host side, download and
 /// upload a file over HTTP.
 #[test]
-#[ignore = "vireo vhost-user net drops QEMU's virtio-net: SET_VRING_ENABLE before SET_FEATURES is refused by the vhost crates (module doc, Known issues)"]
 fn net_tap_ping_and_http_transfer() {
     let test = "net";
     if !qemu_available(test) || !tool_available(test, "ip", "iproute2") {
