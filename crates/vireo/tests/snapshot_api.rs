@@ -146,13 +146,42 @@ fn snapshot_kill_load_and_the_count_goes_on() {
     );
     assert_eq!(c.get("/").json()["state"], "Not started");
 
-    // The good load, resumed at once.
+    // The good load, paused: a snapshot taken at once has the very same memory and the
+    // same vCPU state.
     ok(c.put(
         "/snapshot/load",
         &format!(
-            r#"{{"snapshot_path": "{state_kept}", "mem_backend": {{"backend_type": "File", "backend_path": "{mem_kept}"}}, "resume_vm": true}}"#
+            r#"{{"snapshot_path": "{state_kept}", "mem_backend": {{"backend_type": "File", "backend_path": "{mem_kept}"}}}}"#
         ),
     ));
+    assert_eq!(c.get("/").json()["state"], "Paused");
+    let (state_again, mem_again) = (second.path("state-again"), second.path("mem-again"));
+    ok(c.put(
+        "/snapshot/create",
+        &format!(r#"{{"snapshot_path": "{state_again}", "mem_file_path": "{mem_again}"}}"#),
+    ));
+    assert!(
+        std::fs::read(&mem_again).unwrap() == std::fs::read(&mem_kept).unwrap(),
+        "guest memory after load differs from the snapshot's"
+    );
+    let vcpus = |path: &str| {
+        let bytes = std::fs::read(path).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes[24..bytes.len() - 4]).unwrap();
+        body["vcpus"].clone()
+    };
+    // Everything but the time-stamp counter (MSR 0x10), which runs on while paused.
+    let (mut again, mut kept) = (vcpus(&state_again), vcpus(&state_kept));
+    let tsc = |v: &mut serde_json::Value| -> u64 {
+        let msrs = v[0]["msrs"].as_array_mut().unwrap();
+        let at = msrs
+            .iter()
+            .position(|p| p[0] == 0x10)
+            .expect("the TSC is saved");
+        msrs.remove(at)[1].as_u64().unwrap()
+    };
+    assert!(tsc(&mut again) >= tsc(&mut kept), "the TSC went backwards");
+    assert_eq!(again, kept, "vCPU state after load");
+    ok(c.patch("/vm", r#"{"state": "Resumed"}"#));
     assert_eq!(c.get("/").json()["state"], "Running");
     // The configuration came back with the snapshot.
     let config = c.get("/vm/config").json();
