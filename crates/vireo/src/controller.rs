@@ -241,9 +241,14 @@ impl Controller {
             A::PatchBalloon(u) => self.patch_balloon(u.amount_mib),
             A::GetBalloonStats => self.balloon_stats().map(VmmData::BalloonStats),
             A::PatchBalloonStats(u) => self.patch_balloon_stats(u.stats_polling_interval_s),
-            A::SendCtrlAltDel => Err(ActionError::NotSupported(
-                "SendCtrlAltDel: Vireo's i8042 has no keyboard port yet.".into(),
-            )),
+            A::SendCtrlAltDel => {
+                let Some(vmm) = self.vmm.as_ref() else {
+                    return Err(ActionError::NotSupportedPreBoot);
+                };
+                vmm.send_ctrl_alt_del()
+                    .map_err(|e| ActionError::Internal(e.to_string()))?;
+                Ok(VmmData::Empty)
+            }
             A::FlushMetrics => self
                 .flush_metrics()
                 .map(|()| VmmData::Empty)

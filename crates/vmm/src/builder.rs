@@ -19,7 +19,7 @@ use crate::bus::{Bus, BusError, SharedDevice};
 use crate::device_manager::{DeviceManagerError, VirtioDevices};
 use crate::device_models::{self, DeviceModelError};
 use crate::devices::legacy::acpi_pm::{ACPI_PM_BASE, ACPI_PM_LEN, AcpiPm, AcpiPmPorts};
-use crate::devices::legacy::i8042::{I8042, I8042_BASE, I8042_LEN};
+use crate::devices::legacy::i8042::{I8042, I8042_BASE, I8042_LEN, I8042State, KeyboardError};
 use crate::devices::legacy::ports::{AllOnes, PCI_CONFIG_BASE, PCI_CONFIG_LEN, POST_PORT};
 use crate::devices::legacy::rtc::Rtc;
 use crate::devices::legacy::serial::{
@@ -36,7 +36,7 @@ use crate::vm::{self, VmError};
 /// CMOS RTC ports.
 const RTC_BASE: u64 = 0x70;
 const RTC_LEN: u64 = 2;
-/// ISA interrupt of the i8042's keyboard port (named in the DSDT; nothing raises it).
+/// ISA interrupt of the i8042's keyboard port (named in the DSDT, raised through an irqfd).
 const I8042_IRQ: u32 = 1;
 /// Most vCPUs Vireo builds: APIC ids 0..=253 (255 is broadcast, 254 the IOAPIC's at most).
 pub const MAX_VCPUS: u32 = crate::arch::x86_64::MAX_VCPUS;
@@ -140,6 +140,18 @@ impl Vmm {
     /// The balloon's control handle, if the VM has one.
     pub fn balloon(&self) -> Option<&BalloonHandle> {
         self.parts.balloon.as_ref()
+    }
+
+    /// Press and release Ctrl+Alt+Del on the guest's i8042 keyboard (Firecracker's
+    /// `SendCtrlAltDel`). A Linux guest with the atkbd driver then reboots, which, with
+    /// `reboot=k`, ends the VM.
+    pub fn send_ctrl_alt_del(&self) -> Result<(), KeyboardError> {
+        self.parts
+            .legacy
+            .i8042
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send_ctrl_alt_del()
     }
 
     /// Block until the guest stops or a stop is requested.
@@ -363,12 +375,14 @@ pub(crate) struct LegacyDevices {
     pub(crate) serial: Arc<Mutex<SerialDevice>>,
     pub(crate) rtc: Arc<Mutex<Rtc>>,
     pub(crate) acpi_pm: Arc<Mutex<AcpiPm<ResetTrigger>>>,
+    pub(crate) i8042: Arc<Mutex<I8042<ResetTrigger>>>,
     input_ready: EventFd,
 }
 
 impl LegacyDevices {
-    /// The UART (interrupt wired through an irqfd), i8042, RTC, PCI config and POST
-    /// ports and ACPI PM device on a new PIO bus; with the registers of `state` if given.
+    /// The UART and the i8042 (interrupts wired through irqfds), RTC, PCI config and
+    /// POST ports and ACPI PM device on a new PIO bus; with the registers of `state` if
+    /// given.
     pub(crate) fn new(
         vm: &VmFd,
         serial_config: &SerialConfig,
@@ -380,6 +394,13 @@ impl LegacyDevices {
         vm.register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(|source| BuildError::KvmCall {
                 what: "cannot wire the serial interrupt",
+                source,
+            })?;
+        let i8042_irq =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("cannot create an eventfd"))?;
+        vm.register_irqfd(&i8042_irq, I8042_IRQ)
+            .map_err(|source| BuildError::KvmCall {
+                what: "cannot wire the i8042 interrupt",
                 source,
             })?;
         let input_ready =
@@ -396,7 +417,12 @@ impl LegacyDevices {
         let serial = Arc::new(Mutex::new(serial));
         let mut rtc = Rtc::new();
         let mut acpi_pm = AcpiPm::new(ResetTrigger(stop.clone()));
+        let mut i8042 = I8042::new(ResetTrigger(stop.clone())).with_interrupt(i8042_irq);
         if let Some(state) = state {
+            i8042.restore(&state.i8042).map_err(|e| BuildError::Io {
+                what: "cannot restore the i8042".into(),
+                source: std::io::Error::other(e),
+            })?;
             rtc.restore(&state.rtc).map_err(|e| BuildError::Io {
                 what: "cannot restore the RTC".into(),
                 source: std::io::Error::other(e),
@@ -405,12 +431,13 @@ impl LegacyDevices {
         }
         let rtc = Arc::new(Mutex::new(rtc));
         let acpi_pm = Arc::new(Mutex::new(acpi_pm));
+        let i8042 = Arc::new(Mutex::new(i8042));
 
         let mut pio = Bus::new();
         let serial_dev: SharedDevice = serial.clone();
         pio.insert(serial_dev, COM1_BASE, COM1_LEN)?;
-        let i8042 = I8042::new(ResetTrigger(stop.clone()));
-        pio.insert(Arc::new(Mutex::new(i8042)), I8042_BASE, I8042_LEN)?;
+        let i8042_dev: SharedDevice = i8042.clone();
+        pio.insert(i8042_dev, I8042_BASE, I8042_LEN)?;
         let rtc_dev: SharedDevice = rtc.clone();
         pio.insert(rtc_dev, RTC_BASE, RTC_LEN)?;
         pio.insert(
@@ -426,6 +453,7 @@ impl LegacyDevices {
             serial,
             rtc,
             acpi_pm,
+            i8042,
             input_ready,
         })
     }
@@ -463,6 +491,7 @@ impl LegacyDevices {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .woken(),
+            i8042: self.i8042.lock().unwrap_or_else(|e| e.into_inner()).state(),
         }
     }
 }
@@ -476,6 +505,10 @@ pub struct LegacyState {
     pub rtc: crate::devices::legacy::rtc::RtcState,
     /// The ACPI PM device's WAK_STS.
     pub acpi_woken: bool,
+    /// The i8042 and its keyboard: command byte, status, output buffer and FIFO (the
+    /// power-on state for snapshots taken before Vireo kept it).
+    #[serde(default)]
+    pub i8042: I8042State,
 }
 
 #[cfg(test)]
