@@ -157,6 +157,17 @@ pub const VIRTIO_BLK: &str = "virtio_blk";
 /// resets.
 pub const VIRTIO_BALLOON: &str = "virtio_balloon";
 
+/// The i8042 keyboard with a real interrupt, 64-bit ELF entry at 0x200000. Probes the
+/// controller by polling (self-test 0xaa must answer 0x55, keyboard reset 0xff must
+/// answer 0xfa 0xaa), takes IRQ 1 through the IOAPIC (pin 1, vector 0x21; IDT and LAPIC
+/// set up by the guest), turns the keyboard interrupt on in the command byte and prints
+/// `"kbd ready\n"`. Then it waits halted; its interrupt handler reads every byte the
+/// controller has, and the guest prints each as two hex digits, separated by spaces.
+/// Once Delete's break code (0xe0 0xd3) has come and nothing more waits, it ends the
+/// line and resets: [`expected::KBD_CTRL_ALT_DEL`] after the VMM's Ctrl+Alt+Del. A failed
+/// probe step prints `"kbd: ..."` and resets.
+pub const KBD: &str = "kbd";
+
 /// Every guest, in the order above.
 pub const ALL: &[&str] = &[
     HELLO64,
@@ -172,6 +183,7 @@ pub const ALL: &[&str] = &[
     VIRTIO_RNG,
     VIRTIO_BLK,
     VIRTIO_BALLOON,
+    KBD,
 ];
 
 /// Guest-physical address of the u64 counter the [`COUNT`] guest increments.
@@ -243,6 +255,14 @@ pub mod expected {
     /// [`VIRTIO_RNG`](crate::VIRTIO_RNG) without any virtio device: the magic
     /// register reads all ones, like any MMIO nobody owns.
     pub const VIRTIO_RNG_NO_DEVICE: &str = "virtio-rng: no device, magic 0xffffffff\n";
+
+    /// [`KBD`](crate::KBD) before any key.
+    pub const KBD_READY: &str = "kbd ready\n";
+
+    /// [`KBD`](crate::KBD) after the VMM pressed and released Ctrl+Alt+Del: Ctrl (0x1d),
+    /// Alt (0x38), Delete (0xe0 0x53) down, then Delete, Alt, Ctrl up (bit 7 set), in
+    /// scan code set 1 (the i8042 translates, as Linux expects).
+    pub const KBD_CTRL_ALT_DEL: &str = "kbd ready\n1d 38 e0 53 e0 d3 b8 9d\n";
 
     /// [`VIRTIO_BLK`](crate::VIRTIO_BLK) with a disk of `capacity` 512-byte
     /// sectors (at least 2).
@@ -419,6 +439,7 @@ mod tests {
             VIRTIO_RNG,
             VIRTIO_BLK,
             VIRTIO_BALLOON,
+            KBD,
         ] {
             let b = read(name);
             let (entry, phdrs) = parse_elf(&b);
