@@ -1,4 +1,4 @@
-//! Legacy PC devices: serial port, i8042 (reset), CMOS RTC and the probed-for ports.
+//! Legacy PC devices: serial port, i8042 keyboard controller (reset, Ctrl+Alt+Del), CMOS RTC and the probed-for ports.
 
 pub mod acpi_pm;
 pub mod i8042;
