@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringMutex, VringState, VringT};
-use virtio_devices::device::{DeviceWorker, Interrupt, VmMemory, WorkerError};
+use virtio_devices::device::{DeviceWorker, Interrupt, WorkerError};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
@@ -45,8 +45,16 @@ use crate::served::Served;
 /// `VHOST_USER_F_PROTOCOL_FEATURES` (bit 30 of the virtio feature word in vhost-user).
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 
+/// The frontend's guest memory as the daemon maps it. Without a dirty bitmap: the
+/// frontend tracks its own guest's pages, and vhost-user-backend's bitmap types
+/// (`BitmapReplace`) do not include vm-memory's `AtomicBitmap` that [`VmMemory`] has.
+/// The device workers are generic over the memory type, so they serve both.
+///
+/// [`VmMemory`]: virtio_devices::device::VmMemory
+pub type VhostMemory = vm_memory::GuestMemoryMmap<()>;
+
 /// Guest memory as the vhost-user daemon shares it with its backends.
-pub type AtomicMemory = GuestMemoryAtomic<VmMemory>;
+pub type AtomicMemory = GuestMemoryAtomic<VhostMemory>;
 
 /// One vring of the daemon.
 pub type Vring = VringMutex<AtomicMemory>;

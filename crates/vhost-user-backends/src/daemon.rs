@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{Error as DaemonError, VhostUserDaemon};
-use virtio_devices::device::VmMemory;
 use vm_memory::GuestMemoryAtomic;
 
 use crate::adapter::{AdapterError, VhostUserDevice};
@@ -76,7 +75,7 @@ impl<S: Served> Server<S> {
         let daemon = VhostUserDaemon::new(
             name,
             device.clone(),
-            GuestMemoryAtomic::new(VmMemory::default()),
+            GuestMemoryAtomic::new(crate::adapter::VhostMemory::default()),
         )
         .map_err(|e| ServeError::Daemon(e.to_string()))?;
         if let Some(event_loop) = daemon.get_epoll_handlers().first() {

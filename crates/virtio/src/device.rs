@@ -22,7 +22,12 @@ use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Guest memory as the VMM's transports hand it to devices.
-pub type VmMemory = vm_memory::GuestMemoryMmap<()>;
+///
+/// Each region carries a dirty bitmap (one bit per 4 KiB page): every write through
+/// vm-memory's `Bytes` and `VolatileSlice` marks the pages it touches, and code that
+/// lets the kernel write guest memory from raw host addresses (io_uring reads) marks
+/// them itself. KVM's dirty log does not see these writes; a Diff snapshot reads both.
+pub type VmMemory = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
 
 /// Virtio device type numbers (virtio 1.2, section 5).
 pub mod device_type {

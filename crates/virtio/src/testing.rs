@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 use crate::device::{Interrupt, VmMemory};
 use crate::mmio::{MmioTransport, status};
 
 /// Guest memory of `size` bytes at guest address 0.
 pub fn guest_memory(size: usize) -> Arc<VmMemory> {
-    Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).expect("test guest memory"))
+    Arc::new(VmMemory::from_ranges(&[(GuestAddress(0), size)]).expect("test guest memory"))
 }
 
 /// An interrupt line that counts what it was asked to signal.

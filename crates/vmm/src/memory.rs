@@ -4,12 +4,13 @@
 //! at 4 GiB. Memory is mapped private, anonymous and `MAP_NORESERVE`, so the host only
 //! backs the pages the guest touches.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 use crate::arch::x86_64::layout::{MMIO_HOLE_START, RAM_ABOVE_4G_START};
 
-/// Guest memory as Vireo uses it (no dirty bitmap yet).
-pub type GuestMemory = GuestMemoryMmap<()>;
+/// Guest memory as Vireo uses it: the devices' type, with a dirty bitmap per region
+/// (the pages written through the VMM's own mapping; KVM logs the vCPUs' writes).
+pub type GuestMemory = virtio_devices::device::VmMemory;
 
 /// Smallest guest Vireo builds: the boot structures below 1 MiB plus room for a kernel.
 pub const MIN_MEMORY_BYTES: u64 = 16 << 20;
@@ -83,7 +84,7 @@ pub fn create_guest_memory(bytes: u64) -> Result<GuestMemory, MemoryError> {
         .into_iter()
         .map(|(addr, len)| (addr, len as usize))
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(MemoryError::Map)
+    GuestMemory::from_ranges(&ranges).map_err(MemoryError::Map)
 }
 
 #[cfg(test)]
@@ -139,7 +140,7 @@ mod tests {
     #[test]
     fn maps_a_large_guest_without_touching_it() {
         // 5 GiB of address space, reserved lazily: the hole stays unmapped.
-        let mem = GuestMemoryMmap::<()>::from_ranges(
+        let mem = GuestMemory::from_ranges(
             &ram_regions(5 << 30)
                 .into_iter()
                 .map(|(a, l)| (a, l as usize))

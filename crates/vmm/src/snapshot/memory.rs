@@ -14,6 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
     Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion,
@@ -26,6 +27,8 @@ use crate::memory::GuestMemory;
 const CHUNK: usize = 1 << 20;
 /// The zero check's granule.
 const PAGE: usize = 4096;
+/// The dirty bitmap's page, the same as KVM's dirty log.
+const BITMAP_PAGE: std::num::NonZeroUsize = std::num::NonZeroUsize::new(PAGE).unwrap();
 
 /// One RAM region as the state file records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,12 +254,15 @@ pub fn map_memory_file(
             reason,
         };
         let size = usize::try_from(r.size).map_err(|_| map_err("region too large".into()))?;
-        let mapping = MmapRegionBuilder::new(size)
-            .with_file_offset(FileOffset::from_arc(file.clone(), offset))
-            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
-            .build()
-            .map_err(|e| map_err(e.to_string()))?;
+        // A dirty bitmap like the one `create_guest_memory` gives every region, so the
+        // devices' writes to a restored guest are tracked too.
+        let mapping =
+            MmapRegionBuilder::new_with_bitmap(size, AtomicBitmap::new(size, BITMAP_PAGE))
+                .with_file_offset(FileOffset::from_arc(file.clone(), offset))
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+                .build()
+                .map_err(|e| map_err(e.to_string()))?;
         let region = GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr))
             .ok_or_else(|| map_err(format!("region at {:#x} overflows", r.guest_addr)))?;
         mapped.push(region);
