@@ -12,6 +12,9 @@
 //! up, and handed back to the device ([`Served::recycle`]) when the frontend stops a ring
 //! (`GET_VRING_BASE`, which QEMU sends on a driver reset, a guest reboot and at exit) or
 //! resets the device. Its extra fds are registered with the event loop while it serves.
+//! The frontend starts the rings one at a time (a ring's start is itself a queue event),
+//! so the worker can be called while some of its queues are not ready yet: it must
+//! leave those alone, not fail, and serve them on their own start event.
 //!
 //! For each call every vring is locked, in index order, for the whole call: the worker
 //! gets all the queues at once, and the frontend cannot change a ring under it. The

@@ -292,12 +292,18 @@ impl VsockWorker {
         }
         let ring = |e: virtio_queue::Error| WorkerError::new(format!("event queue: {e}"));
         let mut used = 0;
+        let mut rechecked = false;
         while self.transport_reset {
             let Some(chain) = pop_chain(evq, mem)? else {
-                // With EVENT_IDX, ask for a kick when the driver adds buffers.
-                evq.enable_notification(mem).map_err(ring)?;
+                // With EVENT_IDX, ask for a kick when the driver adds buffers; buffers
+                // added meanwhile came without one, so look again (once).
+                if !rechecked && evq.enable_notification(mem).map_err(ring)? {
+                    rechecked = true;
+                    continue;
+                }
                 break;
             };
+            rechecked = false;
             let head = chain.head_index();
             let len = match write_event(mem, chain, EVENT_TRANSPORT_RESET) {
                 Ok(()) => {
@@ -350,6 +356,12 @@ impl VsockWorker {
 
     /// Move everything that can move: TX packets in, RX packets out, until neither side
     /// makes progress; then signal the driver.
+    ///
+    /// A queue that is not ready is left alone, which is not an error: behind vhost-user
+    /// the frontend starts the rings one at a time and the worker runs from the first
+    /// one started, so the RX queue can be served (and host connections accepted) while
+    /// TX is still being set up, or the other way round. Packets for the guest wait in
+    /// the muxer; the ring's start is an event of its own, which serves them.
     fn service<M: GuestMemory>(
         &mut self,
         queues: &mut [&mut Queue],
@@ -361,8 +373,16 @@ impl VsockWorker {
         };
         let (mut rx_used, mut tx_used) = (0, 0);
         loop {
-            let t = self.process_tx(tx, mem)?;
-            let r = self.muxer.fill_rx(rx, mem)?;
+            let t = if tx.ready() {
+                self.process_tx(tx, mem)?
+            } else {
+                0
+            };
+            let r = if rx.ready() {
+                self.muxer.fill_rx(rx, mem)?
+            } else {
+                0
+            };
             tx_used += t;
             rx_used += r;
             // Filling RX may have made room for the TX packets left waiting.

@@ -454,6 +454,7 @@ impl Muxer {
     ) -> Result<usize, WorkerError> {
         let ring = |e: virtio_queue::Error| WorkerError::new(format!("rx queue: {e}"));
         let mut used = 0;
+        let mut rechecked = false;
         loop {
             let conn_token = if self.resets.is_empty() {
                 match self.front_ready() {
@@ -464,8 +465,17 @@ impl Muxer {
                 None
             };
             let Some(chain) = pop_chain(queue, mem)? else {
-                break;
+                // Out of buffers with packets waiting: ask for a kick when the driver
+                // adds some. With EVENT_IDX a driver that added buffers just now saw the
+                // old avail_event and did not kick, so look again (once: a ring that
+                // shows buffers it cannot give is not worth spinning on).
+                if !rechecked && queue.enable_notification(mem).map_err(ring)? {
+                    rechecked = true;
+                    continue;
+                }
+                return Ok(used);
             };
+            rechecked = false;
             let head = chain.head_index();
             let len = match conn_token {
                 None => self.write_reset(mem, chain),

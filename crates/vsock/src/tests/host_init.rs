@@ -47,6 +47,37 @@ fn host_connect_relays_both_ways() {
     assert_eq!(h.connections(), 1);
 }
 
+/// A vhost-user frontend starts the rings one at a time and the worker runs from the
+/// first: a queue that is not ready yet is left alone (the worker used to fail on it and
+/// the device went quiet), and served once it starts.
+#[test]
+fn rings_started_one_at_a_time() {
+    // RX first: host connections reach the guest before TX exists.
+    let mut h = Harness::new();
+    h.queues[TX_QUEUE].set_ready(false);
+    h.post_rx(8, RX_BUF);
+    let mut s = h.host_connect(52);
+    let pkts = h.pump();
+    assert_eq!(pkts.len(), 1);
+    let req = pkts[0].0;
+    assert_eq!((req.op, req.dst_port), (op::REQUEST, 52));
+    h.queues[TX_QUEUE].set_ready(true);
+    h.send(h.hdr(op::RESPONSE, 52, req.src_port), &[]);
+    assert_eq!(read_line(&mut s), format!("OK {}\n", req.src_port));
+
+    // TX first: the REQUEST waits in the device until RX starts (its start is a kick).
+    let mut h = Harness::new();
+    h.queues[RX_QUEUE].set_ready(false);
+    h.kick(TX_QUEUE);
+    let _s = h.host_connect(53);
+    assert!(h.pump().is_empty(), "no RX queue yet");
+    h.queues[RX_QUEUE].set_ready(true);
+    h.post_rx(8, RX_BUF);
+    let pkts = h.recv();
+    assert_eq!(pkts.len(), 1);
+    assert_eq!((pkts[0].0.op, pkts[0].0.dst_port), (op::REQUEST, 53));
+}
+
 #[test]
 fn bytes_after_the_connect_line_are_relayed() {
     let mut h = Harness::new();
