@@ -7,7 +7,10 @@
 //!   needs dirty-page tracking (KVM's dirty log, on from the VM's creation) and writes
 //!   only the pages dirtied since the previous snapshot, in place into that snapshot's
 //!   memory file, which then holds the new state; a Diff to a path that does not exist
-//!   is refused rather than leaving a memory file that cannot be restored alone.
+//!   is refused rather than leaving a memory file that cannot be restored alone. The
+//!   dirtied pages are those of KVM's log (the vCPUs' writes) and those of guest
+//!   memory's dirty bitmap (the virtio devices' writes through the VMM's mapping, which
+//!   KVM does not see), so a VM with devices can take Diffs too.
 //! - [`restore`] builds a new VM from the two files: guest memory mapped privately from
 //!   the memory file (lazy: nothing is read until the guest touches it), KVM's state and
 //!   the devices' registers written back, vCPUs started paused or running.
@@ -197,13 +200,6 @@ impl Vmm {
             return Err(SnapshotError::NotPaused);
         }
         let tracking = self.parts.config.track_dirty_pages;
-        if kind == SnapshotKind::Diff && !self.parts.virtio.is_empty() {
-            // KVM's dirty log sees the vCPUs' writes, not the devices' (a disk read lands
-            // in guest memory through the VMM's own mapping).
-            return Err(SnapshotError::Unsupported(
-                "Diff snapshots of VMs with virtio devices are not supported yet (the devices' writes to guest memory are not tracked); take a Full snapshot".into(),
-            ));
-        }
         if kind == SnapshotKind::Diff {
             if !tracking {
                 return Err(SnapshotError::Unsupported(
@@ -251,16 +247,23 @@ impl Vmm {
         };
         let memory_bytes_written = match kind {
             SnapshotKind::Full => {
+                // The next Diff is relative to this snapshot: forget what was dirtied
+                // before it, in KVM's log and in the devices' bitmap.
                 if tracking {
-                    // The next Diff is relative to this snapshot.
                     vm::take_dirty_log(&self.parts.vm, &self.parts.memory)
                         .map_err(BuildError::from)?;
                 }
+                memory::reset_device_dirty(&self.parts.memory);
                 memory::write_memory_file(&self.parts.memory, mem_path)?
             }
             SnapshotKind::Diff => {
-                let dirty = vm::take_dirty_log(&self.parts.vm, &self.parts.memory)
+                // The vCPUs' writes (KVM's log) and the devices' (the bitmap: writes
+                // through the VMM's mapping, which KVM does not see). The workers are
+                // parked and have finished their requests: nothing writes meanwhile.
+                let kvm = vm::take_dirty_log(&self.parts.vm, &self.parts.memory)
                     .map_err(BuildError::from)?;
+                let devices = memory::take_device_dirty(&self.parts.memory);
+                let dirty = memory::merge_dirty(&kvm, &devices);
                 memory::write_dirty_pages(&self.parts.memory, mem_path, &dirty)?
             }
         };

@@ -216,6 +216,42 @@ pub fn write_dirty_pages(
     Ok(written)
 }
 
+/// The pages written through the VMM's own mapping of `mem` since the last call (or the
+/// last [`reset_device_dirty`]): the virtio devices' writes (through vm-memory, which
+/// marks each region's dirty bitmap, or marked by hand after the kernel wrote guest
+/// buffers, as io_uring reads do) and the VMM's own. One bitmap per region, in
+/// [`regions`] order and laid out like KVM's dirty log (bit n of word w: page 64w+n of
+/// the region). The bitmaps are cleared as they are read.
+pub fn take_device_dirty(mem: &GuestMemory) -> Vec<Vec<u64>> {
+    mem.iter()
+        .map(|region| std::ops::Deref::deref(region).bitmap().get_and_reset())
+        .collect()
+}
+
+/// Forget the pages written through the VMM's mapping so far (after a Full snapshot,
+/// which the next Diff is relative to).
+pub fn reset_device_dirty(mem: &GuestMemory) {
+    for region in mem.iter() {
+        std::ops::Deref::deref(region).bitmap().reset();
+    }
+}
+
+/// The pages dirty in either `kvm` (KVM's dirty log: the vCPUs' writes) or `devices`
+/// ([`take_device_dirty`]), region by region. A region or word missing from one side
+/// counts as clean there.
+pub fn merge_dirty(kvm: &[Vec<u64>], devices: &[Vec<u64>]) -> Vec<Vec<u64>> {
+    let empty = Vec::new();
+    (0..kvm.len().max(devices.len()))
+        .map(|i| {
+            let a = kvm.get(i).unwrap_or(&empty);
+            let b = devices.get(i).unwrap_or(&empty);
+            (0..a.len().max(b.len()))
+                .map(|w| a.get(w).copied().unwrap_or(0) | b.get(w).copied().unwrap_or(0))
+                .collect()
+        })
+        .collect()
+}
+
 /// Map the memory file at `path` privately as guest memory with `regions`.
 pub fn map_memory_file(
     path: &Path,
@@ -348,6 +384,79 @@ mod tests {
         bits[1] |= 1 << 6;
         let written = write_dirty_pages(&mem, &path, &[bits]).unwrap();
         assert_eq!(written, 2 * 4096);
+        let restored = map_memory_file(&path, &regions(&mem)).unwrap();
+        assert!(same_contents(&mem, &restored));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn writes_through_the_vmm_mapping_are_in_the_device_dirty_pages() {
+        // Two regions (a guest above the MMIO hole would have two as well).
+        let mem = GuestMemory::from_ranges(&[
+            (GuestAddress(0), 1 << 20),
+            (GuestAddress(1 << 30), 1 << 20),
+        ])
+        .unwrap();
+        assert!(take_device_dirty(&mem).iter().flatten().all(|&w| w == 0));
+        mem.write_obj(1u32, GuestAddress(3 * 4096 + 8)).unwrap();
+        // Across a page boundary: both pages.
+        mem.write_slice(&[7; 16], GuestAddress((1 << 30) + 70 * 4096 - 8))
+            .unwrap();
+        let dirty = take_device_dirty(&mem);
+        assert_eq!(dirty.len(), 2);
+        assert_eq!(dirty[0][0], 1 << 3);
+        assert!(dirty[0][1..].iter().all(|&w| w == 0));
+        assert_eq!(dirty[1][1], (1 << 5) | (1 << 6));
+        assert_eq!(dirty[1][0], 0);
+        // Read and cleared.
+        assert!(take_device_dirty(&mem).iter().flatten().all(|&w| w == 0));
+        mem.write_obj(1u8, GuestAddress(0)).unwrap();
+        reset_device_dirty(&mem);
+        assert!(take_device_dirty(&mem).iter().flatten().all(|&w| w == 0));
+        // Reads mark nothing.
+        let _: u64 = mem.read_obj(GuestAddress(4096)).unwrap();
+        assert!(take_device_dirty(&mem).iter().flatten().all(|&w| w == 0));
+    }
+
+    #[test]
+    fn a_restored_memory_file_tracks_device_writes_too() {
+        let mem = guest(16 << 20);
+        let path = temp("bitmap");
+        write_memory_file(&mem, &path).unwrap();
+        let restored = map_memory_file(&path, &regions(&mem)).unwrap();
+        restored.write_obj(5u64, GuestAddress(9 * 4096)).unwrap();
+        let dirty = take_device_dirty(&restored);
+        assert_eq!(dirty[0][0], 1 << 9);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn kvm_and_device_dirty_pages_are_merged() {
+        let kvm = vec![vec![0b0011, 0], vec![1 << 63]];
+        let dev = vec![vec![0b0110, 1 << 2], vec![0]];
+        assert_eq!(
+            merge_dirty(&kvm, &dev),
+            vec![vec![0b0111, 1 << 2], vec![1 << 63]]
+        );
+        // A shorter side counts as clean.
+        assert_eq!(merge_dirty(&kvm, &[]), kvm);
+        assert_eq!(merge_dirty(&[vec![1]], &[vec![2, 4]]), vec![vec![3, 4]]);
+    }
+
+    #[test]
+    fn a_diff_writes_the_pages_only_a_device_wrote() {
+        // The guest memory a VMM has, written by a "device" (through Bytes) after the
+        // Full snapshot: KVM's log is empty, the bitmap has the page, the file gets it.
+        let mem = guest(16 << 20);
+        mem.write_slice(&[1; 4096], GuestAddress(0)).unwrap();
+        let path = temp("devdiff");
+        write_memory_file(&mem, &path).unwrap();
+        reset_device_dirty(&mem);
+        mem.write_slice(&[9; 100], GuestAddress(33 * 4096 + 50))
+            .unwrap();
+        let kvm = vec![vec![0u64; (16 << 20) / 4096 / 64]];
+        let dirty = merge_dirty(&kvm, &take_device_dirty(&mem));
+        assert_eq!(write_dirty_pages(&mem, &path, &dirty).unwrap(), 4096);
         let restored = map_memory_file(&path, &regions(&mem)).unwrap();
         assert!(same_contents(&mem, &restored));
         std::fs::remove_file(&path).unwrap();
