@@ -225,7 +225,8 @@ pub(crate) fn iovecs<B: BitmapSlice>(
     (iovs, guards)
 }
 
-/// Mark guest memory written by the device as dirty (for live migration bitmaps).
+/// Mark guest memory the kernel wrote from raw host addresses as dirty in its region's
+/// bitmap (vm-memory marks only what goes through it; Diff snapshots read the bitmap).
 pub(crate) fn mark_dirty<B: BitmapSlice>(slices: &[VolatileSlice<'_, B>]) {
     for s in slices {
         s.bitmap().mark_dirty(0, s.len());
@@ -331,9 +332,10 @@ impl Image {
         match self {
             Image::Raw(f) => {
                 let (mut iovs, _guards) = iovecs(slices);
-                rw_all(f.as_raw_fd(), &mut iovs, offset, false)?;
+                let r = rw_all(f.as_raw_fd(), &mut iovs, offset, false);
+                // Also after an error: a short read wrote part of the buffers.
                 mark_dirty(slices);
-                Ok(())
+                r
             }
             Image::Qcow2(q) => {
                 // The guard marks the slices dirty when dropped.

@@ -25,7 +25,9 @@ pub(crate) struct Meta {
     pub status: GuestAddress,
     /// Bytes written into the chain on success (data + status byte).
     pub used_len: u32,
-    /// Guest buffers the device writes (reads): marked dirty on success.
+    /// Guest buffers the device writes (reads): marked dirty in the guest memory's
+    /// bitmap when the request completes, whatever its status (the kernel writes them
+    /// from raw host addresses, which vm-memory does not see).
     pub dirty: Vec<Buffer>,
 }
 

@@ -292,6 +292,12 @@ impl BlockWorker {
             Permissions::Write
         };
         let r = disk::guest_slices(mem, &buffers, access).and_then(|slices| {
+            if !write {
+                // The kernel writes these pages from their host addresses, which the
+                // dirty bitmap does not see: mark them now (a request a reset or drop
+                // waits out is never answered) and again when it completes.
+                disk::mark_dirty(&slices);
+            }
             let (iovs, _guards) = disk::iovecs(&slices);
             let meta = Meta {
                 head,
@@ -323,9 +329,8 @@ impl BlockWorker {
     ) -> Result<usize, WorkerError> {
         let n = done.len();
         for c in done {
-            if c.status == status::OK
-                && let Ok(slices) = disk::guest_slices(mem, &c.meta.dirty, Permissions::Write)
-            {
+            // A failed or short read may have written part of the buffers too.
+            if let Ok(slices) = disk::guest_slices(mem, &c.meta.dirty, Permissions::Write) {
                 disk::mark_dirty(&slices);
             }
             let _ = mem.write_obj(c.status, c.meta.status);

@@ -1,6 +1,7 @@
 //! Layer-1 tests of the block device: guest memory and a split virtqueue laid out by
 //! hand (virtio-queue's mock queue), the worker driven directly; no KVM.
 
+mod dirty;
 mod durability;
 mod harness;
 mod images;
