@@ -178,6 +178,22 @@ impl Vmm {
         Ok(())
     }
 
+    /// With the VM paused: let the virtio workers run (they serve what the rings already
+    /// hold, and write guest memory) while `f` runs, then park them again; the vCPUs stay
+    /// paused throughout, so the guest does not see the results until it resumes. For
+    /// tests of what the devices alone write (a Diff snapshot must hold it); `None` if
+    /// the VM is not paused.
+    #[doc(hidden)]
+    pub fn with_devices_running<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
+        if !self.paused {
+            return None;
+        }
+        self.parts.virtio.resume();
+        let result = f();
+        self.parts.virtio.pause();
+        Some(result)
+    }
+
     /// The front end's configuration this VM was restored with, if it was restored
     /// from a snapshot that carried one.
     pub fn frontend_config(&self) -> Option<&serde_json::Value> {

@@ -240,3 +240,103 @@ fn a_diff_snapshot_needs_tracking_and_an_existing_memory_file() {
     assert!(!state.exists() && !mem.exists(), "nothing written");
     vm.shutdown();
 }
+
+/// Where the `virtio_blk` guest reads sector 1 to (`BUF_C` of
+/// crates/test-guests/guests/virtio.inc); only the device writes that page.
+const VIRTIO_BLK_READ_BUF: u64 = 0x35000;
+
+/// A VM with a virtio disk: its read of sector 1 lands in guest memory between a Full
+/// and a Diff snapshot, written by the device alone (io_uring, or the worker thread
+/// through the VMM's mapping: not in KVM's dirty log; the vCPU stays paused). Restored
+/// from the memory file the Diff updated, the guest holds what the device wrote, all of
+/// its memory is the VM's memory at the Diff, and, resumed, it checks the data and
+/// finishes.
+#[test]
+fn a_diff_snapshot_holds_what_a_virtio_disk_wrote_into_guest_memory() {
+    const SECTORS: u64 = 16;
+    const MEM: u64 = 32 << 20;
+    let image = scratch("blk-diff.img");
+    std::fs::write(&image, vec![0xeeu8; (SECTORS * 512) as usize]).unwrap();
+    let console = scratch("console-blk-diff");
+    let mut config = VmConfig::new(test_guests::path(test_guests::VIRTIO_BLK));
+    config.memory_bytes = MEM;
+    config.track_dirty_pages = true;
+    config.serial = SerialConfig::File(console.clone());
+    // One request per second: after the write, the read waits in the avail ring while
+    // the VM is paused and snapshotted.
+    config.disks.push(api::DiskConfig {
+        id: None,
+        path: image.clone(),
+        readonly: false,
+        format: api::DiskFormat::Raw,
+        serial: None,
+        rate_limit: api::RateLimit {
+            ops_per_sec: Some(1),
+            bytes_per_sec: None,
+        },
+        io_engine: api::IoEngine::Auto,
+    });
+    let mut vm = vmm::builder::build_and_boot(&config).expect("boot the virtio_blk guest");
+    let text = || std::fs::read_to_string(&console).unwrap_or_default();
+    wait_until("the write to complete", || {
+        text().contains("write sector 1 ok")
+    });
+    vm.pause().unwrap();
+    assert!(
+        !text().contains("read sector 1 ok"),
+        "the read finished before the Full snapshot: the test did not catch it in flight"
+    );
+    let state_full = scratch("state-blk-full");
+    let state_diff = scratch("state-blk-diff");
+    let mem = scratch("mem-blk");
+    vm.snapshot(SnapshotKind::Full, &state_full, &mem).unwrap();
+    let pattern = test_guests::virtio_blk_pattern();
+    let read_buf = |m: &vmm::memory::GuestMemory| {
+        let mut b = vec![0u8; pattern.len()];
+        m.read_slice(&mut b, GuestAddress(VIRTIO_BLK_READ_BUF))
+            .unwrap();
+        b
+    };
+    assert_ne!(read_buf(vm.guest_memory()), pattern);
+
+    // The device serves the read while the vCPU stays paused (resumed, the guest would
+    // check the data and reset at once, faster than a pause can catch it).
+    vm.with_devices_running(|| {
+        wait_until("the device to read sector 1", || {
+            read_buf(vm.guest_memory()) == pattern
+        })
+    })
+    .expect("the VM is paused");
+    let info = vm.snapshot(SnapshotKind::Diff, &state_diff, &mem).unwrap();
+    assert!(
+        info.memory_bytes_written >= 4096 && info.memory_bytes_written < MEM / 4,
+        "{info:?}"
+    );
+    let expected = copy_memory(&vm, MEM);
+    vm.shutdown();
+
+    let opts = RestoreOptions {
+        serial: SerialConfig::None,
+        ..Default::default()
+    };
+    let restored = restore(&state_diff, &mem, &opts).unwrap();
+    assert_eq!(
+        read_buf(restored.guest_memory()),
+        pattern,
+        "the device's write is in the memory file"
+    );
+    assert!(same_contents(&expected, restored.guest_memory()));
+    // The interrupt for the read was raised while the vCPU was paused: the restored
+    // guest takes it, checks the data and goes on to the end.
+    let mut restored = restored;
+    restored.resume().unwrap();
+    let reason = restored.wait();
+    assert!(
+        matches!(reason, vmm::stop::StopReason::GuestReset),
+        "{reason:?}"
+    );
+    restored.shutdown();
+    for f in [&state_full, &state_diff, &mem, &image, &console] {
+        let _ = std::fs::remove_file(f);
+    }
+}
