@@ -12,6 +12,10 @@
 //! (one of its `extra_fds`); when that fd is readable it calls [`RateLimiter::on_timer`]
 //! and tries again.
 //!
+//! The limits of a live limiter can be replaced ([`RateLimiter::update`], the API's
+//! `PATCH /drives` and `PATCH /network-interfaces`): the timerfd stays the same fd, so a
+//! worker that registered it in its epoll goes on waiting on it.
+//!
 //! This module owns only time arithmetic and its timerfd; it touches no guest memory.
 
 use std::io;
@@ -166,30 +170,21 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// A limiter for `limit`; `None` fields are unlimited. A zero rate is refused.
-    /// A timerfd is created only if something is limited.
+    /// It has a timerfd even when nothing is limited yet, so that limits set later
+    /// ([`RateLimiter::update`]) wake a worker that registered the fd at its start.
     pub fn new(limit: &api::RateLimit) -> io::Result<Self> {
-        if limit.ops_per_sec == Some(0) || limit.bytes_per_sec == Some(0) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a rate limit must be positive",
-            ));
-        }
-        let origin = Instant::now();
-        let timer = if limit.is_limited() {
-            Some(Timer::new()?)
-        } else {
-            None
-        };
+        check_positive(limit)?;
         Ok(Self {
             ops: limit.ops_per_sec.map(|r| TokenBucket::new(r, 0)),
             bytes: limit.bytes_per_sec.map(|r| TokenBucket::new(r, 0)),
-            origin,
-            timer,
+            origin: Instant::now(),
+            timer: Some(Timer::new()?),
             blocked: false,
         })
     }
 
-    /// A limiter that lets everything through (no timerfd).
+    /// A limiter that lets everything through and has no timerfd: it can never be
+    /// limited ([`RateLimiter::update`] to a limit is refused).
     pub fn unlimited() -> Self {
         Self {
             ops: None,
@@ -203,6 +198,49 @@ impl RateLimiter {
     /// Whether anything is limited.
     pub fn is_limited(&self) -> bool {
         self.ops.is_some() || self.bytes.is_some()
+    }
+
+    /// The limits in force, as per-second rates.
+    pub fn limit(&self) -> api::RateLimit {
+        api::RateLimit {
+            ops_per_sec: self.ops.as_ref().map(TokenBucket::rate),
+            bytes_per_sec: self.bytes.as_ref().map(TokenBucket::rate),
+        }
+    }
+
+    /// Replace the limits with `limit`, keeping the timerfd. A bucket whose rate does
+    /// not change keeps its tokens (or its debt); a bucket with a new rate starts full;
+    /// a `None` rate removes its bucket. A limiter that was blocked is woken at once
+    /// (its timer fires), so its device looks at the new buckets on its next turn.
+    ///
+    /// Refused, changing nothing: a zero rate, or a limit on a limiter made with
+    /// [`RateLimiter::unlimited`] (it has no timer to wake its device).
+    pub fn update(&mut self, limit: &api::RateLimit) -> io::Result<()> {
+        check_positive(limit)?;
+        if limit.is_limited() && self.timer.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this limiter was made unlimited for good (it has no timer)",
+            ));
+        }
+        let now_ns = self.now_ns(Instant::now());
+        replace_bucket(&mut self.ops, limit.ops_per_sec, now_ns);
+        replace_bucket(&mut self.bytes, limit.bytes_per_sec, now_ns);
+        if self.blocked {
+            match &self.timer {
+                // Stay blocked until the worker sees the timer fire and calls
+                // `on_timer`: the worker's own wake-up path, on its own thread.
+                Some(t) if t.arm(1).is_ok() => {}
+                // No way to wake the worker: unblock, the next kick serves.
+                _ => self.blocked = false,
+            }
+        }
+        Ok(())
+    }
+
+    /// Nanoseconds from the limiter's origin to `now` (0 before it).
+    fn now_ns(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Take `ops` operations and `bytes` bytes, from both buckets or neither. `false`
@@ -219,8 +257,7 @@ impl RateLimiter {
         if self.blocked {
             return false;
         }
-        let now_ns = u64::try_from(now.saturating_duration_since(self.origin).as_nanos())
-            .unwrap_or(u64::MAX);
+        let now_ns = self.now_ns(now);
         let mut wait = 0u64;
         for (bucket, n) in [(&mut self.ops, ops), (&mut self.bytes, bytes)] {
             if let Some(b) = bucket
@@ -267,6 +304,27 @@ impl RateLimiter {
             t.drain();
         }
         self.blocked = false;
+    }
+}
+
+/// A zero rate would never refill: refused.
+fn check_positive(limit: &api::RateLimit) -> io::Result<()> {
+    if limit.ops_per_sec == Some(0) || limit.bytes_per_sec == Some(0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a rate limit must be positive",
+        ));
+    }
+    Ok(())
+}
+
+/// Set `bucket` to `rate` per second at `now_ns`: kept as it is if the rate is the same,
+/// a full new bucket if it differs, removed if `rate` is `None`.
+fn replace_bucket(bucket: &mut Option<TokenBucket>, rate: Option<u64>, now_ns: u64) {
+    match rate {
+        None => *bucket = None,
+        Some(r) if bucket.as_ref().is_some_and(|b| b.rate() == r) => {}
+        Some(r) => *bucket = Some(TokenBucket::new(r, now_ns)),
     }
 }
 

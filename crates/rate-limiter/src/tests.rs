@@ -113,7 +113,11 @@ fn unlimited_lets_everything_through() {
     }
     assert!(!rl.is_blocked());
     let rl = RateLimiter::new(&api::RateLimit::default()).unwrap();
-    assert_eq!(rl.timer_fd(), None, "no limit, no timer");
+    assert!(!rl.is_limited());
+    assert!(
+        rl.timer_fd().is_some(),
+        "a timer even without a limit, for limits set later"
+    );
 }
 
 #[test]
@@ -181,4 +185,109 @@ fn limited_rate_spreads_requests_over_time() {
     }
     assert!(blocks >= 1, "the bucket ran out at least once");
     assert!(start.elapsed() >= Duration::from_millis(40));
+}
+
+#[test]
+fn update_replaces_changed_buckets_and_keeps_the_others() {
+    let limit = api::RateLimit {
+        ops_per_sec: Some(10),
+        bytes_per_sec: Some(1000),
+    };
+    let mut rl = RateLimiter::new(&limit).unwrap();
+    let fd = rl.timer_fd();
+    let t0 = rl.origin;
+    assert!(rl.consume_at(10, 500, t0));
+    // Same ops rate: its (empty) bucket is kept; a new bytes rate starts full.
+    rl.update(&api::RateLimit {
+        ops_per_sec: Some(10),
+        bytes_per_sec: Some(5000),
+    })
+    .unwrap();
+    assert_eq!(rl.timer_fd(), fd, "the same timerfd");
+    assert_eq!(
+        rl.limit(),
+        api::RateLimit {
+            ops_per_sec: Some(10),
+            bytes_per_sec: Some(5000)
+        }
+    );
+    assert!(!rl.consume_at(1, 0, t0), "the ops bucket was kept empty");
+    rl.on_timer();
+    // A new ops rate: a full bucket of 100.
+    rl.update(&api::RateLimit {
+        ops_per_sec: Some(100),
+        bytes_per_sec: Some(5000),
+    })
+    .unwrap();
+    assert!(rl.consume(100, 5000));
+    assert!(!rl.consume(1, 0));
+}
+
+#[test]
+fn update_to_none_removes_the_limit_and_back() {
+    let mut rl = RateLimiter::new(&api::RateLimit::default()).unwrap();
+    let fd = rl.timer_fd();
+    rl.update(&api::RateLimit {
+        ops_per_sec: Some(5),
+        bytes_per_sec: None,
+    })
+    .unwrap();
+    assert!(rl.is_limited());
+    assert!(rl.consume(5, 0));
+    assert!(!rl.consume(1, 0));
+    rl.on_timer();
+    rl.update(&api::RateLimit::default()).unwrap();
+    assert!(!rl.is_limited());
+    assert_eq!(rl.timer_fd(), fd);
+    for _ in 0..100 {
+        assert!(rl.consume(1, u64::MAX));
+    }
+}
+
+#[test]
+fn update_wakes_a_blocked_limiter_through_its_timer() {
+    // 1 op/s: once blocked, the timer is a second away.
+    let mut rl = RateLimiter::new(&api::RateLimit {
+        ops_per_sec: Some(1),
+        bytes_per_sec: None,
+    })
+    .unwrap();
+    let fd = rl.timer_fd().unwrap();
+    assert!(rl.consume(1, 0));
+    assert!(!rl.consume(1, 0));
+    assert!(rl.is_blocked());
+    assert!(!readable_within(fd, 0));
+    rl.update(&api::RateLimit::default()).unwrap();
+    assert!(
+        rl.is_blocked(),
+        "the worker unblocks it when the timer fires"
+    );
+    assert!(readable_within(fd, 200), "the timer fires at once");
+    rl.on_timer();
+    assert!(rl.consume(1000, 0));
+}
+
+#[test]
+fn update_refuses_zero_rates_and_limits_without_a_timer() {
+    let mut rl = RateLimiter::new(&api::RateLimit {
+        ops_per_sec: Some(7),
+        bytes_per_sec: None,
+    })
+    .unwrap();
+    let zero = api::RateLimit {
+        ops_per_sec: None,
+        bytes_per_sec: Some(0),
+    };
+    assert!(rl.update(&zero).is_err());
+    assert_eq!(rl.limit().ops_per_sec, Some(7), "unchanged");
+    let mut un = RateLimiter::unlimited();
+    assert!(
+        un.update(&api::RateLimit {
+            ops_per_sec: Some(1),
+            bytes_per_sec: None
+        })
+        .is_err()
+    );
+    assert!(!un.is_limited());
+    un.update(&api::RateLimit::default()).unwrap();
 }
