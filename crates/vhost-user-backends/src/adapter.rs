@@ -98,6 +98,11 @@ struct State<W> {
     extra_fds: Vec<RawFd>,
     /// The worker failed: ignore events until the frontend stops or resets the device.
     failed: bool,
+    /// Every memory table the running worker has been handed. A worker may have I/O in
+    /// flight on host addresses of an older table (io_uring): after the frontend sends
+    /// a new one, the old mapping must stay until the worker has been stopped, which
+    /// waits for that I/O.
+    pinned: Vec<Arc<VhostMemory>>,
 }
 
 /// A [`Served`] device behind a vhost-user socket. Hand an `Arc` of it to
@@ -143,6 +148,7 @@ impl<S: Served> VhostUserDevice<S> {
                 worker: None,
                 extra_fds: Vec::new(),
                 failed: false,
+                pinned: Vec::new(),
             }),
             mem: Mutex::new(None),
             event_loop: OnceLock::new(),
@@ -240,6 +246,8 @@ impl<S: Served> VhostUserDevice<S> {
             self.served.recycle(worker);
             log::debug!("{}: device stopped", self.served.name());
         }
+        // The worker's I/O is over: older memory tables may be unmapped now.
+        st.pinned.clear();
     }
 
     /// Run the worker for one event, with every vring locked.
@@ -266,6 +274,10 @@ impl<S: Served> VhostUserDevice<S> {
             }
         }
         let mem = atomic.memory();
+        let table = mem.clone().into_inner();
+        if !st.pinned.iter().any(|p| Arc::ptr_eq(p, &table)) {
+            st.pinned.push(table);
+        }
         let result = {
             let Some(worker) = st.worker.as_mut() else {
                 return Ok(());
