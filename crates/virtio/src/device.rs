@@ -293,7 +293,11 @@ pub enum ActivateError {
 }
 
 /// A virtio device as its transport sees it.
-pub trait VirtioDevice: Send {
+///
+/// It is [`Any`](std::any::Any), so the VMM can reach the concrete device behind a
+/// transport (`&mut dyn VirtioDevice` upcasts to `&mut dyn Any`) to change what only that
+/// kind of device has: a disk's image, a NIC's limits.
+pub trait VirtioDevice: Send + std::any::Any {
     /// The virtio device type ([`device_type`]).
     fn device_type(&self) -> u32;
 

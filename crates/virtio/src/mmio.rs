@@ -54,10 +54,12 @@ const INT_USED_RING: u32 = 1;
 const INT_CONFIG: u32 = 2;
 
 /// The transport's interrupt line: status bits the driver reads and acknowledges, and
-/// the eventfd that raises the guest interrupt (a KVM irqfd).
+/// the eventfd that raises the guest interrupt (a KVM irqfd). It also keeps
+/// `ConfigGeneration`, which a configuration change signalled through it bumps.
 pub struct MmioInterrupt {
     status: AtomicU32,
     needs_reset: AtomicBool,
+    config_generation: AtomicU32,
     evt: EventFd,
 }
 
@@ -74,6 +76,9 @@ impl Interrupt for MmioInterrupt {
     }
 
     fn signal_config_change(&self) -> io::Result<()> {
+        // The device changed its configuration space before calling this: a driver
+        // reading it sees the new generation with the new values (virtio 1.2, 4.2.2.1).
+        self.config_generation.fetch_add(1, Ordering::SeqCst);
         self.raise(INT_CONFIG)
     }
 
@@ -127,7 +132,6 @@ pub struct MmioTransport {
     driver_features: u64,
     queue_sel: u32,
     status: u32,
-    config_generation: u32,
     activated: bool,
     /// Registers already reported as misused, so a looping driver logs once.
     warned: u64,
@@ -154,6 +158,7 @@ impl MmioTransport {
         let interrupt = Arc::new(MmioInterrupt {
             status: AtomicU32::new(0),
             needs_reset: AtomicBool::new(false),
+            config_generation: AtomicU32::new(0),
             evt: EventFd::new(EFD_NONBLOCK)?,
         });
         Ok(Self {
@@ -167,7 +172,6 @@ impl MmioTransport {
             driver_features: 0,
             queue_sel: 0,
             status: 0,
-            config_generation: 0,
             activated: false,
             warned: 0,
         })
@@ -187,6 +191,18 @@ impl MmioTransport {
     /// The device behind the window.
     pub fn device(&self) -> &dyn VirtioDevice {
         self.device.as_ref()
+    }
+
+    /// The device behind the window, to change it (a new backend, new limits). A
+    /// device that changes its configuration space while activated tells the driver
+    /// through its [`Interrupt::signal_config_change`], which bumps `ConfigGeneration`.
+    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        self.device.as_mut()
+    }
+
+    /// `ConfigGeneration` as the driver reads it.
+    pub fn config_generation(&self) -> u32 {
+        self.interrupt.config_generation.load(Ordering::SeqCst)
     }
 
     /// The device status as the driver reads it.
@@ -239,7 +255,7 @@ impl MmioTransport {
             driver_features: self.driver_features,
             queue_sel: self.queue_sel,
             status: self.status,
-            config_generation: self.config_generation,
+            config_generation: self.config_generation(),
             activated: self.activated,
             interrupt_status: self.interrupt.status.load(Ordering::SeqCst),
             needs_reset: self.interrupt.needs_reset.load(Ordering::SeqCst),
@@ -285,7 +301,9 @@ impl MmioTransport {
         self.driver_features = state.driver_features;
         self.queue_sel = state.queue_sel;
         self.status = state.status;
-        self.config_generation = state.config_generation;
+        self.interrupt
+            .config_generation
+            .store(state.config_generation, Ordering::SeqCst);
         self.interrupt
             .status
             .store(state.interrupt_status, Ordering::SeqCst);
@@ -351,7 +369,7 @@ impl MmioTransport {
             0x70 => self.status(),
             // No shared memory regions: their length reads as -1.
             0xb0 | 0xb4 => u32::MAX,
-            0xfc => self.config_generation,
+            0xfc => self.config_generation(),
             _ => {
                 self.warn_once(
                     offset,
@@ -368,7 +386,9 @@ impl MmioTransport {
         if offset >= CONFIG_SPACE {
             if self.status & status::DRIVER != 0 {
                 self.device.write_config(offset - CONFIG_SPACE, data);
-                self.config_generation = self.config_generation.wrapping_add(1);
+                self.interrupt
+                    .config_generation
+                    .fetch_add(1, Ordering::SeqCst);
             }
             return;
         }

@@ -443,3 +443,28 @@ fn device_state_travels_with_the_transport_state() {
     assert_eq!(older, plain, "a state without the field reads as no state");
     assert!(rng.restore(&bad).unwrap_err().contains("does not take"));
 }
+
+/// A configuration change signalled through the transport's interrupt (a device whose
+/// backend changed) bumps ConfigGeneration and raises the config interrupt; the
+/// generation travels with the state.
+#[test]
+fn a_config_change_bumps_the_generation_and_interrupts() {
+    let mut t = transport();
+    let before = MmioDriver(&mut t).read(0xfc);
+    let _ = t.interrupt_evt().read();
+    t.interrupt.signal_config_change().unwrap();
+    let mut d = MmioDriver(&mut t);
+    assert_eq!(d.read(0xfc), before.wrapping_add(1));
+    assert_eq!(d.read(0x60) & INT_CONFIG, INT_CONFIG);
+    assert_eq!(t.interrupt_evt().read().unwrap(), 1);
+    MmioDriver(&mut t).write(0x64, INT_CONFIG);
+    assert_eq!(MmioDriver(&mut t).read(0x60), 0, "acknowledged");
+    let state = t.state().unwrap();
+    assert_eq!(state.config_generation, before.wrapping_add(1));
+    let mut u = transport();
+    u.restore(&state).unwrap();
+    assert_eq!(MmioDriver(&mut u).read(0xfc), before.wrapping_add(1));
+    // The device behind the window can be reached by its type.
+    let any: &mut dyn std::any::Any = u.device_mut();
+    assert!(any.downcast_mut::<Rng>().is_some());
+}

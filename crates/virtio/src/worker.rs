@@ -5,6 +5,8 @@
 //! never goes through a vCPU exit handler; the thread pops the chains and signals the
 //! interrupt. The transport keeps the thread's handle and uses it to pause, resume and
 //! stop the device; stopping hands back the worker and the queues (reset, snapshot).
+//! [`WorkerThread::run`] runs a closure on the thread, between two events, with the
+//! worker and its queues: the way a device changes its backend or limits while running.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -18,17 +20,33 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::device::{ActivateContext, DeviceWorker, Interrupt, QueueSnapshot, VmMemory};
 
-enum Command {
+/// What a job run on the worker thread is handed.
+pub struct WorkerContext<'a> {
+    /// Every queue of the device, `queues[i]` being queue `i`.
+    pub queues: &'a mut [&'a mut Queue],
+    /// Guest memory.
+    pub mem: &'a VmMemory,
+    /// The device's interrupt line.
+    pub interrupt: &'a dyn Interrupt,
+    /// Whether the VM is paused (the worker serves nothing until it resumes).
+    pub paused: bool,
+}
+
+/// A closure for the worker thread ([`WorkerThread::run`]).
+type Job<W> = Box<dyn FnOnce(&mut W, WorkerContext<'_>) + Send>;
+
+enum Command<W> {
     Pause(Sender<()>),
     Resume,
     Snapshot(Sender<Result<Vec<QueueSnapshot>, String>>),
+    Run(Job<W>),
     Stop,
 }
 
 /// The handle of a device's worker thread.
 pub struct WorkerThread<W: DeviceWorker> {
     control: EventFd,
-    commands: Sender<Command>,
+    commands: Sender<Command<W>>,
     thread: Option<JoinHandle<(W, Vec<Queue>)>>,
 }
 
@@ -39,7 +57,7 @@ struct Running<W> {
     mem: Arc<VmMemory>,
     interrupt: Arc<dyn Interrupt>,
     control: EventFd,
-    commands: Receiver<Command>,
+    commands: Receiver<Command<W>>,
     name: String,
 }
 
@@ -68,7 +86,7 @@ impl<W: DeviceWorker> WorkerThread<W> {
         })
     }
 
-    fn send(&self, cmd: Command) -> bool {
+    fn send(&self, cmd: Command<W>) -> bool {
         self.commands.send(cmd).is_ok() && self.control.write(1).is_ok()
     }
 
@@ -96,6 +114,30 @@ impl<W: DeviceWorker> WorkerThread<W> {
             .map_err(|_| "the device's worker thread has ended".to_string())?
     }
 
+    /// Run `job` on the worker thread, between two events, with the worker and its
+    /// queues, and return what it returns. It runs whether the device is paused or
+    /// not ([`WorkerContext::paused`] says which), and also after a fatal worker error
+    /// (the worker is intact, only no longer serving). `None` if the thread is gone.
+    ///
+    /// The job must leave the worker's [`DeviceWorker::extra_fds`] as they are: they
+    /// were registered in the thread's epoll at its start. Work the job leaves for the
+    /// worker (requests it did not serve) needs an event to be noticed: a kick, or one
+    /// of the worker's own fds made readable.
+    pub fn run<R, F>(&self, job: F) -> Option<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut W, WorkerContext<'_>) -> R + Send + 'static,
+    {
+        let (tx, rx) = channel();
+        let job: Job<W> = Box::new(move |worker, ctx| {
+            let _ = tx.send(job(worker, ctx));
+        });
+        if !self.send(Command::Run(job)) {
+            return None;
+        }
+        rx.recv().ok()
+    }
+
     /// Stop the thread and take back the worker and the queues.
     pub fn stop(mut self) -> Option<(W, Vec<Queue>)> {
         self.send(Command::Stop);
@@ -118,10 +160,53 @@ impl<W: DeviceWorker> Running<W> {
             log::error!("{}: worker stopped: {e}", self.name);
             self.interrupt.device_failed();
             // Keep the thread until the transport stops it, so that stop() still gets
-            // the worker and queues back.
-            while !matches!(self.commands.recv(), Ok(Command::Stop) | Err(_)) {}
+            // the worker and queues back; jobs still run (on a worker that serves no
+            // more), snapshots are refused.
+            loop {
+                match self.commands.recv() {
+                    Ok(Command::Stop) | Err(_) => break,
+                    Ok(Command::Run(job)) => self.run_job(job, true),
+                    Ok(Command::Snapshot(reply)) => {
+                        let _ = reply.send(Err(format!("{}: the worker has failed", self.name)));
+                    }
+                    Ok(Command::Pause(ack)) => {
+                        let _ = ack.send(());
+                    }
+                    Ok(Command::Resume) => {}
+                }
+            }
         }
         (self.worker, self.queues)
+    }
+
+    fn run_job(&mut self, job: Job<W>, paused: bool) {
+        let mut queues: Vec<&mut Queue> = self.queues.iter_mut().collect();
+        job(
+            &mut self.worker,
+            WorkerContext {
+                queues: &mut queues,
+                mem: &self.mem,
+                interrupt: &*self.interrupt,
+                paused,
+            },
+        );
+    }
+
+    /// Act on one command; `true` for Stop.
+    fn command(&mut self, cmd: Command<W>, paused: &mut bool) -> bool {
+        match cmd {
+            Command::Stop => return true,
+            Command::Pause(ack) => {
+                *paused = true;
+                let _ = ack.send(());
+            }
+            Command::Resume => *paused = false,
+            Command::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot(*paused));
+            }
+            Command::Run(job) => self.run_job(job, *paused),
+        }
+        false
     }
 
     /// Answer a snapshot request: only while paused.
@@ -171,16 +256,8 @@ impl<W: DeviceWorker> Running<W> {
                 if token == control_token {
                     let _ = self.control.read();
                     while let Ok(cmd) = self.commands.try_recv() {
-                        match cmd {
-                            Command::Stop => return Ok(()),
-                            Command::Pause(ack) => {
-                                paused = true;
-                                let _ = ack.send(());
-                            }
-                            Command::Resume => paused = false,
-                            Command::Snapshot(reply) => {
-                                let _ = reply.send(self.snapshot(paused));
-                            }
+                        if self.command(cmd, &mut paused) {
+                            return Ok(());
                         }
                     }
                     continue;
@@ -189,16 +266,22 @@ impl<W: DeviceWorker> Running<W> {
                     // Leave the event pending: level-triggered epoll reports it again
                     // after resume. Sleep until the next command instead of spinning.
                     match self.commands.recv() {
-                        Ok(Command::Stop) | Err(_) => return Ok(()),
-                        Ok(Command::Resume) => paused = false,
-                        Ok(Command::Pause(ack)) => {
-                            let _ = ack.send(());
+                        Ok(cmd) => {
+                            if self.command(cmd, &mut paused) {
+                                return Ok(());
+                            }
                         }
-                        Ok(Command::Snapshot(reply)) => {
-                            let _ = reply.send(self.snapshot(paused));
+                        Err(_) => return Ok(()),
+                    }
+                    // Draining the control eventfd may take the wake-ups of commands
+                    // sent after that one: take them now (each is in the channel
+                    // before its wake-up is written), or they would wait for an event.
+                    let _ = self.control.read();
+                    while let Ok(cmd) = self.commands.try_recv() {
+                        if self.command(cmd, &mut paused) {
+                            return Ok(());
                         }
                     }
-                    let _ = self.control.read();
                     continue;
                 }
                 let token = token as usize;
@@ -215,5 +298,98 @@ impl<W: DeviceWorker> Running<W> {
                 result.map_err(|e| e.to_string())?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::device::WorkerError;
+    use crate::testing::{TestInterrupt, guest_memory};
+    use virtio_queue::QueueT;
+    use vm_memory::GuestMemory;
+
+    /// Counts kicks; a job can read and change the count.
+    #[derive(Default)]
+    struct Counter {
+        kicks: usize,
+    }
+
+    impl DeviceWorker for Counter {
+        fn process_queue<M: GuestMemory>(
+            &mut self,
+            _index: usize,
+            _queues: &mut [&mut Queue],
+            _mem: &M,
+            _interrupt: &dyn Interrupt,
+        ) -> Result<(), WorkerError> {
+            self.kicks += 1;
+            Ok(())
+        }
+    }
+
+    fn spawn() -> (WorkerThread<Counter>, EventFd, Arc<TestInterrupt>) {
+        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        let irq = Arc::new(TestInterrupt::default());
+        let ctx = ActivateContext {
+            mem: guest_memory(1 << 16),
+            queues: vec![Queue::new(16).unwrap()],
+            queue_evts: vec![kick.try_clone().unwrap()],
+            interrupt: irq.clone(),
+            acked_features: 0,
+        };
+        let t = WorkerThread::spawn("worker-test", Counter::default(), ctx).unwrap();
+        (t, kick, irq)
+    }
+
+    #[test]
+    fn jobs_run_on_the_worker_thread_paused_or_not() {
+        let (t, kick, irq) = spawn();
+        kick.write(1).unwrap();
+        let start = std::time::Instant::now();
+        while t.run(|w, _| w.kicks).unwrap() == 0 {
+            assert!(start.elapsed() < Duration::from_secs(5));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (name, paused, queues) = t
+            .run(|_, ctx| {
+                (
+                    std::thread::current().name().map(String::from),
+                    ctx.paused,
+                    ctx.queues.len(),
+                )
+            })
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("worker-test"));
+        assert!(!paused);
+        assert_eq!(queues, 1);
+        assert!(t.pause());
+        // A kick while paused stays pending; a job still runs, and knows it is paused.
+        kick.write(1).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let (kicks, paused) = t
+            .run(|w, ctx| {
+                ctx.interrupt.signal_config_change().unwrap();
+                w.kicks += 100;
+                (w.kicks, ctx.paused)
+            })
+            .unwrap();
+        assert_eq!(kicks, 101, "the paused kick was not served");
+        assert!(paused);
+        assert_eq!(irq.config.load(Ordering::SeqCst), 1);
+        assert!(t.resume());
+        let start = std::time::Instant::now();
+        while t.run(|w, _| w.kicks).unwrap() != 102 {
+            assert!(start.elapsed() < Duration::from_secs(5), "the pending kick");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Resume and stop back to back: the stop is not lost.
+        assert!(t.pause());
+        assert!(t.resume());
+        let (w, _) = t.stop().unwrap();
+        assert_eq!(w.kicks, 102);
     }
 }
