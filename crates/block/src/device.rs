@@ -1,20 +1,29 @@
 //! The virtio-blk device as its transport sees it: features, configuration space,
 //! activation on a [`WorkerThread`] and reset (which takes the disk back so the driver
 //! can start again).
+//!
+//! The VMM may change a disk while the VM runs ([`Block::replace_disk`],
+//! [`Block::set_rate_limit`]): the change is made on the worker thread, between two
+//! events, and a new capacity reaches the driver through a configuration-change
+//! interrupt (Linux then reads the capacity again and resizes the disk).
 
+use std::path::Path;
+use std::sync::Arc;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
     VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
+
 use virtio_devices::device::{
-    ActivateContext, ActivateError, VirtioDevice, device_type, features, read_config_bytes,
+    ActivateContext, ActivateError, Interrupt, VirtioDevice, device_type, features,
+    read_config_bytes,
 };
 use virtio_devices::worker::WorkerThread;
 use virtio_queue::QueueT;
 
 use crate::disk::BlockError;
 use crate::request::{MAX_DWZ_SECTORS, MAX_DWZ_SEGMENTS, SECTOR_SIZE};
-use crate::worker::BlockWorker;
+use crate::worker::{BlockWorker, Engine, OpenedDisk};
 
 /// Size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -56,9 +65,13 @@ pub struct Block {
     features: u64,
     config: [u8; CONFIG_SIZE],
     capacity: u64,
+    readonly: bool,
+    engine: Engine,
     /// The worker while the device is not running.
     idle: Option<BlockWorker>,
     running: Option<WorkerThread<BlockWorker>>,
+    /// The interrupt line while running, for configuration changes.
+    interrupt: Option<Arc<dyn Interrupt>>,
 }
 
 impl Block {
@@ -75,8 +88,102 @@ impl Block {
             features: device_features(worker.readonly()),
             config: config_space(capacity),
             capacity,
+            readonly: worker.readonly(),
+            engine: worker.engine(),
             idle: Some(worker),
             running: None,
+            interrupt: None,
+        }
+    }
+
+    /// Serve the guest from the image at `path` (a `format` image) from now on, opened
+    /// read-only if the disk is (a read-only disk stays read-only). Returns the new
+    /// capacity in sectors.
+    ///
+    /// The image is opened first: if that fails, the disk keeps its image and nothing
+    /// changed. On a running device the worker finishes the requests in flight on the
+    /// old image, then takes the new one; the configuration space gets the new capacity
+    /// and the driver a configuration-change interrupt. A device not running (not yet
+    /// started by the driver, or reset) just takes the new image; the driver reads the
+    /// capacity when it starts it.
+    pub fn replace_disk(
+        &mut self,
+        path: &Path,
+        format: api::DiskFormat,
+    ) -> Result<u64, BlockError> {
+        let disk = OpenedDisk::open(path, format, self.readonly)?;
+        if !disk.fits(self.engine) {
+            return Err(BlockError::IoUringNeedsRaw);
+        }
+        let capacity = disk.capacity_sectors();
+        if let Some(thread) = &self.running {
+            let result = thread
+                .run(move |worker, ctx| match ctx.queues.get_mut(0) {
+                    Some(queue) => worker.replace_disk(disk, queue, ctx.mem, ctx.interrupt),
+                    None => worker
+                        .replace_idle_disk(disk)
+                        .map_err(virtio_devices::device::WorkerError::new),
+                })
+                .ok_or_else(|| {
+                    BlockError::Unavailable(format!("{}: the worker thread has ended", self.name))
+                })?;
+            if let Err(e) = result {
+                // The swap stands; the queue will fail the worker on its next turn.
+                log::warn!("{}: after the disk swap: {e}", self.name);
+            }
+        } else if let Some(worker) = &mut self.idle {
+            worker.replace_idle_disk(disk)?;
+        } else {
+            return Err(BlockError::Unavailable(format!(
+                "{}: the disk was lost when an earlier start failed",
+                self.name
+            )));
+        }
+        self.set_capacity(capacity);
+        Ok(capacity)
+    }
+
+    /// Replace the rate limits (`None` rates are unlimited): on the running worker,
+    /// where a request held back by the old limits is looked at again at once, or on
+    /// the idle one.
+    pub fn set_rate_limit(&mut self, limit: &api::RateLimit) -> Result<(), BlockError> {
+        let limit = *limit;
+        let result = if let Some(thread) = &self.running {
+            thread
+                .run(move |worker, _| worker.set_rate_limit(&limit))
+                .ok_or_else(|| {
+                    BlockError::Unavailable(format!("{}: the worker thread has ended", self.name))
+                })?
+        } else if let Some(worker) = &mut self.idle {
+            worker.set_rate_limit(&limit)
+        } else {
+            return Err(BlockError::Unavailable(format!(
+                "{}: the disk was lost when an earlier start failed",
+                self.name
+            )));
+        };
+        result.map_err(BlockError::RateLimiter)
+    }
+
+    /// The rate limits in force (asked of the worker).
+    pub fn rate_limit(&self) -> Option<api::RateLimit> {
+        match (&self.running, &self.idle) {
+            (Some(thread), _) => thread.run(|worker, _| worker.rate_limit()),
+            (None, Some(worker)) => Some(worker.rate_limit()),
+            (None, None) => None,
+        }
+    }
+
+    /// A new capacity in the configuration space, told to a running driver.
+    fn set_capacity(&mut self, capacity: u64) {
+        use config_offset as o;
+        self.capacity = capacity;
+        self.config[o::CAPACITY..o::CAPACITY + 8].copy_from_slice(&capacity.to_le_bytes());
+        // After the configuration space changed: the driver reads it on the interrupt.
+        if let Some(irq) = &self.interrupt
+            && let Err(e) = irq.signal_config_change()
+        {
+            log::warn!("{}: cannot signal the new capacity: {e}", self.name);
         }
     }
 
@@ -149,8 +256,10 @@ impl VirtioDevice for Block {
                 "the disk is lost (an earlier start failed)".into(),
             ));
         };
+        let interrupt = ctx.interrupt.clone();
         let thread = WorkerThread::spawn(&self.name, worker, ctx).map_err(ActivateError::Worker)?;
         self.running = Some(thread);
+        self.interrupt = Some(interrupt);
         Ok(())
     }
 
@@ -173,6 +282,7 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) -> bool {
+        self.interrupt = None;
         let Some(thread) = self.running.take() else {
             return self.idle.is_some();
         };

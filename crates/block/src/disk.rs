@@ -74,6 +74,10 @@ pub enum BlockError {
     /// The rate limiter could not be set up.
     #[error("rate limiter: {0}")]
     RateLimiter(#[source] io::Error),
+    /// A running device could not take a new image or limits: its worker thread is
+    /// gone, or it lost its disk when an earlier start failed.
+    #[error("the device cannot be changed: {0}")]
+    Unavailable(String),
 }
 
 /// An open disk image.
@@ -361,6 +365,11 @@ impl Image {
                 q.writev(iov, offset)
             }
         }
+    }
+
+    /// Whether the image is qcow2 (whose metadata imago caches until a flush).
+    pub(crate) fn is_qcow2(&self) -> bool {
+        matches!(self, Image::Qcow2(_))
     }
 
     /// Make everything written so far durable: data and, for qcow2, metadata.

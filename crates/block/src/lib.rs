@@ -27,7 +27,7 @@ pub mod worker;
 pub use device::{Block, CONFIG_SIZE, QUEUE_SIZE, SEG_MAX};
 pub use disk::BlockError;
 pub use request::{Request, RequestError, RequestKind, parse_request};
-pub use worker::{BlockWorker, Engine};
+pub use worker::{BlockWorker, Engine, OpenedDisk};
 
 /// Whether io_uring can be set up on this host (what `io=auto` picks).
 pub fn io_uring_available() -> bool {

@@ -86,6 +86,12 @@ impl Uring {
         self.eventfd.as_raw_fd()
     }
 
+    /// Make the completion eventfd readable with nothing to reap, so the worker looks at
+    /// its queue again (after completions were taken outside its event loop).
+    pub(crate) fn wake(&self) -> io::Result<()> {
+        self.eventfd.write(1)
+    }
+
     /// Whether another request can be submitted.
     pub(crate) fn has_room(&self) -> bool {
         !self.free.is_empty()

@@ -5,8 +5,13 @@
 //! Its extra fds (in this order, each if present): the io_uring completion eventfd and
 //! the rate limiter's timerfd. While the limiter is blocked or the ring is full, no chain
 //! is popped; the timer or the completions resume serving.
+//!
+//! A running worker can be given another image ([`BlockWorker::replace_disk`]: the
+//! requests in flight on the old one finish and are answered first) and other limits
+//! ([`BlockWorker::set_rate_limit`]); neither changes its extra fds.
 
 use std::os::fd::RawFd;
+use std::path::Path;
 
 use rate_limiter::RateLimiter;
 use virtio_devices::device::{DeviceWorker, Interrupt, WorkerError, notify_if_needed, pop_chain};
@@ -44,6 +49,32 @@ pub struct BlockWorker {
     serial: [u8; ID_BYTES],
     uring: Option<Uring>,
     limiter: RateLimiter,
+}
+
+/// An image opened for a device that already runs, to hand to its worker
+/// ([`BlockWorker::replace_disk`]). Opening it is what can fail, so it is done first,
+/// on the caller's thread, and the device keeps its old image if it does.
+pub struct OpenedDisk {
+    image: Image,
+    capacity: u64,
+}
+
+impl OpenedDisk {
+    /// Open `path` as a `format` image, read-only or not.
+    pub fn open(path: &Path, format: api::DiskFormat, readonly: bool) -> Result<Self, BlockError> {
+        let (image, capacity) = disk::open(path, format, readonly)?;
+        Ok(Self { image, capacity })
+    }
+
+    /// Its size in 512-byte sectors.
+    pub fn capacity_sectors(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Whether `engine` can serve it (io_uring serves raw images only).
+    pub fn fits(&self, engine: Engine) -> bool {
+        engine == Engine::Sync || self.image.raw_fd().is_some()
+    }
 }
 
 fn ring_err(e: virtio_queue::Error) -> WorkerError {
@@ -125,6 +156,80 @@ impl BlockWorker {
             }
         }
         self.limiter.on_timer();
+    }
+
+    /// The limits in force.
+    pub fn rate_limit(&self) -> api::RateLimit {
+        self.limiter.limit()
+    }
+
+    /// Replace the rate limits ([`RateLimiter::update`]); a request held back by the old
+    /// limits is looked at again at once.
+    pub fn set_rate_limit(&mut self, limit: &api::RateLimit) -> std::io::Result<()> {
+        self.limiter.update(limit)
+    }
+
+    /// Serve from `disk` from now on, on a running device; the capacity becomes the
+    /// new image's. The requests in flight on the old image (io_uring) finish first and
+    /// are answered into `queue`, and the old image is closed (a qcow2 image's metadata
+    /// flushed). Requests still in the avail ring are served from the new image.
+    ///
+    /// The image must fit the worker's engine ([`OpenedDisk::fits`]); if not, it is
+    /// refused and the worker keeps its image. A ring error while answering is returned
+    /// after the swap, which stands.
+    pub fn replace_disk<M: GuestMemory>(
+        &mut self,
+        disk: OpenedDisk,
+        queue: &mut Queue,
+        mem: &M,
+        interrupt: &dyn Interrupt,
+    ) -> Result<(), WorkerError> {
+        let done = self.swap_image(disk).map_err(WorkerError::new)?;
+        let answered = if done.is_empty() {
+            Ok(())
+        } else {
+            self.complete(done, queue, mem)
+                .and_then(|_| notify_if_needed(queue, 0, mem, interrupt))
+        };
+        // A queue held back by a full ring waited for a completion event, and the
+        // completions were taken here: wake the worker so it serves again.
+        if let Some(u) = &self.uring
+            && let Err(e) = u.wake()
+        {
+            log::warn!("virtio-blk: cannot wake the worker after a disk swap: {e}");
+        }
+        answered
+    }
+
+    /// [`BlockWorker::replace_disk`] for a worker that serves no queue (the device is
+    /// not running, so nothing is in flight).
+    pub fn replace_idle_disk(&mut self, disk: OpenedDisk) -> Result<(), BlockError> {
+        let dropped = self.swap_image(disk)?.len();
+        if dropped > 0 {
+            log::debug!("virtio-blk: {dropped} requests finished with no queue to answer");
+        }
+        Ok(())
+    }
+
+    /// Wait for what is in flight, put `disk` in place of the image and close the old
+    /// one; the completions of the old image's requests are returned, not answered.
+    fn swap_image(&mut self, disk: OpenedDisk) -> Result<Vec<Completion>, BlockError> {
+        if !disk.fits(self.engine()) {
+            return Err(BlockError::IoUringNeedsRaw);
+        }
+        let done = self
+            .uring
+            .as_mut()
+            .map(Uring::wait_idle)
+            .unwrap_or_default();
+        let old = std::mem::replace(&mut self.image, disk.image);
+        self.capacity = disk.capacity;
+        if old.is_qcow2()
+            && let Err(e) = old.flush()
+        {
+            log::warn!("virtio-blk: flushing the replaced qcow2 image: {e}");
+        }
+        Ok(done)
     }
 
     fn extras(&self) -> Vec<(Extra, RawFd)> {

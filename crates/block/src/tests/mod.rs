@@ -10,3 +10,4 @@ mod malicious;
 mod prop;
 mod requests;
 mod transport;
+mod update;
