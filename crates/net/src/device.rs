@@ -59,6 +59,9 @@ pub enum NetError {
     /// A rate limit could not be set up.
     #[error("rate limiter: {0}")]
     RateLimiter(#[source] std::io::Error),
+    /// A running NIC could not be changed.
+    #[error("the device cannot be changed: {0}")]
+    Unavailable(String),
 }
 
 /// Counters of one NIC, shared between the device and its worker.
@@ -214,6 +217,44 @@ impl<B: NetBackend> Net<B> {
     /// The backend, while the device is not running.
     pub fn backend(&self) -> Option<&B> {
         self.idle.as_ref().map(|(b, _, _)| b)
+    }
+
+    /// Replace the receive and/or transmit limits (`None` leaves one as it is; `None`
+    /// rates inside a limit are unlimited): both or neither. On a running device the
+    /// change is made on the worker thread, where a frame held back by an old limit is
+    /// looked at again at once; a device not running keeps them for its next start.
+    pub fn set_rate_limits(
+        &mut self,
+        rx: Option<&api::RateLimit>,
+        tx: Option<&api::RateLimit>,
+    ) -> Result<(), NetError> {
+        let (rx, tx) = (rx.copied(), tx.copied());
+        let result = if let Some(thread) = &self.worker {
+            thread
+                .run(move |worker, _| worker.set_rate_limits(rx.as_ref(), tx.as_ref()))
+                .ok_or_else(|| self.gone())?
+        } else if let Some((_, rx_limiter, tx_limiter)) = &mut self.idle {
+            crate::worker::update_limiters(rx_limiter, rx.as_ref(), tx_limiter, tx.as_ref())
+        } else {
+            return Err(self.gone());
+        };
+        result.map_err(NetError::RateLimiter)
+    }
+
+    /// The receive and transmit limits in force; `None` if the device lost its worker.
+    pub fn rate_limits(&self) -> Option<(api::RateLimit, api::RateLimit)> {
+        match (&self.worker, &self.idle) {
+            (Some(thread), _) => thread.run(|worker, _| worker.rate_limits()),
+            (None, Some((_, rx, tx))) => Some((rx.limit(), tx.limit())),
+            (None, None) => None,
+        }
+    }
+
+    fn gone(&self) -> NetError {
+        NetError::Unavailable(format!(
+            "{}: the worker thread has ended or lost the backend",
+            self.id
+        ))
     }
 }
 

@@ -180,6 +180,22 @@ impl<B: NetBackend> NetWorker<B> {
         &self.metrics
     }
 
+    /// The receive and transmit limits in force.
+    pub fn rate_limits(&self) -> (api::RateLimit, api::RateLimit) {
+        (self.rx_limiter.limit(), self.tx_limiter.limit())
+    }
+
+    /// Replace the receive and/or transmit limits (`None` leaves one as it is): both
+    /// or neither ([`RateLimiter::update`]). A frame held back by an old limit is looked
+    /// at again at once: the limiter's timer fires.
+    pub fn set_rate_limits(
+        &mut self,
+        rx: Option<&api::RateLimit>,
+        tx: Option<&api::RateLimit>,
+    ) -> io::Result<()> {
+        update_limiters(&mut self.rx_limiter, rx, &mut self.tx_limiter, tx)
+    }
+
     /// Whether a received frame is waiting for guest buffers (or the rate limiter).
     pub fn has_pending_rx(&self) -> bool {
         self.rx_pending.is_some()
@@ -504,6 +520,29 @@ impl<B: NetBackend> NetWorker<B> {
         self.tx_pending = None;
         Some(head)
     }
+}
+
+/// Update the rx and tx limiters to the limits given (`None`: left as they are), both
+/// or neither.
+pub(crate) fn update_limiters(
+    rx_limiter: &mut RateLimiter,
+    rx: Option<&api::RateLimit>,
+    tx_limiter: &mut RateLimiter,
+    tx: Option<&api::RateLimit>,
+) -> io::Result<()> {
+    if let Some(l) = rx {
+        rx_limiter.check_update(l)?;
+    }
+    if let Some(l) = tx {
+        tx_limiter.check_update(l)?;
+    }
+    if let Some(l) = rx {
+        rx_limiter.update(l)?;
+    }
+    if let Some(l) = tx {
+        tx_limiter.update(l)?;
+    }
+    Ok(())
 }
 
 /// Check an rx chain: device-writable buffers inside guest memory, room for a header.

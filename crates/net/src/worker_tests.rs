@@ -559,3 +559,75 @@ fn rx_rate_limit_stops_polling_until_the_timer() {
     assert_eq!(h.used(RX_QUEUE).len(), 3);
     assert!(!h.worker.has_pending_rx());
 }
+
+#[test]
+fn replaced_limits_release_held_frames_through_the_same_timers() {
+    let slow = api::RateLimit {
+        ops_per_sec: Some(1),
+        bytes_per_sec: None,
+    };
+    let mut h = Harness::with_limits(
+        0,
+        RateLimiter::new(&api::RateLimit::default()).unwrap(),
+        RateLimiter::new(&slow).unwrap(),
+    );
+    let fds = h.worker.extra_fds();
+    assert_eq!(
+        fds.len(),
+        3,
+        "backend, rx timer and tx timer, limited or not"
+    );
+    for i in 0..3 {
+        h.add_tx_frame(&[&packet(60, i)]);
+    }
+    h.kick(TX_QUEUE).unwrap();
+    assert_eq!(h.recv_all().len(), 1, "one frame a second");
+    assert!(h.worker.has_pending_tx());
+    // Both or neither: a zero rate for rx refuses the tx change too.
+    let zero = api::RateLimit {
+        ops_per_sec: Some(0),
+        bytes_per_sec: None,
+    };
+    let fast = api::RateLimit {
+        ops_per_sec: None,
+        bytes_per_sec: Some(1 << 30),
+    };
+    assert!(h.worker.set_rate_limits(Some(&zero), Some(&fast)).is_err());
+    assert_eq!(h.worker.rate_limits().1, slow);
+    h.worker.set_rate_limits(None, Some(&fast)).unwrap();
+    assert_eq!(
+        h.worker.rate_limits(),
+        (api::RateLimit::default(), fast),
+        "rx left as it was"
+    );
+    assert_eq!(h.worker.extra_fds(), fds, "the same fds");
+    // The tx timer fires at once and the held frames go.
+    assert!(wait_readable(fds[2], Duration::from_millis(500)));
+    h.extra(2).unwrap();
+    assert_eq!(h.recv_all().len(), 2);
+    assert!(!h.worker.has_pending_tx());
+    assert_eq!(h.used(TX_QUEUE).len(), 3);
+
+    // rx: limited after the start, through the timer registered at the start.
+    let rx_slow = api::RateLimit {
+        ops_per_sec: None,
+        bytes_per_sec: Some(500),
+    };
+    h.worker.set_rate_limits(Some(&rx_slow), None).unwrap();
+    h.add_rx_buffers(&[1526; 3]);
+    for i in 0..2 {
+        h.peer.send(&packet(400, i)).unwrap();
+    }
+    h.backend_ready().unwrap();
+    assert_eq!(
+        h.used(RX_QUEUE).len(),
+        1,
+        "400 of 500 bytes; the second waits"
+    );
+    h.worker
+        .set_rate_limits(Some(&api::RateLimit::default()), None)
+        .unwrap();
+    assert!(wait_readable(fds[1], Duration::from_millis(500)));
+    h.extra(1).unwrap();
+    assert_eq!(h.used(RX_QUEUE).len(), 2);
+}

@@ -141,3 +141,81 @@ fn activation_without_the_queues_is_refused_and_the_device_stays_usable() {
     MmioDriver(&mut t).write(0x70, 0);
     traffic(&mut t, &mem, &peer, 0x20_0000, 3);
 }
+
+/// The NIC behind a transport.
+fn nic(t: &mut MmioTransport) -> &mut Net<SocketBackend> {
+    let dev: &mut dyn std::any::Any = t.device_mut();
+    dev.downcast_mut().unwrap()
+}
+
+/// The limits of a running NIC are replaced on its worker thread: frames held back by
+/// the old tx limit go at once, rx keeps its limit, and a device not running keeps the
+/// new limits for its next start.
+#[test]
+fn limits_of_a_running_nic_are_replaced() {
+    let mem = guest_memory(4 << 20);
+    let (backend, peer) = SocketBackend::pair().unwrap();
+    let rx_limit = api::RateLimit {
+        ops_per_sec: Some(1000),
+        bytes_per_sec: None,
+    };
+    let slow = api::RateLimit {
+        ops_per_sec: Some(1),
+        bytes_per_sec: None,
+    };
+    let net = Net::with_backend(
+        backend,
+        MAC,
+        RateLimiter::new(&rx_limit).unwrap(),
+        RateLimiter::new(&slow).unwrap(),
+        "net-limits-test",
+    );
+    let mut t = MmioTransport::new(Box::new(net), mem.clone()).unwrap();
+    let base = 0x10_0000;
+    let (_rx, mut tx) = start(&mut t, &mem, base, features::VERSION_1);
+    for i in 0..3u8 {
+        let out = frame(100, i);
+        let buf = base + 0x4_0000 + u64::from(i) * 0x1000;
+        mem.write_slice(&out, vm_memory::GuestAddress(buf)).unwrap();
+        tx.add_chain(&mem, &[(buf, out.len() as u32, 0)]);
+    }
+    MmioDriver(&mut t).write(0x50, 1);
+    let mut got = vec![0u8; 70_000];
+    wait_for("the first frame", || peer.recv(&mut got).ok());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(tx.used(&mem).len(), 1, "the others wait for the limit");
+
+    let start_at = std::time::Instant::now();
+    nic(&mut t)
+        .set_rate_limits(None, Some(&api::RateLimit::default()))
+        .unwrap();
+    for _ in 0..2 {
+        wait_for("a held frame", || peer.recv(&mut got).ok());
+    }
+    assert!(
+        start_at.elapsed() < std::time::Duration::from_millis(800),
+        "released at once, not by the old limit"
+    );
+    wait_for("the tx used ring", || {
+        (tx.used(&mem).len() == 3).then_some(())
+    });
+    assert_eq!(
+        nic(&mut t).rate_limits(),
+        Some((rx_limit, api::RateLimit::default())),
+        "rx left as it was"
+    );
+    // Reset: the worker stops; the limits stay with the idle device.
+    MmioDriver(&mut t).write(0x70, 0);
+    nic(&mut t).set_rate_limits(Some(&slow), None).unwrap();
+    assert_eq!(
+        nic(&mut t).rate_limits(),
+        Some((slow, api::RateLimit::default()))
+    );
+    traffic(&mut t, &mem, &peer, 0x20_0000, 9);
+    assert_eq!(
+        nic(&mut t).rate_limits(),
+        Some((slow, api::RateLimit::default())),
+        "the worker started with them"
+    );
+    MmioDriver(&mut t).write(0x70, 0);
+}

@@ -216,13 +216,7 @@ impl RateLimiter {
     /// Refused, changing nothing: a zero rate, or a limit on a limiter made with
     /// [`RateLimiter::unlimited`] (it has no timer to wake its device).
     pub fn update(&mut self, limit: &api::RateLimit) -> io::Result<()> {
-        check_positive(limit)?;
-        if limit.is_limited() && self.timer.is_none() {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "this limiter was made unlimited for good (it has no timer)",
-            ));
-        }
+        self.check_update(limit)?;
         let now_ns = self.now_ns(Instant::now());
         replace_bucket(&mut self.ops, limit.ops_per_sec, now_ns);
         replace_bucket(&mut self.bytes, limit.bytes_per_sec, now_ns);
@@ -234,6 +228,19 @@ impl RateLimiter {
                 // No way to wake the worker: unblock, the next kick serves.
                 _ => self.blocked = false,
             }
+        }
+        Ok(())
+    }
+
+    /// Whether [`RateLimiter::update`] would take `limit` (so that a caller changing
+    /// several limiters can change all or none).
+    pub fn check_update(&self, limit: &api::RateLimit) -> io::Result<()> {
+        check_positive(limit)?;
+        if limit.is_limited() && self.timer.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this limiter was made unlimited for good (it has no timer)",
+            ));
         }
         Ok(())
     }

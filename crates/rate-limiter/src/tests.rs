@@ -278,9 +278,11 @@ fn update_refuses_zero_rates_and_limits_without_a_timer() {
         ops_per_sec: None,
         bytes_per_sec: Some(0),
     };
+    assert!(rl.check_update(&zero).is_err());
     assert!(rl.update(&zero).is_err());
     assert_eq!(rl.limit().ops_per_sec, Some(7), "unchanged");
     let mut un = RateLimiter::unlimited();
+    assert!(un.check_update(&api::RateLimit::default()).is_ok());
     assert!(
         un.update(&api::RateLimit {
             ops_per_sec: Some(1),
