@@ -12,7 +12,8 @@ use std::time::Instant;
 use api::action::{ActionError, ActionResult, VmmAction, VmmData};
 use api::firecracker::{
     Balloon, BalloonStatistics, BootSource, ConfigError, FullVmConfig, InstanceInfo, MachineConfig,
-    SnapshotCreateParams, SnapshotLoadParams, SnapshotType,
+    PartialDrive, PartialNetworkInterface, RateLimiter, SnapshotCreateParams, SnapshotLoadParams,
+    SnapshotType, TokenBucket,
 };
 use vmm::builder::Vmm;
 use vmm::snapshot_vm::{RestoreOptions, SnapshotKind};
@@ -203,41 +204,8 @@ impl Controller {
             {
                 Err(ActionError::NotSupportedPreBoot)
             }
-            A::PatchDrive(d) => {
-                if !self.config.drives.iter().any(|x| x.drive_id == d.drive_id) {
-                    return Err(ConfigError::Drive("Invalid block device ID!".into()).into());
-                }
-                if d.path_on_host.is_some() || d.rate_limiter.is_some() {
-                    return Err(ActionError::NotSupported(
-                        "changing the image or rate limiter of a running drive is not \
-                         supported by Vireo yet."
-                            .into(),
-                    ));
-                }
-                Ok(VmmData::Empty)
-            }
-            A::PatchNetworkInterface(n) => {
-                if !self
-                    .config
-                    .network_interfaces
-                    .iter()
-                    .any(|x| x.iface_id == n.iface_id)
-                {
-                    return Err(ConfigError::Net(format!(
-                        "The interface {} does not exist.",
-                        n.iface_id
-                    ))
-                    .into());
-                }
-                if n.rx_rate_limiter.is_some() || n.tx_rate_limiter.is_some() {
-                    return Err(ActionError::NotSupported(
-                        "changing the rate limiters of a running interface is not supported \
-                         by Vireo yet."
-                            .into(),
-                    ));
-                }
-                Ok(VmmData::Empty)
-            }
+            A::PatchDrive(d) => self.patch_drive(&d),
+            A::PatchNetworkInterface(n) => self.patch_network_interface(&n),
             A::PatchBalloon(u) => self.patch_balloon(u.amount_mib),
             A::GetBalloonStats => self.balloon_stats().map(VmmData::BalloonStats),
             A::PatchBalloonStats(u) => self.patch_balloon_stats(u.stats_polling_interval_s),
@@ -379,6 +347,87 @@ impl Controller {
         Ok(())
     }
 
+    /// `PATCH /drives/{id}` on the running VM: a new image and/or new rate limits.
+    fn patch_drive(&mut self, d: &PartialDrive) -> ActionResult {
+        let Some(pos) = self
+            .config
+            .drives
+            .iter()
+            .position(|x| x.drive_id == d.drive_id)
+        else {
+            return Err(ConfigError::Drive("Invalid block device ID!".into()).into());
+        };
+        let limiter = d
+            .rate_limiter
+            .as_ref()
+            .map(|patch| merge_limiter(self.config.drives[pos].rate_limiter, patch));
+        let limit = limiter.map(|l| l.unwrap_or_default().to_rate_limit());
+        let Some(vmm) = self.vmm.as_mut() else {
+            return Err(ActionError::NotSupportedPreBoot);
+        };
+        let path = d.path_on_host.as_deref().map(Path::new);
+        let result = vmm.update_drive(&d.drive_id, path, limit.as_ref());
+        // GET /vm/config follows the VM: a new image stays even if new limits were then
+        // refused, so look at what the VM holds rather than at the outcome alone.
+        let now = vmm
+            .vm_config()
+            .disks
+            .iter()
+            .find(|x| x.id.as_deref() == Some(d.drive_id.as_str()))
+            .map(|x| x.path.clone());
+        let drive = &mut self.config.drives[pos];
+        if let (Some(new), Some(now)) = (path, now)
+            && new == now
+        {
+            drive.path_on_host = d.path_on_host.clone();
+        }
+        result.map_err(|e| ConfigError::Drive(format!("Unable to patch the block device: {e}")))?;
+        if let Some(l) = limiter {
+            drive.rate_limiter = l;
+        }
+        Ok(VmmData::Empty)
+    }
+
+    /// `PATCH /network-interfaces/{id}` on the running VM: new rate limits.
+    fn patch_network_interface(&mut self, n: &PartialNetworkInterface) -> ActionResult {
+        let Some(pos) = self
+            .config
+            .network_interfaces
+            .iter()
+            .position(|x| x.iface_id == n.iface_id)
+        else {
+            return Err(
+                ConfigError::Net(format!("The interface {} does not exist.", n.iface_id)).into(),
+            );
+        };
+        let nic = &self.config.network_interfaces[pos];
+        let rx = n
+            .rx_rate_limiter
+            .as_ref()
+            .map(|patch| merge_limiter(nic.rx_rate_limiter, patch));
+        let tx = n
+            .tx_rate_limiter
+            .as_ref()
+            .map(|patch| merge_limiter(nic.tx_rate_limiter, patch));
+        let rx_limit = rx.map(|l| l.unwrap_or_default().to_rate_limit());
+        let tx_limit = tx.map(|l| l.unwrap_or_default().to_rate_limit());
+        let Some(vmm) = self.vmm.as_mut() else {
+            return Err(ActionError::NotSupportedPreBoot);
+        };
+        vmm.update_net(&n.iface_id, rx_limit.as_ref(), tx_limit.as_ref())
+            .map_err(|e| {
+                ConfigError::Net(format!("Unable to update the network interface: {e}"))
+            })?;
+        let nic = &mut self.config.network_interfaces[pos];
+        if let Some(l) = rx {
+            nic.rx_rate_limiter = l;
+        }
+        if let Some(l) = tx {
+            nic.tx_rate_limiter = l;
+        }
+        Ok(VmmData::Empty)
+    }
+
     fn balloon_config(&self) -> Result<Balloon, ActionError> {
         let mut config = self
             .config
@@ -465,5 +514,82 @@ impl Controller {
             out.direct_reclaim = s.direct_reclaim;
         }
         Ok(out)
+    }
+}
+
+/// A rate limiter after a PATCH, as Firecracker merges one: a bucket the patch omits
+/// stays as it was; a bucket with a zero `size` or `refill_time` removes that limit;
+/// any other bucket replaces the old one. `None` when nothing is limited any more.
+fn merge_limiter(old: Option<RateLimiter>, patch: &RateLimiter) -> Option<RateLimiter> {
+    let merge = |old: Option<TokenBucket>, new: Option<TokenBucket>| match new {
+        None => old,
+        Some(b) if b.per_second().is_none() => None,
+        Some(b) => Some(b),
+    };
+    let old = old.unwrap_or_default();
+    let merged = RateLimiter {
+        bandwidth: merge(old.bandwidth, patch.bandwidth),
+        ops: merge(old.ops, patch.ops),
+    };
+    (merged != RateLimiter::default()).then_some(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(size: u64, refill_time: u64) -> TokenBucket {
+        TokenBucket {
+            size,
+            one_time_burst: None,
+            refill_time,
+        }
+    }
+
+    #[test]
+    fn patched_limiters_merge_as_firecracker_does() {
+        let old = RateLimiter {
+            bandwidth: Some(bucket(1000, 100)),
+            ops: Some(bucket(10, 1000)),
+        };
+        // An omitted bucket stays; a given one replaces.
+        let patch = RateLimiter {
+            bandwidth: None,
+            ops: Some(bucket(50, 500)),
+        };
+        assert_eq!(
+            merge_limiter(Some(old), &patch),
+            Some(RateLimiter {
+                bandwidth: Some(bucket(1000, 100)),
+                ops: Some(bucket(50, 500)),
+            })
+        );
+        // A zero size or refill time removes the bucket.
+        let patch = RateLimiter {
+            bandwidth: Some(bucket(0, 0)),
+            ops: Some(bucket(10, 0)),
+        };
+        assert_eq!(merge_limiter(Some(old), &patch), None);
+        let patch = RateLimiter {
+            bandwidth: Some(bucket(0, 100)),
+            ops: None,
+        };
+        assert_eq!(
+            merge_limiter(Some(old), &patch),
+            Some(RateLimiter {
+                bandwidth: None,
+                ops: Some(bucket(10, 1000)),
+            })
+        );
+        // An empty patch changes nothing; a patch on no limiter adds one.
+        assert_eq!(merge_limiter(Some(old), &RateLimiter::default()), Some(old));
+        assert_eq!(merge_limiter(None, &RateLimiter::default()), None);
+        let patch = RateLimiter {
+            bandwidth: Some(bucket(4096, 1000)),
+            ops: None,
+        };
+        let merged = merge_limiter(None, &patch).unwrap();
+        assert_eq!(merged.to_rate_limit().bytes_per_sec, Some(4096));
+        assert_eq!(merged.to_rate_limit().ops_per_sec, None);
     }
 }

@@ -186,6 +186,25 @@ impl VirtioDevices {
         Ok(())
     }
 
+    /// Run `f` on the device in slot `index` if it is a `T` (a [`block::Block`], a
+    /// [`net::Net`]...), with its transport locked: the vCPUs wait at that device's
+    /// window meanwhile. `None` if there is no such slot or the device there is another
+    /// kind; a poisoned lock is an error.
+    pub fn with_device<T: VirtioDevice, R>(
+        &self,
+        index: usize,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Result<Option<R>, String> {
+        let Some((_, name, transport)) = self.devices.get(index) else {
+            return Ok(None);
+        };
+        let mut t = transport
+            .lock()
+            .map_err(|_| format!("{name}: transport lock poisoned"))?;
+        let device: &mut dyn std::any::Any = t.0.device_mut();
+        Ok(device.downcast_mut::<T>().map(f))
+    }
+
     /// Number of devices.
     pub fn len(&self) -> usize {
         self.devices.len()

@@ -17,5 +17,6 @@ pub mod memory;
 pub mod snapshot;
 pub mod snapshot_vm;
 pub mod stop;
+pub mod update;
 pub mod vcpu;
 pub mod vm;
