@@ -46,9 +46,12 @@ MODULES=(
     virtio_balloon
 )
 
-# The recipe id is the hash of this script: any change to it (to /init, the
+# The recipe id is the hash of this script and its library: any change to it (to /init, the
 # module list, ...) makes the cached guest stale and triggers a rebuild.
-RECIPE=$(sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1)
+LIB=$(dirname "${BASH_SOURCE[0]}")/lib/debian-initramfs.sh
+# shellcheck source=lib/debian-initramfs.sh
+source "$LIB"
+RECIPE=$(cat "${BASH_SOURCE[0]}" "$LIB" | sha256sum | cut -d' ' -f1)
 
 log() { echo "guest-image: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -76,70 +79,16 @@ guest_complete() {
 # --------------------------------------------------------------------------
 # Host tools: install the Debian package of each missing command, if any.
 # --------------------------------------------------------------------------
-APT_UPDATED=0
-apt_update_once() {
-    if [[ $APT_UPDATED == 0 ]]; then
-        log "apt-get update"
-        apt-get update >&2
-        APT_UPDATED=1
-    fi
-}
-
-ensure_tools() {
-    # command -> Debian package providing it
-    local -A pkg_of=(
-        [apt-get]=apt [dpkg-deb]=dpkg [readelf]=binutils [cpio]=cpio
-        [gzip]=gzip [xz]=xz-utils [zstd]=zstd [lz4]=lz4 [bzip2]=bzip2
-        [sha256sum]=coreutils [flock]=util-linux [grep]=grep
-    )
-    local cmd missing=()
-    for cmd in "${!pkg_of[@]}"; do
-        command -v "$cmd" >/dev/null || missing+=("${pkg_of[$cmd]}")
-    done
-    ((${#missing[@]} == 0)) && return 0
-    [[ $EUID == 0 ]] || die "missing tools (packages: ${missing[*]}); run as root or install them"
-    log "installing missing tools: ${missing[*]}"
-    apt_update_once
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2
+ensure_guest_tools() {
+    ensure_tools apt-get=apt dpkg-deb=dpkg readelf=binutils cpio=cpio gzip=gzip xz=xz-utils \
+        zstd=zstd lz4=lz4 bzip2=bzip2 sha256sum=coreutils flock=util-linux grep=grep
 }
 
 # --------------------------------------------------------------------------
 # Step 1: download and unpack the packages (no installation: apt-get download
 # + dpkg-deb -x into the work dir).
 # --------------------------------------------------------------------------
-# The metapackage linux-image-cloud-amd64 only depends on the real, versioned
-# image package (linux-image-6.1.0-NN-cloud-amd64); find that one.
-resolve_kernel_pkg() {
-    local dep
-    if ! apt-cache show "$KERNEL_META" >/dev/null 2>&1; then
-        [[ $EUID == 0 ]] || die "apt-cache does not know $KERNEL_META (run apt-get update as root)"
-        apt_update_once
-    fi
-    dep=$(apt-cache depends "$KERNEL_META" | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n1)
-    [[ -n $dep ]] || die "cannot resolve the image package behind $KERNEL_META"
-    echo "$dep"
-}
-
-download_and_unpack() { # <package> <dest dir>
-    local pkg=$1 dest=$2 debs
-    local -a apt_opts=()
-    # As root apt would try to drop to the _apt user, who cannot write our
-    # private work dir; downloading as root is what it falls back to anyway.
-    [[ $EUID == 0 ]] && apt_opts=(-o APT::Sandbox::User=root)
-    # A stale package list can name a version the mirror no longer has:
-    # refresh the list once and retry.
-    if ! (cd "$WORK/debs" && apt-get "${apt_opts[@]}" download "$pkg" >&2); then
-        [[ $EUID == 0 && $APT_UPDATED == 0 ]] || die "apt-get download $pkg failed"
-        apt_update_once
-        (cd "$WORK/debs" && apt-get "${apt_opts[@]}" download "$pkg" >&2)
-    fi
-    debs=("$WORK/debs/${pkg}"_*.deb)
-    [[ -f ${debs[0]} ]] || die "apt-get download $pkg left no .deb"
-    log "unpacking $(basename "${debs[0]}")"
-    mkdir -p "$dest"
-    dpkg-deb -x "${debs[0]}" "$dest"
-    DEB_VERSION=$(dpkg-deb -f "${debs[0]}" Version)
-}
+# (resolve_kernel_pkg and download_and_unpack: scripts/lib/debian-initramfs.sh)
 
 # --------------------------------------------------------------------------
 # Step 2: vmlinux from bzImage, like the kernel's scripts/extract-vmlinux.
@@ -229,7 +178,7 @@ check_pvh_note() { # <vmlinux>
 # order: the whole MODULES list) and lib/modules/builtin (those of it that are
 # built into the kernel, which /init then does not try to load).
 copy_modules() { # <unpacked kernel pkg> <initramfs root> <kernel release>
-    local kroot=$1 root=$2 kver=$3 m src alt
+    local kroot=$1 root=$2 kver=$3 m
     local moddir=$kroot/lib/modules/$kver
     local dest=$root/lib/modules
     mkdir -p "$dest"
@@ -237,28 +186,17 @@ copy_modules() { # <unpacked kernel pkg> <initramfs root> <kernel release>
     : >"$dest/builtin"
     MODS_IN=() MODS_BUILTIN=() MODS_MISSING=()
     for m in "${MODULES[@]}"; do
-        alt=${m//-/_}
         echo "$m" >>"$dest/order"
-        if grep -Eq "/(${m}|${alt})\.ko$" "$moddir/modules.builtin" 2>/dev/null; then
+        if module_builtin "$moddir" "$m"; then
             log "module $m: built into the kernel"
             echo "$m" >>"$dest/builtin"
             MODS_BUILTIN+=("$m")
-            continue
-        fi
-        src=$(find "$moddir/kernel" \( -name "$m.ko" -o -name "$m.ko.*" -o -name "$alt.ko" -o -name "$alt.ko.*" \) | head -n1)
-        if [[ -z $src ]]; then
+        elif extract_module "$moddir" "$m" "$dest/$m.ko"; then
+            MODS_IN+=("$m")
+        else
             log "module $m: NOT in the kernel package, skipped"
             MODS_MISSING+=("$m")
-            continue
         fi
-        case $src in
-            *.ko) cp "$src" "$dest/$m.ko" ;;
-            *.ko.xz) xz -dc "$src" >"$dest/$m.ko" ;;
-            *.ko.zst) zstd -dcq "$src" >"$dest/$m.ko" ;;
-            *.ko.gz) gzip -dc "$src" >"$dest/$m.ko" ;;
-            *) die "module $m: unknown format $src" ;;
-        esac
-        MODS_IN+=("$m")
     done
     log "modules: ${#MODS_IN[@]} copied, ${#MODS_BUILTIN[@]} built in, ${#MODS_MISSING[@]} missing"
 }
@@ -329,37 +267,12 @@ EOF
 }
 
 build_initramfs() { # <unpacked busybox pkg> <unpacked kernel pkg> <kernel release> <out initrd.gz>
-    local bbroot=$1 kroot=$2 kver=$3 out=$4 root=$WORK/initramfs applet
-    mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,mnt,root,etc,vireo}
-    chmod 1777 "$root/tmp"
-
-    # Static busybox and a symlink per applet (the host is amd64 too, so the
-    # guest's busybox can list its own applets here). /init is our script,
-    # so busybox's own init/linuxrc are left out.
-    cp "$bbroot/bin/busybox" "$root/bin/busybox"
-    for applet in $("$root/bin/busybox" --list-full); do
-        case $applet in linuxrc | sbin/init | bin/busybox) continue ;; esac
-        [[ -e $root/$applet ]] || ln -s /bin/busybox "$root/$applet"
-    done
-
-    # /dev/console must exist in the initramfs for the kernel to give init
-    # its stdio before devtmpfs is mounted (mknod needs root; /init copes
-    # without it).
-    if [[ $EUID == 0 ]]; then
-        mknod -m 600 "$root/dev/console" c 5 1
-        mknod -m 666 "$root/dev/null" c 1 3
-    fi
-
+    local bbroot=$1 kroot=$2 kver=$3 out=$4 root=$WORK/initramfs
+    install_busybox "$bbroot" "$root"
+    mkdir -p "$root/vireo"
     copy_modules "$kroot" "$root" "$kver"
     write_init "$root/init"
-
-    # newc cpio, files owned by root, gzip'd (the kernel's initramfs format).
-    # Fixed mtimes, sorted names and --reproducible (inode numbers) make the
-    # same packages give a byte-identical initrd.gz.
-    find "$root" -exec touch -h -d @0 {} +
-    (cd "$root" && find . -mindepth 1 | LC_ALL=C sort |
-        cpio -o -H newc -R 0:0 --reproducible --quiet) | gzip -9n >"$out"
-    log "initrd.gz: $(stat -c %s "$out") bytes"
+    pack_initramfs "$root" "$out"
 }
 
 # --------------------------------------------------------------------------
@@ -383,12 +296,12 @@ fi
 
 START=$SECONDS
 log "building the guest in $GUEST_DIR"
-ensure_tools
+ensure_guest_tools
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/vireo-guest.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/debs" "$WORK/out"
 
-KERNEL_PKG=$(resolve_kernel_pkg)
+KERNEL_PKG=$(resolve_kernel_pkg "$KERNEL_META")
 log "$KERNEL_META -> $KERNEL_PKG"
 download_and_unpack "$KERNEL_PKG" "$WORK/kernel"
 KERNEL_VERSION=$DEB_VERSION
