@@ -100,8 +100,8 @@ log "probing KVM: vireo probe-kvm"
 probe="$("$vireo" probe-kvm 2>&1 || true)"
 probe="${probe//$'\n'/ }"
 case "$probe" in
-    *kvm=emulated*) kvm_kind=emulated ;;
-    *kvm=hardware*) kvm_kind=hardware ;;
+    *speed=emulated*) kvm_kind=emulated ;;
+    *speed=hardware*) kvm_kind=hardware ;;
     *) kvm_kind=unknown ;;
 esac
 

@@ -41,7 +41,8 @@ pub struct Cli {
 pub enum Command {
     /// Boot a Linux kernel (bzImage, ELF vmlinux or PVH ELF) in a new VM.
     Run(Box<RunArgs>),
-    /// Time a tiny guest loop to tell hardware KVM from an emulated one.
+    /// Check that KVM runs the instructions Linux needs (complete or incomplete), and time
+    /// a tiny guest loop (hardware-fast or emulated-slow).
     ProbeKvm(ProbeArgs),
     /// Serve one virtio device to a vhost-user frontend (QEMU...) on a Unix socket, until
     /// the frontend disconnects.
@@ -146,7 +147,7 @@ pub struct RunArgs {
 /// `vireo probe-kvm` options.
 #[derive(Args, Debug)]
 pub struct ProbeArgs {
-    /// Loop iterations (two instructions each).
+    /// Iterations of the timed loop (two instructions each).
     #[arg(long, default_value_t = 1_000_000)]
     pub iterations: u32,
 }

@@ -236,7 +236,7 @@ impl Controller {
 
     fn start(&mut self) -> Result<(), ActionError> {
         let config = self.config.to_vm_config()?;
-        crate::signals::warn_if_kvm_is_emulated(self.console_on_stdio());
+        crate::signals::warn_if_kvm_is_incomplete(self.console_on_stdio());
         let vmm = vmm::builder::build_and_boot(&config)
             .map_err(|e| ActionError::StartMicrovm(e.to_string()))?;
         self.vmm = Some(vmm);
@@ -315,7 +315,7 @@ impl Controller {
         };
         let state = Path::new(&p.snapshot_path);
         let started = Instant::now();
-        crate::signals::warn_if_kvm_is_emulated(self.console_on_stdio());
+        crate::signals::warn_if_kvm_is_incomplete(self.console_on_stdio());
         let vmm = vmm::snapshot_vm::restore(state, Path::new(mem), &options)
             .map_err(|e| ActionError::LoadSnapshot(e.to_string()))?;
         let mut restored = match vmm.frontend_config() {

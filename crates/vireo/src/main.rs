@@ -76,7 +76,7 @@ fn run(args: cli::RunArgs) -> ExitCode {
         }
     };
     let console_on_stdio = config.serial == api::SerialConfig::Stdio;
-    signals::warn_if_kvm_is_emulated(console_on_stdio);
+    signals::warn_if_kvm_is_incomplete(console_on_stdio);
 
     let vmm = match vmm::builder::build_and_boot(&config) {
         Ok(vmm) => vmm,
@@ -121,21 +121,36 @@ fn report(reason: &StopReason) {
     }
 }
 
+/// `vireo probe-kvm`: one line, `kvm=complete|incomplete [missing=INSTRUCTION]
+/// speed=hardware|emulated ns_per_iteration=N iterations=N elapsed_us=N`, and for an
+/// incomplete KVM the explanation on stderr.
 fn probe_kvm(iterations: u32) -> ExitCode {
+    use vmm::kvm_probe::{self, Capability};
     let result = vmm::kvm::KvmContext::new()
         .map_err(|e| e.to_string())
         .and_then(|kvm| {
-            vmm::kvm::probe_guest_speed(kvm.kvm(), iterations).map_err(|e| e.to_string())
+            let capability = kvm_probe::probe_capabilities(kvm.kvm()).map_err(|e| e.to_string())?;
+            let speed =
+                kvm_probe::probe_guest_speed(kvm.kvm(), iterations).map_err(|e| e.to_string())?;
+            Ok((capability, speed))
         });
     match result {
-        Ok(speed) => {
+        Ok((capability, speed)) => {
+            let verdict = match &capability {
+                Capability::Complete => "kvm=complete".to_string(),
+                Capability::Incomplete(_) => {
+                    eprintln!("vireo: {}", capability.message().unwrap_or_default());
+                    format!("kvm=incomplete missing={}", capability.missing_ids())
+                }
+            };
             let kind = if speed.is_emulated() {
                 "emulated"
             } else {
                 "hardware"
             };
             println!(
-                "kvm={kind} iterations={} elapsed_us={}",
+                "{verdict} speed={kind} ns_per_iteration={} iterations={} elapsed_us={}",
+                speed.ns_per_iteration(),
                 speed.iterations,
                 speed.elapsed.as_micros()
             );

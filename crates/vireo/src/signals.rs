@@ -1,5 +1,5 @@
 //! Process-wide signals and start-up notices: SIGTERM/SIGINT stop the VM cleanly, and an
-//! emulated KVM is reported once.
+//! incomplete KVM is reported once.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -38,15 +38,14 @@ pub fn pending_signal() -> Option<i32> {
     }
 }
 
-/// Iterations of the start-up probe loop: ~4 µs on hardware KVM, ~5 ms emulated.
-const PROBE_ITERATIONS: u32 = 2000;
 /// The probe waits this long first: a VM that is done by then (a tiny guest, a bad config)
 /// pays nothing for it, and it never competes with the boot path for a CPU.
 const PROBE_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// In the background, shortly after start, time a tiny guest; if KVM turns out to be
-/// emulated, say so once.
-pub fn warn_if_kvm_is_emulated(raw_terminal: bool) {
+/// In the background, shortly after start, check that KVM runs the instructions Linux
+/// needs (`vmm::kvm_probe`, the same probe as `vireo probe-kvm`); if it does not, say once
+/// which instruction failed and what follows.
+pub fn warn_if_kvm_is_incomplete(raw_terminal: bool) {
     let _ = std::thread::Builder::new()
         .name("kvm-probe".into())
         .spawn(move || {
@@ -54,18 +53,13 @@ pub fn warn_if_kvm_is_emulated(raw_terminal: bool) {
             let Ok(kvm) = kvm_ioctls::Kvm::new() else {
                 return;
             };
-            match vmm::kvm::probe_guest_speed(&kvm, PROBE_ITERATIONS) {
-                Ok(speed) if speed.is_emulated() => {
-                    let per_iteration = speed.elapsed.as_nanos() / u128::from(PROBE_ITERATIONS);
-                    let eol = if raw_terminal { "\r\n" } else { "\n" };
-                    eprint!(
-                        "vireo: warning: this host's KVM is emulated, not hardware-accelerated: \
-                         a 2-instruction guest loop takes {per_iteration} ns (hardware: ~1 ns). \
-                         Guests run about 1000x slower; a Linux kernel may stop early on an \
-                         instruction the emulator lacks.{eol}"
-                    );
+            match vmm::kvm_probe::probe_capabilities(&kvm) {
+                Ok(capability) => {
+                    if let Some(message) = capability.message() {
+                        let eol = if raw_terminal { "\r\n" } else { "\n" };
+                        eprint!("vireo: warning: {message}{eol}");
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => log::debug!("{e}"),
             }
         });

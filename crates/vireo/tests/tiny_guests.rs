@@ -197,3 +197,64 @@ fn threads_are_named_and_a_guest_above_4gib_boots() {
         );
     }
 }
+
+/// `vireo probe-kvm` and the start-up notice of `vireo run` come from one capability
+/// probe: a run warns exactly when probe-kvm says `kvm=incomplete`, naming the same
+/// instructions; the speed figure is reported apart from the verdict.
+#[test]
+fn probe_kvm_and_the_start_up_notice_agree() {
+    let probe = common::run(&["probe-kvm", "--iterations", "1000"]);
+    assert_eq!(probe.code(), Some(0), "{}", probe.stderr);
+    let line = probe.stdout.trim();
+    let field = |key: &str| {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(key).and_then(|f| f.strip_prefix('=')))
+            .map(str::to_string)
+    };
+    let verdict = field("kvm").expect("kvm=...");
+    assert!(
+        matches!(field("speed").as_deref(), Some("hardware" | "emulated")),
+        "{line}"
+    );
+    assert!(field("ns_per_iteration").is_some(), "{line}");
+
+    // The counting guest runs until stopped: long enough for the probe thread (50 ms in).
+    let kernel = test_guests::path(test_guests::COUNT);
+    let child = vireo(&["run", "--kernel", kernel.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let run = finish(child, Duration::from_secs(5));
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    let warnings = run.stderr.matches("KVM is incomplete").count();
+    match verdict.as_str() {
+        "complete" => {
+            assert_eq!(warnings, 0, "{}", run.stderr);
+            assert!(probe.stderr.is_empty(), "{}", probe.stderr);
+        }
+        "incomplete" => {
+            assert_eq!(warnings, 1, "said once: {}", run.stderr);
+            let missing = field("missing").expect("missing=...");
+            for id in missing.split(',') {
+                assert!(
+                    run.stderr.contains(&format!("`{id}")),
+                    "{id}: {}",
+                    run.stderr
+                );
+                assert!(
+                    probe.stderr.contains(&format!("`{id}")),
+                    "{id}: {}",
+                    probe.stderr
+                );
+            }
+            assert!(
+                run.stderr.contains("scripts/nested-host.sh"),
+                "{}",
+                run.stderr
+            );
+        }
+        other => panic!("kvm={other}: {line}"),
+    }
+}

@@ -1,10 +1,7 @@
 //! Access to `/dev/kvm`: opening it with errors a user can act on, and checking that the
 //! host's KVM has every API and capability Vireo relies on before anything is built.
 
-use std::time::{Duration, Instant};
-
-use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::{Cap, Kvm, VcpuExit};
+use kvm_ioctls::{Cap, Kvm};
 
 /// KVM's stable API version; every kernel since 2.6.22 reports it.
 const KVM_API_VERSION: i32 = 12;
@@ -105,86 +102,6 @@ impl KvmContext {
     }
 }
 
-/// Per-iteration time of the probe loop above which KVM is taken to be emulated: hardware
-/// KVM runs the two-instruction loop in about a nanosecond, an instruction emulator takes
-/// microseconds (~2.2 µs here).
-const EMULATED_NS_PER_ITERATION: u128 = 100;
-
-/// How fast this host's KVM runs guest code.
-#[derive(Debug, Clone, Copy)]
-pub struct GuestSpeed {
-    /// Iterations of the probe loop.
-    pub iterations: u32,
-    /// Time KVM_RUN took for them, entry and exit included.
-    pub elapsed: Duration,
-}
-
-impl GuestSpeed {
-    /// Whether guest instructions are emulated rather than run by the CPU.
-    pub fn is_emulated(&self) -> bool {
-        self.elapsed.as_nanos() > EMULATED_NS_PER_ITERATION * u128::from(self.iterations.max(1))
-    }
-}
-
-/// Why the speed probe could not run.
-#[derive(Debug, thiserror::Error)]
-#[error("KVM speed probe: {0}")]
-pub struct ProbeError(String);
-
-/// Time `iterations` of a two-instruction loop (`dec ecx; jnz`) in a throwaway VM of one
-/// page, in real mode, to tell hardware KVM from an emulated one.
-pub fn probe_guest_speed(kvm: &Kvm, iterations: u32) -> Result<GuestSpeed, ProbeError> {
-    let err = |what: &str| {
-        let what = what.to_string();
-        move |e: kvm_ioctls::Error| ProbeError(format!("{what}: {e}"))
-    };
-    // mov ecx, iterations; l: dec ecx; jnz l; hlt
-    let mut code = vec![0x66, 0xb9];
-    code.extend_from_slice(&iterations.to_le_bytes());
-    code.extend_from_slice(&[0x66, 0x49, 0x75, 0xfc, 0xf4]);
-
-    let page = vm_memory::MmapRegion::<()>::new(4096).map_err(|e| ProbeError(e.to_string()))?;
-    // SAFETY: the mapping is 4096 bytes long and `code` is far shorter.
-    unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), page.as_ptr(), code.len()) };
-    let vm = kvm.create_vm().map_err(err("create VM"))?;
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        guest_phys_addr: 0,
-        memory_size: 4096,
-        userspace_addr: page.as_ptr() as u64,
-        flags: 0,
-    };
-    // SAFETY: `page` is a live 4096-byte mapping that outlives `vm` (dropped after it).
-    unsafe { vm.set_user_memory_region(region) }.map_err(err("set memory"))?;
-    let mut vcpu = vm.create_vcpu(0).map_err(err("create vCPU"))?;
-    let mut sregs = vcpu.get_sregs().map_err(err("get sregs"))?;
-    sregs.cs.base = 0;
-    sregs.cs.selector = 0;
-    vcpu.set_sregs(&sregs).map_err(err("set sregs"))?;
-    let regs = kvm_bindings::kvm_regs {
-        rip: 0,
-        rflags: 2,
-        ..Default::default()
-    };
-    vcpu.set_regs(&regs).map_err(err("set regs"))?;
-    let start = Instant::now();
-    loop {
-        match vcpu.run().map_err(err("run"))? {
-            VcpuExit::Hlt => break,
-            VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => {}
-            other => return Err(ProbeError(format!("unexpected exit {other:?}"))),
-        }
-    }
-    let elapsed = start.elapsed();
-    drop(vcpu);
-    drop(vm);
-    drop(page);
-    Ok(GuestSpeed {
-        iterations,
-        elapsed,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,15 +151,5 @@ mod tests {
                 format!("KVM lacks the capability {missing:?} (needed for {why})")
             );
         }
-    }
-
-    #[test]
-    fn emulation_threshold() {
-        let speed = |us| GuestSpeed {
-            iterations: 1000,
-            elapsed: Duration::from_micros(us),
-        };
-        assert!(!speed(2).is_emulated(), "hardware: ~1 ns an iteration");
-        assert!(speed(2000).is_emulated(), "emulated: ~2 µs an iteration");
     }
 }

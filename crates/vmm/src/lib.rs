@@ -12,6 +12,7 @@ pub mod device_models;
 pub mod devices;
 pub mod event_loop;
 pub mod kvm;
+pub mod kvm_probe;
 pub mod loader;
 pub mod memory;
 pub mod snapshot;
