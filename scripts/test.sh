@@ -14,6 +14,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A test whose prerequisite is missing goes through test-support's skip policy
+# (crates/test-support/src/skip.rs): under CI=true it fails; here it prints
+# `SKIP <test>: <why>` and appends `<test>: <why>` to $VIREO_SKIP_LOG. The skips are
+# listed when the script ends, whichever stage it ends in.
+VIREO_SKIP_LOG=$(mktemp "${TMPDIR:-/tmp}/vireo-skips.XXXXXX")
+export VIREO_SKIP_LOG
+skip_summary() {
+    if [[ -s $VIREO_SKIP_LOG ]]; then
+        echo "== skipped: $(sort -u "$VIREO_SKIP_LOG" | wc -l) tests"
+        sort -u "$VIREO_SKIP_LOG" | sed 's/^/   /'
+    else
+        echo "== skipped: none"
+    fi
+    rm -f "$VIREO_SKIP_LOG"
+}
+trap skip_summary EXIT
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

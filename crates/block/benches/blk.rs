@@ -13,47 +13,40 @@ use std::time::{Duration, Instant};
 
 use block::BlockWorker;
 use block::request::req_type;
+use test_support::virtq::{NEXT, SplitQueue, WRITE};
 use virtio_devices::device::{DeviceWorker, VmMemory};
 use virtio_devices::testing::{TestInterrupt, guest_memory};
-use virtio_queue::desc::{RawDescriptor, split::Descriptor};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress};
 
 const QSIZE: u16 = 256;
-const DESC: u64 = 0x1_0000;
-const AVAIL: u64 = 0x1_1000;
-const USED: u64 = 0x1_2000;
+const RINGS: u64 = 0x1_0000;
 const SLOTS: u64 = 0x2_0000;
 const DATA: u64 = 0x10_0000;
 const DISK_BYTES: u64 = 256 << 20;
-const NEXT: u16 = 1;
-const WRITE: u16 = 2;
 
-struct Bench {
-    mem: std::sync::Arc<VmMemory>,
+struct Bench<'m> {
+    mem: &'m VmMemory,
+    /// The driver's side of the queue.
+    vq: SplitQueue<'m, VmMemory>,
+    /// The device's side, handed to the worker.
     queue: Queue,
     worker: BlockWorker,
     irq: TestInterrupt,
-    avail_idx: u16,
     used_seen: u16,
     rng: u64,
 }
 
-impl Bench {
-    fn new(worker: BlockWorker, io_size: u32, depth: u16) -> Self {
-        let mem = guest_memory(DATA as usize + io_size as usize * depth as usize + 4096);
-        let mut queue = Queue::new(QSIZE).expect("queue");
-        queue.set_size(QSIZE);
-        queue.set_desc_table_address(Some(DESC as u32), Some(0));
-        queue.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-        queue.set_used_ring_address(Some(USED as u32), Some(0));
-        queue.set_ready(true);
+impl<'m> Bench<'m> {
+    fn new(mem: &'m VmMemory, worker: BlockWorker) -> Self {
+        let vq = SplitQueue::new(mem, GuestAddress(RINGS), QSIZE);
+        let queue = vq.queue();
         Self {
             mem,
+            vq,
             queue,
             worker,
             irq: TestInterrupt::default(),
-            avail_idx: 0,
             used_seen: 0,
             rng: 0x9e37_79b9_7f4a_7c15,
         }
@@ -72,30 +65,16 @@ impl Bench {
         self.mem.write_slice(&h, hdr).expect("header");
         let d = 3 * slot;
         let data_flags = if write { NEXT } else { NEXT | WRITE };
-        for (i, (a, l, f)) in [
-            (hdr, 16, NEXT),
-            (data, io_size, data_flags),
-            (status, 1, WRITE),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let raw = RawDescriptor::from(Descriptor::new(a.0, l, f, d + i as u16 + 1));
-            let at = GuestAddress(DESC + u64::from(d + i as u16) * 16);
-            self.mem.write_obj(raw, at).expect("descriptor");
-        }
-        let slot_addr = GuestAddress(AVAIL + 4 + u64::from(self.avail_idx % QSIZE) * 2);
-        self.mem.write_obj(d, slot_addr).expect("avail");
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
-            .expect("avail idx");
+        self.vq.write_desc(d, hdr.0, 16, NEXT, d + 1);
+        self.vq
+            .write_desc(d + 1, data.0, io_size, data_flags, d + 2);
+        self.vq.write_desc(d + 2, status.0, 1, WRITE, 0);
+        self.vq.publish(d);
     }
 
     fn kick(&mut self) {
-        let mem = self.mem.clone();
         self.worker
-            .process_queue(0, &mut [&mut self.queue], mem.as_ref(), &self.irq)
+            .process_queue(0, &mut [&mut self.queue], self.mem, &self.irq)
             .expect("worker");
     }
 
@@ -109,19 +88,17 @@ impl Bench {
         };
         // SAFETY: one valid pollfd on the stack.
         unsafe { libc::poll(&mut p, 1, 5000) };
-        let mem = self.mem.clone();
         self.worker
-            .process_extra(0, &mut [&mut self.queue], mem.as_ref(), &self.irq)
+            .process_extra(0, &mut [&mut self.queue], self.mem, &self.irq)
             .expect("completions");
     }
 
     /// Used heads (slot numbers) since the last call.
     fn take_used(&mut self) -> Vec<u16> {
-        let idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).expect("used idx");
+        let idx = self.vq.used_idx();
         let mut out = Vec::new();
         while self.used_seen != idx {
-            let e = GuestAddress(USED + 4 + u64::from(self.used_seen % QSIZE) * 8);
-            let id: u32 = self.mem.read_obj(e).expect("used elem");
+            let (id, _len) = self.vq.used_elem(self.used_seen);
             let status: u8 = self
                 .mem
                 .read_obj(GuestAddress(SLOTS + u64::from(id / 3) * 32 + 16))
@@ -245,7 +222,8 @@ fn main() {
                 io_engine: engine,
             };
             let worker = BlockWorker::new(&cfg).expect("open bench image");
-            let mut b = Bench::new(worker, size, depth);
+            let mem = guest_memory(DATA as usize + size as usize * usize::from(depth) + 4096);
+            let mut b = Bench::new(&mem, worker);
             let (rps, mbs) = b.run(write, random, size, depth, secs);
             println!("{ename:9} {name}  {rps:>10.0} req/s  {mbs:>9.1} MB/s");
         }

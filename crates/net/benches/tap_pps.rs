@@ -4,23 +4,21 @@
 //! a bridge. Worker A transmits frames from its tx ring into `vbench0`; the bridge
 //! floods them to `vbench1`, where worker B receives them into its rx ring. The bench
 //! drives both workers directly from one thread (no guest, no worker threads), refilling
-//! the rings as a driver would, and reports what B received. Needs root and
-//! `/dev/net/tun`; otherwise it prints why and exits.
+//! the rings as a driver would, and reports what B received. Needs root, `/dev/net/tun`
+//! and `ip` (test-support's `Netns`); otherwise it prints why and exits.
 //!
 //! `cargo bench -p net --bench tap_pps [-- SECONDS]` (default 2 s per frame size).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Rings, WRITE};
+use common::{WRITE, rings};
 use net::{NET_HDR_LEN, NetMetrics, NetWorker, Tap};
 use rate_limiter::RateLimiter;
+use test_support::netns::Netns;
 use virtio_devices::device::DeviceWorker;
 use virtio_devices::testing::{TestInterrupt, guest_memory};
 use virtio_queue::{Queue, QueueT};
@@ -29,71 +27,31 @@ use vm_memory::{Bytes, GuestAddress};
 const QSIZE: u16 = common::QSIZE;
 const RX_BUF: u32 = 2048;
 
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-impl Netns {
-    fn exec(&self, args: &[&str]) -> bool {
-        Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(args)
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-}
-
 fn setup() -> Result<(Netns, Tap, Tap), String> {
-    // SAFETY: geteuid has no preconditions and touches no memory.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("not running as root".into());
-    }
-    let name = format!("vireo-bench-{}", std::process::id());
-    if !Command::new("ip")
-        .args(["netns", "add", &name])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        return Err("`ip netns add` failed".into());
-    }
-    let ns = Netns(name);
-    ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
-    let path = format!("/run/netns/{}", ns.0);
-    let taps = std::thread::spawn(move || -> Result<(Tap, Tap), String> {
-        let f = File::open(&path).map_err(|e| e.to_string())?;
-        // SAFETY: setns on a namespace fd we opened; only this short-lived thread moves.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(format!("setns: {}", std::io::Error::last_os_error()));
-        }
+    let ns = Netns::new("bench")?;
+    let _ = ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+    let (a, b) = ns.run(|| -> Result<(Tap, Tap), String> {
         let a = Tap::open("vbench0").map_err(|e| e.to_string())?;
         let b = Tap::open("vbench1").map_err(|e| e.to_string())?;
         Ok((a, b))
-    })
-    .join()
-    .map_err(|_| "namespace thread panicked".to_string())??;
-    let ok = ns.exec(&["ip", "link", "add", "br0", "type", "bridge"])
-        && ns.exec(&["ip", "link", "set", "vbench0", "master", "br0"])
-        && ns.exec(&["ip", "link", "set", "vbench1", "master", "br0"])
-        && ["br0", "vbench0", "vbench1"]
-            .iter()
-            .all(|i| ns.exec(&["ip", "link", "set", i, "up"]));
-    if !ok {
-        return Err("cannot build the bridge".into());
+    })?;
+    ns.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
+    for tap in ["vbench0", "vbench1"] {
+        ns.exec(&["ip", "link", "set", tap, "master", "br0"])?;
     }
-    Ok((ns, taps.0, taps.1))
+    for dev in ["br0", "vbench0", "vbench1"] {
+        ns.exec(&["ip", "link", "set", dev, "up"])?;
+    }
+    Ok((ns, a, b))
 }
 
 fn run(a: &mut NetWorker<Tap>, b: &mut NetWorker<Tap>, frame_len: usize, secs: f64) {
     let mem = guest_memory(64 << 20);
     let irq = TestInterrupt::default();
-    let mut a_tx = Rings::new(&mem, 0x10_0000);
-    let a_rx = Rings::new(&mem, 0x11_0000);
-    let mut b_rx = Rings::new(&mem, 0x12_0000);
-    let b_tx = Rings::new(&mem, 0x13_0000);
+    let mut a_tx = rings(&mem, 0x10_0000);
+    let a_rx = rings(&mem, 0x11_0000);
+    let mut b_rx = rings(&mem, 0x12_0000);
+    let b_tx = rings(&mem, 0x13_0000);
     let mut a_q: Vec<Queue> = vec![a_rx.queue(), a_tx.queue()];
     let mut b_q: Vec<Queue> = vec![b_rx.queue(), b_tx.queue()];
     // A's rx queue is left unready: A only transmits.
@@ -106,8 +64,8 @@ fn run(a: &mut NetWorker<Tap>, b: &mut NetWorker<Tap>, frame_len: usize, secs: f
     for i in 0..u64::from(QSIZE) {
         let at = 0x100_0000 + i * 0x1_0000;
         mem.write_slice(&frame, GuestAddress(at)).unwrap();
-        a_tx.add_chain(&mem, &[(at, frame.len() as u32, 0)]);
-        b_rx.add_chain(&mem, &[(0x200_0000 + i * 0x1000, RX_BUF, WRITE)]);
+        a_tx.add_chain(&[(at, frame.len() as u32, 0)]);
+        b_rx.add_chain(&[(0x200_0000 + i * 0x1000, RX_BUF, WRITE)]);
     }
     let (mut a_seen, mut b_seen) = (0u16, 0u16);
     let rx0 = NetMetrics::get(&b.metrics().rx_frames);
@@ -119,9 +77,9 @@ fn run(a: &mut NetWorker<Tap>, b: &mut NetWorker<Tap>, frame_len: usize, secs: f
             let mut qs: Vec<&mut Queue> = a_q.iter_mut().collect();
             a.process_queue(1, &mut qs, mem.as_ref(), &irq).unwrap();
         }
-        let used = a_tx.used_idx(&mem);
+        let used = a_tx.used_idx();
         while a_seen != used {
-            a_tx.republish(&mem, a_tx.used_head(&mem, a_seen));
+            a_tx.publish(a_tx.used_elem(a_seen).0 as u16);
             a_seen = a_seen.wrapping_add(1);
         }
         {
@@ -129,9 +87,9 @@ fn run(a: &mut NetWorker<Tap>, b: &mut NetWorker<Tap>, frame_len: usize, secs: f
             b.process_extra(0, &mut qs, mem.as_ref(), &irq).unwrap();
             b.process_queue(0, &mut qs, mem.as_ref(), &irq).unwrap();
         }
-        let used = b_rx.used_idx(&mem);
+        let used = b_rx.used_idx();
         while b_seen != used {
-            b_rx.republish(&mem, b_rx.used_head(&mem, b_seen));
+            b_rx.publish(b_rx.used_elem(b_seen).0 as u16);
             b_seen = b_seen.wrapping_add(1);
         }
     }

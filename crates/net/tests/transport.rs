@@ -7,7 +7,7 @@ mod common;
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 
-use common::{QSIZE, Rings, WRITE, read, wait_for};
+use common::{QSIZE, Rings, WRITE, read, rings, setup, wait_for};
 use net::{NET_HDR_LEN, Net, SocketBackend};
 use rate_limiter::RateLimiter;
 use virtio_bindings::virtio_net;
@@ -23,13 +23,18 @@ fn bit(b: u32) -> u64 {
 }
 
 /// Negotiate `features`, lay out both queues at `base`, set DRIVER_OK.
-fn start(t: &mut MmioTransport, mem: &VmMemory, base: u64, features: u64) -> (Rings, Rings) {
-    let rx = Rings::new(mem, base);
-    let tx = Rings::new(mem, base + 0x1_0000);
+fn start<'m>(
+    t: &mut MmioTransport,
+    mem: &'m VmMemory,
+    base: u64,
+    features: u64,
+) -> (Rings<'m>, Rings<'m>) {
+    let rx = rings(mem, base);
+    let tx = rings(mem, base + 0x1_0000);
     let mut d = MmioDriver(t);
     assert!(d.negotiate(features));
-    rx.setup(&mut d, 0);
-    tx.setup(&mut d, 1);
+    setup(&mut d, 0, &rx);
+    setup(&mut d, 1, &tx);
     d.driver_ok();
     assert!(t.is_activated());
     (rx, tx)
@@ -59,21 +64,19 @@ fn traffic(t: &mut MmioTransport, mem: &Arc<VmMemory>, peer: &UnixDatagram, base
     let out = frame(200, seq);
     let buf = base + 0x4_0000;
     mem.write_slice(&out, vm_memory::GuestAddress(buf)).unwrap();
-    tx.add_chain(mem, &[(buf, out.len() as u32, 0)]);
+    tx.add_chain(&[(buf, out.len() as u32, 0)]);
     MmioDriver(t).write(0x50, 1);
     let mut got = vec![0u8; 70_000];
     let n = wait_for("the frame on the host side", || peer.recv(&mut got).ok());
     assert_eq!(got[..n], out[..], "the host gets header and frame");
-    wait_for("the tx used ring", || {
-        (tx.used(mem).len() == 1).then_some(())
-    });
+    wait_for("the tx used ring", || (tx.used().len() == 1).then_some(()));
 
     let rxbuf = base + 0x5_0000;
-    rx.add_chain(mem, &[(rxbuf, 2048, WRITE)]);
+    rx.add_chain(&[(rxbuf, 2048, WRITE)]);
     MmioDriver(t).write(0x50, 0);
     let inbound = frame(300, seq.wrapping_add(1));
     peer.send(&inbound).unwrap();
-    let used = wait_for("the rx used ring", || rx.used(mem).first().copied());
+    let used = wait_for("the rx used ring", || rx.used().first().copied());
     assert_eq!(used, (0, inbound.len() as u32));
     let landed = read(mem, rxbuf, inbound.len());
     assert_eq!(
@@ -134,8 +137,8 @@ fn activation_without_the_queues_is_refused_and_the_device_stays_usable() {
     let mut t = MmioTransport::new(Box::new(net), mem.clone()).unwrap();
     let mut d = MmioDriver(&mut t);
     assert!(d.negotiate(features::VERSION_1));
-    let rx = Rings::new(&mem, 0x10_0000);
-    rx.setup(&mut d, 0); // no tx queue
+    let rx = rings(&mem, 0x10_0000);
+    setup(&mut d, 0, &rx); // no tx queue
     d.driver_ok();
     assert!(!t.is_activated());
     MmioDriver(&mut t).write(0x70, 0);
@@ -177,13 +180,13 @@ fn limits_of_a_running_nic_are_replaced() {
         let out = frame(100, i);
         let buf = base + 0x4_0000 + u64::from(i) * 0x1000;
         mem.write_slice(&out, vm_memory::GuestAddress(buf)).unwrap();
-        tx.add_chain(&mem, &[(buf, out.len() as u32, 0)]);
+        tx.add_chain(&[(buf, out.len() as u32, 0)]);
     }
     MmioDriver(&mut t).write(0x50, 1);
     let mut got = vec![0u8; 70_000];
     wait_for("the first frame", || peer.recv(&mut got).ok());
     std::thread::sleep(std::time::Duration::from_millis(50));
-    assert_eq!(tx.used(&mem).len(), 1, "the others wait for the limit");
+    assert_eq!(tx.used().len(), 1, "the others wait for the limit");
 
     let start_at = std::time::Instant::now();
     nic(&mut t)
@@ -196,9 +199,7 @@ fn limits_of_a_running_nic_are_replaced() {
         start_at.elapsed() < std::time::Duration::from_millis(800),
         "released at once, not by the old limit"
     );
-    wait_for("the tx used ring", || {
-        (tx.used(&mem).len() == 3).then_some(())
-    });
+    wait_for("the tx used ring", || (tx.used().len() == 3).then_some(()));
     assert_eq!(
         nic(&mut t).rate_limits(),
         Some((rx_limit, api::RateLimit::default())),

@@ -32,7 +32,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
 
-use common::{QueueFds, Running, TestQueue, handshake, setup_queue};
+use common::{QueueFds, Running, TestQueue, WRITE, handshake, setup_queue};
+use test_support::virtq::NEXT;
 use vhost::vhost_user::Frontend;
 use vhost_user_backends::BlkServed;
 use virtio_devices::device::features;
@@ -47,7 +48,6 @@ const MEM_BYTES: usize = 16 << 20;
 const DISK_BYTES: u64 = 256 << 20;
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
-const WRITE: u16 = common::WRITE;
 /// `VRING_USED_F_NO_NOTIFY`.
 const NO_NOTIFY: u16 = 1;
 
@@ -271,8 +271,8 @@ impl<'a> Driver<'a> {
         self.mem.write_slice(&h, hdr).expect("header");
         self.mem.write_obj(0xffu8, status).expect("status");
         let d = 3 * slot;
-        let data_flags = common::NEXT | if write { 0 } else { WRITE };
-        self.vq.write_desc(d, hdr.0, 16, common::NEXT, d + 1);
+        let data_flags = NEXT | if write { 0 } else { WRITE };
+        self.vq.write_desc(d, hdr.0, 16, NEXT, d + 1);
         self.vq.write_desc(d + 1, data, io_size, data_flags, d + 2);
         self.vq.write_desc(d + 2, status.0, 1, WRITE, 0);
         // Descriptors before the avail entry and index (x86 keeps stores in order; the
@@ -284,8 +284,7 @@ impl<'a> Driver<'a> {
     /// Kick unless the backend said it is polling (NO_NOTIFY in the used ring's flags).
     fn kick(&mut self) {
         fence(Ordering::SeqCst);
-        let flags: u16 = self.mem.read_obj(self.vq.used).expect("used flags");
-        if flags & NO_NOTIFY == 0 {
+        if self.vq.used_flags() & NO_NOTIFY == 0 {
             self.fds.kick.write(1).expect("kick");
             self.kicks += 1;
         }

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use test_support::require;
 use vhost::VhostBackend;
 use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
@@ -58,7 +59,7 @@ impl<'a> Driver<'a> {
     /// Send one request with a data buffer of `len` bytes (device-writable if
     /// `data_in`); wait for it; return its status and the data buffer's address.
     fn request(&mut self, kind: u32, sector: u64, data: Option<(&[u8], u32, bool)>) -> (u8, u64) {
-        let mem = self.vq.mem;
+        let mem = self.vq.mem();
         let n = self.n;
         self.n += 1;
         let hdr = HDR + n * 16;
@@ -99,7 +100,10 @@ impl<'a> Driver<'a> {
         let zeros = vec![0u8; len as usize];
         let (st, buf) = self.request(req_type::IN, sector, Some((&zeros, len, true)));
         let mut out = vec![0u8; len as usize];
-        self.vq.mem.read_slice(&mut out, GuestAddress(buf)).unwrap();
+        self.vq
+            .mem()
+            .read_slice(&mut out, GuestAddress(buf))
+            .unwrap();
         (st, out)
     }
 }
@@ -156,10 +160,11 @@ fn blk_write_read_flush_get_id_and_out_of_range_sync() {
 fn blk_write_read_flush_get_id_and_out_of_range_io_uring() {
     // io_uring's completions arrive on an extra fd the adapter registers with the
     // daemon's event loop.
-    if !block::io_uring_available() {
-        eprintln!("skipped: io_uring is not available on this host");
-        return;
-    }
+    require!(
+        "blk_write_read_flush_get_id_and_out_of_range_io_uring",
+        block::io_uring_available(),
+        "io_uring is not available on this host (io_uring_setup fails)"
+    );
     requests_on("uring");
 }
 

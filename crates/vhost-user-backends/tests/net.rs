@@ -2,18 +2,18 @@
 //! and deletes: a frame the guest puts on the tx ring appears on the host side of the
 //! TAP (a raw `AF_PACKET` socket in the namespace), a frame sent there lands in the rx
 //! ring, and both still work after the frontend stopped the rings and set them up again.
-//! Needs root and `/dev/net/tun`; otherwise it prints why and skips.
+//! Needs root, `/dev/net/tun` and `ip`; without them the test is skipped through
+//! test-support's skip policy (a failure under `CI=true`).
 
 mod common;
 
-use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
-use std::process::Command;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::*;
+use test_support::netns::{Netns, ethernet, packet_socket};
+use test_support::require;
 use vhost::VhostBackend;
 use vhost::vhost_user::VhostUserFrontend;
 use vhost::vhost_user::message::VhostUserConfigFlags;
@@ -25,116 +25,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const MAC: [u8; 6] = [0x02, 0x5a, 0x11, 0x22, 0x33, 0x44];
 const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-/// IEEE 802 local experimental ethertype: nothing else on the link uses it.
-const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 const HDR_LEN: usize = 12;
 const QSIZE: u16 = 64;
-
-/// A network namespace made for this test, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn create(tag: &str) -> Option<Self> {
-        // SAFETY: geteuid has no preconditions and touches no memory.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP vhost-user-net TAP test: not running as root");
-            return None;
-        }
-        if !std::path::Path::new(net::tap::TUN_PATH).exists() {
-            eprintln!("SKIP vhost-user-net TAP test: no {}", net::tap::TUN_PATH);
-            return None;
-        }
-        let name = format!("vireo-vu{tag}-{}", std::process::id());
-        match Command::new("ip").args(["netns", "add", &name]).status() {
-            Ok(s) if s.success() => Some(Self(name)),
-            other => {
-                eprintln!("SKIP vhost-user-net TAP test: `ip netns add` failed: {other:?}");
-                None
-            }
-        }
-    }
-
-    /// Run a command inside the namespace; whether it succeeded.
-    fn exec(&self, args: &[&str]) -> bool {
-        Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(args)
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-
-    /// Run `f` on a thread that joined the namespace (sockets and TAPs it opens live
-    /// there, whichever thread uses them later).
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let ns = File::open(&path).expect("namespace file");
-            // SAFETY: setns on a namespace fd we opened; it changes only this thread's
-            // network namespace, and the thread ends after `f`.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("namespace thread")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// A non-blocking raw packet socket bound to interface `ifname`, all protocols.
-fn packet_socket(ifname: &str) -> io::Result<File> {
-    let proto = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: socket(2) with constant arguments; no memory is passed.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            i32::from(proto),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a new descriptor that nothing else owns.
-    let file = unsafe { File::from_raw_fd(fd) };
-    let name = CString::new(ifname)?;
-    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `sockaddr_ll` is plain integers and arrays; all-zero is a valid value.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = proto;
-    sll.sll_ifindex = index as i32;
-    // SAFETY: the pointer and length describe `sll`, alive for the call.
-    let rc = unsafe {
-        libc::bind(
-            fd,
-            (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(file)
-}
-
-fn ethernet(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend(dst);
-    f.extend(src);
-    f.extend(ETHERTYPE);
-    f.extend(payload);
-    f
-}
 
 /// Wait (5 s at most) for `sock` to see exactly `frame`.
 fn expect_on_tap(sock: &File, frame: &[u8]) {
@@ -192,7 +84,7 @@ impl<'a> Rings<'a> {
 
     /// Put `frame` (after a zero header, in a second descriptor) on the tx ring.
     fn send(&mut self, frame: &[u8]) {
-        let mem = self.tx.mem;
+        let mem = self.tx.mem();
         mem.write_slice(&[0u8; HDR_LEN], GuestAddress(self.tx_buf))
             .unwrap();
         mem.write_slice(frame, GuestAddress(self.tx_buf + 0x100))
@@ -206,7 +98,7 @@ impl<'a> Rings<'a> {
 
     /// Wait for `frame` in one of the used rx buffers.
     fn expect_received(&self, frame: &[u8]) {
-        let mem = self.rx.mem;
+        let mem = self.rx.mem();
         wait_for("the host's frame in a guest rx buffer", || {
             (0..self.rx.used_idx()).any(|i| {
                 let (head, len) = self.rx.used_elem(i);
@@ -224,10 +116,11 @@ impl<'a> Rings<'a> {
 
 #[test]
 fn net_frames_cross_a_real_tap_and_survive_a_ring_restart() {
-    let Some(ns) = Netns::create("net") else {
-        return;
-    };
-    ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+    let ns = require!(
+        "net_frames_cross_a_real_tap_and_survive_a_ring_restart",
+        Netns::new("vunet")
+    );
+    let _ = ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
     let tap = format!("vutap{}", std::process::id() % 100_000);
     let cfg: api::NetConfig = format!("tap={tap},mac=02:5a:11:22:33:44").parse().unwrap();
     let tap2 = tap.clone();
@@ -236,7 +129,7 @@ fn net_frames_cross_a_real_tap_and_survive_a_ring_restart() {
         let sock = packet_socket(&tap2).expect("packet socket on the TAP");
         (served, sock)
     });
-    assert!(ns.exec(&["ip", "link", "set", &tap, "up"]));
+    ns.exec(&["ip", "link", "set", &tap, "up"]).unwrap();
     assert_eq!(served.mac(), MAC);
     assert_eq!(served.num_queues(), 2);
 

@@ -76,7 +76,10 @@ impl<'a> Guest<'a> {
         self.rx_seen = self.rx_seen.wrapping_add(1);
         let at = self.rx_buf + u64::from(head) * 0x1000;
         let mut hdr = [0u8; HDR_SIZE];
-        self.rx.mem.read_slice(&mut hdr, GuestAddress(at)).unwrap();
+        self.rx
+            .mem()
+            .read_slice(&mut hdr, GuestAddress(at))
+            .unwrap();
         let hdr = Header::from_bytes(&hdr);
         assert!(
             len as usize >= HDR_SIZE && len <= RX_BUF_LEN,
@@ -84,7 +87,7 @@ impl<'a> Guest<'a> {
         );
         let mut payload = vec![0u8; len as usize - HDR_SIZE];
         self.rx
-            .mem
+            .mem()
             .read_slice(&mut payload, GuestAddress(at + HDR_SIZE as u64))
             .unwrap();
         assert_eq!(payload.len(), hdr.len as usize, "header len matches");
@@ -99,7 +102,7 @@ impl<'a> Guest<'a> {
             len: payload.len() as u32,
             ..hdr
         };
-        let mem = self.tx.mem;
+        let mem = self.tx.mem();
         mem.write_slice(&hdr.to_bytes(), GuestAddress(at)).unwrap();
         mem.write_slice(payload, GuestAddress(at + HDR_SIZE as u64))
             .unwrap();

@@ -14,15 +14,17 @@
 //!   opened refused with a 400 that changes nothing, and the snapshot taken afterwards
 //!   carrying the new image.
 //! - A NIC on a TAP inside a network namespace the test makes (root only, else skipped
-//!   with the reason): its rate limiters, merged as Firecracker does.
+//!   through test-support's skip policy): its rate limiters, merged as Firecracker does.
 
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::http::{Client, Vireo, bad, ok};
+use test_support::netns::Netns;
+use test_support::require;
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -258,42 +260,6 @@ fn a_drive_takes_a_new_image_and_limits_and_get_vm_config_follows() {
     ok(c.patch("/vm", r#"{"state": "Resumed"}"#));
 }
 
-/// A network namespace for this test, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    /// `None`, having said why, if the test cannot make one.
-    fn create() -> Option<Self> {
-        // SAFETY: geteuid has no preconditions and touches no memory.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP NIC PATCH test: not running as root (a TAP needs CAP_NET_ADMIN)");
-            return None;
-        }
-        if !Path::new("/dev/net/tun").exists() {
-            eprintln!("SKIP NIC PATCH test: no /dev/net/tun");
-            return None;
-        }
-        let name = format!("vireo-patch-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        match Command::new("ip").args(["netns", "add", &name]).status() {
-            Ok(s) if s.success() => Some(Self(name)),
-            other => {
-                eprintln!("SKIP NIC PATCH test: `ip netns add` failed: {other:?}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 /// A `vireo --api-sock` inside a network namespace, killed on drop.
 struct NsVireo {
     child: std::process::Child,
@@ -306,8 +272,8 @@ impl NsVireo {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("api.sock");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_vireo")])
+        let child = ns
+            .command(env!("CARGO_BIN_EXE_vireo"))
             .args(["--api-sock", sock.to_str().unwrap()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -332,7 +298,7 @@ impl Drop for NsVireo {
 
 #[test]
 fn a_nic_takes_new_rate_limiters() {
-    let Some(ns) = Netns::create() else { return };
+    let ns = require!("a_nic_takes_new_rate_limiters", Netns::new("patch"));
     let vm = NsVireo::start(&ns);
     let mut c = Client::connect(Path::new(&vm.path("api.sock")));
     let serial = vm.path("serial");

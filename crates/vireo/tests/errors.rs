@@ -3,6 +3,7 @@
 mod common;
 
 use common::{run, run_guest};
+use test_support::{require, skip};
 
 /// Exit code of a VM that could not be built.
 const BUILD_FAILED: i32 = 1;
@@ -171,11 +172,10 @@ fn version_and_help() {
 
 #[test]
 fn kvm_permission_denied_names_the_group() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: dropping to another user needs root");
-        return;
-    }
+    require!(
+        "kvm_permission_denied_names_the_group",
+        skip::root().map_err(|e| format!("{e} (to drop to another user)"))
+    );
     // As root, run vireo as `nobody`, who may not open /dev/kvm (root:root 0600 or kvm 0660).
     let kernel = test_guests::path(test_guests::HELLO64);
     let out = std::process::Command::new("setpriv")

@@ -22,10 +22,12 @@
 //!
 //! Each QEMU run is bounded ([`layer3::RUN_DEADLINE`]), killed on timeout, with the
 //! console's tail in the failure message. Runs take one at a time (TCG is CPU-bound).
-//! Tests skip, saying why on stderr, when `qemu-system-x86_64` is not installed; the net
-//! test also needs root and `ip` (it makes a network namespace), the vsock test `gcc`
-//! (the guest's vsock tool is built static at test time: `layer3/vsock_cat.c`), the
-//! qcow2 test `qemu-img`. `.ci/run` installs all of them. `VIREO_L3_KEEP=1` keeps each
+//! Tests need `qemu-system-x86_64`; the blk tests mke2fs, e2fsck and debugfs, the net
+//! test root and `ip` (it makes a network namespace), the vsock test `gcc` (the guest's
+//! vsock tool is built static at test time: `layer3/vsock_cat.c`), the qcow2 test
+//! `qemu-img`. Without one a test goes through test-support's skip policy: skipped and
+//! reported (`SKIP <test>: <why>`, and in `VIREO_SKIP_LOG`), a failure under `CI=true`.
+//! `.ci/run` installs all of them. `VIREO_L3_KEEP=1` keeps each
 //! test's scratch directory (images, results, initrd).
 //!
 //! Devices:
@@ -59,16 +61,18 @@ mod layer3;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use layer3::{
-    Backend, GuestFiles, GuestRun, Qemu, TempDir, exclusive, guest_dir, pattern, qemu_available,
-    run_ok, sha256, tool_available, vhost_user_device,
+    Backend, GuestFiles, GuestRun, Qemu, TempDir, exclusive, guest_dir, image_tools, pattern, qemu,
+    run_ok, sha256, vhost_user_device,
 };
+use test_support::netns::Netns;
+use test_support::require;
+use test_support::skip;
 
 // ---------------------------------------------------------------------------------------
 // virtio-blk
@@ -119,7 +123,7 @@ umount /mnt
 
 /// The archive for a blk boot running `script`: mke2fs with its libraries, the files.
 fn blk_archive(script: &str) -> GuestFiles {
-    let mke2fs = layer3::which("mke2fs").expect("mke2fs (e2fsprogs)");
+    let mke2fs = skip::which("mke2fs").expect("mke2fs (e2fsprogs)");
     let script = script.replace("MKE2FS", &GuestFiles::host_program_command("mke2fs"));
     let mut files = GuestFiles::with_script(&script);
     files.host_program("mke2fs", &mke2fs);
@@ -162,11 +166,8 @@ fn check_blk_queue(run: &GuestRun) {
 }
 
 /// `raw`, a raw image of the file system the guest made: check it with e2fsck and read
-/// every file back with debugfs.
+/// every file back with debugfs (the tests required [`image_tools`] first).
 fn check_image_on_host(raw: &Path, second_boot: bool) {
-    if !tool_available("blk image check", "debugfs", "e2fsprogs") {
-        return;
-    }
     run_ok(Command::new("e2fsck").args(["-f", "-n"]).arg(raw));
     let mut files: Vec<(String, Vec<u8>)> = blk_files()
         .into_iter()
@@ -200,11 +201,12 @@ enum Format {
 /// Two boots on one image, each with a new `vireo vhost-user blk`; then the host reads
 /// the image.
 fn blk_two_boots(test: &str, format: Format) {
-    if !qemu_available(test) || !tool_available(test, "mke2fs", "e2fsprogs") {
-        return;
-    }
-    if format == Format::Qcow2 && !tool_available(test, "qemu-img", "qemu-utils") {
-        return;
+    let name = skip::current_test();
+    require!(&name, qemu());
+    require!(&name, skip::tool("mke2fs", "e2fsprogs"));
+    require!(&name, image_tools());
+    if format == Format::Qcow2 {
+        require!(&name, skip::tool("qemu-img", "qemu-utils"));
     }
     let _one = exclusive();
     let dir = TempDir::new(test);
@@ -318,12 +320,14 @@ fn blk_qcow2_mkfs_write_reboot_read() {
 #[test]
 fn blk_reference_backend_qemu_storage_daemon() {
     let test = "blk_reference";
-    if !qemu_available(test)
-        || !tool_available(test, "qemu-storage-daemon", "qemu-system-common")
-        || !tool_available(test, "mke2fs", "e2fsprogs")
-    {
-        return;
-    }
+    let name = "blk_reference_backend_qemu_storage_daemon";
+    require!(name, qemu());
+    require!(
+        name,
+        skip::tool("qemu-storage-daemon", "qemu-system-common")
+    );
+    require!(name, skip::tool("mke2fs", "e2fsprogs"));
+    require!(name, image_tools());
     let _one = exclusive();
     let dir = TempDir::new(test);
     let guest = guest_dir();
@@ -373,9 +377,7 @@ result large_bytes $(wc -c < /tmp/large)
 #[test]
 fn rng_hwrng_reads() {
     let test = "rng";
-    if !qemu_available(test) {
-        return;
-    }
+    require!("rng_hwrng_reads", qemu());
     let _one = exclusive();
     let dir = TempDir::new(test);
     let guest = guest_dir();
@@ -426,45 +428,15 @@ const GUEST_IP: &str = "10.77.0.2";
 const HTTP_PORT: u16 = 8080;
 const GUEST_MAC: &str = "52:54:00:4c:33:01";
 
-/// A network namespace, deleted (with the TAP in it) when dropped.
-struct NetNs(String);
-
-impl NetNs {
-    fn new(name: &str) -> Self {
-        let _ = Command::new("ip").args(["netns", "del", name]).output();
-        run_ok(Command::new("ip").args(["netns", "add", name]));
-        Self(name.to_string())
-    }
-
-    /// `ip netns exec NS ARGS...`, checked.
-    fn exec(&self, args: &[&str]) {
-        run_ok(
-            Command::new("ip")
-                .args(["netns", "exec", &self.0])
-                .args(args),
-        );
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
 /// Serve HTTP on `HOST_IP:HTTP_PORT` inside the namespace `ns` until one `GET /data`
 /// (answered with `download`) and one `POST /upload` were served, or the deadline. The
 /// thread's result is the uploaded body.
 fn http_server(ns: &str, download: Vec<u8>) -> std::thread::JoinHandle<Result<Vec<u8>, String>> {
-    let ns_path = format!("/run/netns/{ns}");
+    let ns_name = ns.to_string();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = std::thread::spawn(move || {
-        let ns = std::fs::File::open(&ns_path).map_err(|e| format!("open {ns_path}: {e}"))?;
-        // SAFETY: setns(2) on a namespace fd we own; CLONE_NEWNET moves only this thread,
-        // which from here on only serves the test's HTTP requests.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(format!("setns: {}", std::io::Error::last_os_error()));
-        }
+        // This thread from here on only serves the test's HTTP requests.
+        test_support::netns::enter(&ns_name).map_err(|e| format!("enter {ns_name}: {e}"))?;
         let listener = TcpListener::bind((HOST_IP, HTTP_PORT)).map_err(|e| e.to_string());
         let ok = listener.is_ok();
         let _ = ready_tx.send(listener.as_ref().err().cloned());
@@ -581,23 +553,15 @@ result upload $(cat /tmp/reply)
 #[test]
 fn net_tap_ping_and_http_transfer() {
     let test = "net";
-    if !qemu_available(test) || !tool_available(test, "ip", "iproute2") {
-        return;
-    }
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("{test}: SKIPPED: needs root (network namespace and TAP device)");
-        return;
-    }
+    let name = "net_tap_ping_and_http_transfer";
+    require!(name, qemu());
+    // Root, /dev/net/tun and ip.
+    let ns = require!(name, Netns::new("l3"));
     let _one = exclusive();
     let dir = TempDir::new(test);
     let guest = guest_dir();
-    let ns = NetNs::new(&format!("vireo-l3-{}", std::process::id()));
     let tap = "vtap0";
-    ns.exec(&["ip", "link", "set", "lo", "up"]);
-    ns.exec(&["ip", "tuntap", "add", "dev", tap, "mode", "tap"]);
-    ns.exec(&["ip", "addr", "add", &format!("{HOST_IP}/24"), "dev", tap]);
-    ns.exec(&["ip", "link", "set", tap, "up"]);
+    ns.add_tap(tap, &format!("{HOST_IP}/24")).unwrap();
 
     let down = pattern(3, (2 << 20) + 11);
     // busybox wget posts the file as a C string: no NUL byte in it.
@@ -605,7 +569,7 @@ fn net_tap_ping_and_http_transfer() {
         .into_iter()
         .map(|b| b'!' + b % 94)
         .collect();
-    let server = http_server(&ns.0, down.clone());
+    let server = http_server(ns.name(), down.clone());
 
     let mut files = GuestFiles::with_script(&net_script());
     files.file("vireo/data/up.bin", &up, 0o644);
@@ -613,16 +577,13 @@ fn net_tap_ping_and_http_transfer() {
     files.initrd(&guest, &initrd);
 
     let socket = dir.join("net.sock");
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.0]);
     let vireo = Backend::vireo_command(
         "net",
         &socket,
         &["--net", &format!("tap={tap},mac={GUEST_MAC}")],
     );
-    cmd.arg(vireo.get_program())
-        .args(vireo.get_args())
-        .env("VIREO_LOG", "info");
+    let mut cmd = ns.command(vireo.get_program());
+    cmd.args(vireo.get_args()).env("VIREO_LOG", "info");
     let backend = Backend::start("vireo vhost-user net", cmd, &socket);
     let run = Qemu::start(
         test,
@@ -756,9 +717,9 @@ fn echo_through_guest(socket: &Path, data: &[u8]) -> Vec<u8> {
 #[test]
 fn vsock_host_and_guest_connections() {
     let test = "vsock";
-    if !qemu_available(test) || !tool_available(test, "gcc", "gcc") {
-        return;
-    }
+    let name = "vsock_host_and_guest_connections";
+    require!(name, qemu());
+    require!(name, skip::tool("gcc", "gcc"));
     let _one = exclusive();
     let dir = TempDir::new(test);
     let guest = guest_dir();

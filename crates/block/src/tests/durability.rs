@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 
 use imago::qcow2::Qcow2;
 use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate};
+use test_support::require;
 
 use super::harness::*;
 use crate::request::{req_type as t, status};
@@ -75,9 +76,7 @@ fn flushed_raw_writes_survive_kill_9() {
 
 #[test]
 fn flushed_qcow2_writes_survive_kill_9() {
-    if !have_qemu_img("flushed_qcow2_writes_survive_kill_9") {
-        return;
-    }
+    require!("flushed_qcow2_writes_survive_kill_9", qemu_img_installed());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", path.to_str().unwrap(), "4M"]);

@@ -14,6 +14,8 @@ use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
 
+use test_support::skip;
+
 use crate::request::{SECTOR_SIZE, req_type};
 use crate::worker::BlockWorker;
 
@@ -56,13 +58,24 @@ pub fn disk_cfg(path: &Path, engine: api::IoEngine) -> api::DiskConfig {
     }
 }
 
-/// The engines to test on this host (io_uring skipped with a message if unavailable).
+/// `Ok` where io_uring works on this host, else why not (for [`test_support::require!`]).
+pub fn io_uring() -> Result<(), &'static str> {
+    crate::io_uring_available()
+        .then_some(())
+        .ok_or("io_uring is not available on this host (io_uring_setup fails)")
+}
+
+/// The engines to test on this host. Without io_uring only the sync engine runs, and
+/// the io_uring half of the calling test is reported through the skip policy (a
+/// failure under `CI=true`).
 pub fn engines() -> Vec<api::IoEngine> {
-    if crate::io_uring_available() {
-        vec![api::IoEngine::Sync, api::IoEngine::IoUring]
-    } else {
-        eprintln!("SKIP io_uring variant: io_uring_setup fails on this host");
-        vec![api::IoEngine::Sync]
+    match io_uring() {
+        Ok(()) => vec![api::IoEngine::Sync, api::IoEngine::IoUring],
+        Err(why) => {
+            let test = format!("{} (io_uring engine)", skip::current_test());
+            skip::missing(&test, why);
+            vec![api::IoEngine::Sync]
+        }
     }
 }
 
@@ -75,16 +88,9 @@ pub fn file_bytes(path: &Path, offset: u64, len: usize) -> Vec<u8> {
     buf
 }
 
-/// Whether qemu-img is installed; prints why a test is skipped if not.
-pub fn have_qemu_img(test: &str) -> bool {
-    let ok = std::process::Command::new("qemu-img")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("SKIP {test}: qemu-img (Debian package qemu-utils) is not installed");
-    }
-    ok
+/// `Ok` where qemu-img is installed, else why not (for [`test_support::require!`]).
+pub fn qemu_img_installed() -> Result<(), String> {
+    skip::tool("qemu-img", "qemu-utils").map(|_| ())
 }
 
 /// Run qemu-img with `args`, panicking with its output on failure.

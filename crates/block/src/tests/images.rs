@@ -5,6 +5,7 @@ use std::path::Path;
 
 use imago::qcow2::Qcow2;
 use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate};
+use test_support::require;
 
 use super::harness::*;
 use crate::disk::BlockError;
@@ -113,9 +114,7 @@ fn qcow2_cfg(path: &Path) -> api::DiskConfig {
 
 #[test]
 fn qcow2_unsupported_feature_is_named() {
-    if !have_qemu_img("qcow2_unsupported_feature_is_named") {
-        return;
-    }
+    require!("qcow2_unsupported_feature_is_named", qemu_img_installed());
     let dir = tempfile::tempdir().unwrap();
     let path = qcow2_image(dir.path(), "f.qcow2", "1M");
     // Set incompatible feature bit 40 (big endian u64 at offset 72).
@@ -129,9 +128,7 @@ fn qcow2_unsupported_feature_is_named() {
 
 #[test]
 fn qcow2_refuses_io_uring() {
-    if !have_qemu_img("qcow2_refuses_io_uring") {
-        return;
-    }
+    require!("qcow2_refuses_io_uring", qemu_img_installed());
     let dir = tempfile::tempdir().unwrap();
     let path = qcow2_image(dir.path(), "u.qcow2", "1M");
     let mut cfg = qcow2_cfg(&path);
@@ -143,9 +140,7 @@ fn qcow2_refuses_io_uring() {
 
 #[test]
 fn qcow2_read_write_flush_is_durable() {
-    if !have_qemu_img("qcow2_read_write_flush_is_durable") {
-        return;
-    }
+    require!("qcow2_read_write_flush_is_durable", qemu_img_installed());
     let dir = tempfile::tempdir().unwrap();
     let path = qcow2_image(dir.path(), "d.qcow2", "8M");
     let mut h = Harness::open(&qcow2_cfg(&path));
@@ -177,9 +172,7 @@ fn qcow2_read_write_flush_is_durable() {
 
 #[test]
 fn qcow2_discard_and_write_zeroes() {
-    if !have_qemu_img("qcow2_discard_and_write_zeroes") {
-        return;
-    }
+    require!("qcow2_discard_and_write_zeroes", qemu_img_installed());
     let dir = tempfile::tempdir().unwrap();
     let path = qcow2_image(dir.path(), "z.qcow2", "4M");
     let mut h = Harness::open(&qcow2_cfg(&path));
@@ -205,9 +198,7 @@ fn qcow2_discard_and_write_zeroes() {
 
 #[test]
 fn qcow2_over_a_raw_backing_file() {
-    if !have_qemu_img("qcow2_over_a_raw_backing_file") {
-        return;
-    }
+    require!("qcow2_over_a_raw_backing_file", qemu_img_installed());
     let dir = tempfile::tempdir().unwrap();
     let base = raw_image(dir.path(), "base.raw", 2048);
     let overlay = dir.path().join("overlay.qcow2");
@@ -248,9 +239,7 @@ fn qcow2_over_a_raw_backing_file() {
 
 #[test]
 fn read_only_qcow2_refuses_writes() {
-    if !have_qemu_img("read_only_qcow2_refuses_writes") {
-        return;
-    }
+    require!("read_only_qcow2_refuses_writes", qemu_img_installed());
     let dir = tempfile::tempdir().unwrap();
     let path = qcow2_image(dir.path(), "ro.qcow2", "1M");
     let mut cfg = qcow2_cfg(&path);

@@ -108,7 +108,18 @@ fn allowed(h: &Harness, descs: &[RawDesc]) -> Vec<(u64, u64)> {
 fn run_case(descs: Vec<RawDesc>, (ty, sector): (u32, u64), seg: [u8; 16], seed: u64, uring: bool) {
     let dir = tempfile::tempdir().unwrap();
     let path = raw_image(dir.path(), "p.raw", SECTORS);
-    let engine = if uring && crate::io_uring_available() {
+    let engine = if uring {
+        // Not quietly replaced by sync I/O: the io_uring cases are reported as skipped
+        // (once), a failure under CI=true.
+        if let Err(why) = io_uring() {
+            static REPORTED: std::sync::Once = std::sync::Once::new();
+            REPORTED.call_once(|| {
+                let test =
+                    "tests::prop::random_chains_never_panic_or_write_outside (io_uring cases)";
+                test_support::skip::missing(test, why);
+            });
+            return;
+        }
         api::IoEngine::IoUring
     } else {
         api::IoEngine::Sync

@@ -1,5 +1,6 @@
 //! Every request type and every error status, on both engines.
 
+use test_support::require;
 use vm_memory::{Address, Bytes};
 
 use super::harness::*;
@@ -244,10 +245,7 @@ fn header_and_data_may_share_descriptors() {
 
 #[test]
 fn io_uring_keeps_many_requests_in_flight() {
-    if !crate::io_uring_available() {
-        eprintln!("SKIP io_uring_keeps_many_requests_in_flight: no io_uring here");
-        return;
-    }
+    require!("io_uring_keeps_many_requests_in_flight", io_uring());
     let (_d, _p, mut h) = setup(api::IoEngine::IoUring);
     let reqs: Vec<_> = (0..64)
         .map(|i| h.request(t::IN, i % SECTORS, &[512], 0))
@@ -274,10 +272,7 @@ fn io_uring_keeps_many_requests_in_flight() {
 
 #[test]
 fn io_uring_flush_waits_for_earlier_writes() {
-    if !crate::io_uring_available() {
-        eprintln!("SKIP io_uring_flush_waits_for_earlier_writes: no io_uring here");
-        return;
-    }
+    require!("io_uring_flush_waits_for_earlier_writes", io_uring());
     let (_d, path, mut h) = setup(api::IoEngine::IoUring);
     let writes: Vec<_> = (0..16)
         .map(|i| h.request(t::OUT, i * 4, &[2048], i as u8))

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use test_support::require;
 use virtio_devices::device::{VirtioDevice, VmMemory, features as f};
 use virtio_devices::mmio::MmioTransport;
 use virtio_devices::testing::{MmioDriver, guest_memory};
@@ -86,13 +87,9 @@ fn in_flight_requests_finish_on_the_old_image_then_the_new_one_serves() {
 
 #[test]
 fn a_swap_is_refused_for_an_image_the_engine_cannot_serve() {
-    if !crate::io_uring_available() {
-        eprintln!("SKIP: io_uring_setup fails on this host");
-        return;
-    }
-    if !have_qemu_img("a_swap_is_refused_for_an_image_the_engine_cannot_serve") {
-        return;
-    }
+    let test = "a_swap_is_refused_for_an_image_the_engine_cannot_serve";
+    require!(test, io_uring());
+    require!(test, qemu_img_installed());
     let dir = tempfile::tempdir().unwrap();
     let old = filled_image(dir.path(), "old.raw", 64, 0x11);
     let q = dir.path().join("new.qcow2");

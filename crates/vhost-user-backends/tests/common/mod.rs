@@ -1,6 +1,6 @@
 //! A small vhost-user frontend for the tests: shared guest memory in a file, split
-//! queues laid out with virtio-queue's mock, and vhost's own `Frontend` speaking the
-//! protocol to a [`Server`] running on a thread.
+//! queues laid out by test-support's driver ([`TestQueue`]), and vhost's own `Frontend`
+//! speaking the protocol to a [`Server`] running on a thread.
 
 #![allow(dead_code, missing_docs)]
 
@@ -10,17 +10,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use test_support::virtq::SplitQueue;
+pub use test_support::virtq::WRITE;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vhost_user_backends::daemon::{ServeError, Server};
 use vhost_user_backends::served::Served;
-use vm_memory::{Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 pub const MEM_SIZE: usize = 4 << 20;
 pub const PROTOCOL_FEATURES: u64 = 1 << 30;
-pub const WRITE: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
 
 /// A unique path in the temp dir, removed (if still there) on drop.
 pub struct TempPath(pub PathBuf);
@@ -130,106 +131,13 @@ pub struct QueueFds {
     pub call: EventFd,
 }
 
-/// A split virtqueue laid out in guest memory by the test (virtio 1.2, 2.7): descriptor
-/// table at `base`, avail ring right after, used ring 4-aligned after that.
-pub struct TestQueue<'a> {
-    pub mem: &'a GuestMemoryMmap<()>,
-    pub size: u16,
-    pub desc: GuestAddress,
-    pub avail: GuestAddress,
-    pub used: GuestAddress,
-    next_desc: u16,
-    avail_idx: u16,
-}
-
-impl<'a> TestQueue<'a> {
-    pub fn new(mem: &'a GuestMemoryMmap<()>, base: GuestAddress, size: u16) -> Self {
-        let desc = base;
-        let avail = desc.unchecked_add(16 * u64::from(size));
-        let used_unaligned = avail.unchecked_add(6 + 2 * u64::from(size));
-        let used = GuestAddress((used_unaligned.0 + 3) & !3);
-        let end = used.unchecked_add(6 + 8 * u64::from(size));
-        mem.write_slice(&vec![0u8; (end.0 - base.0) as usize], base)
-            .unwrap();
-        Self {
-            mem,
-            size,
-            desc,
-            avail,
-            used,
-            next_desc: 0,
-            avail_idx: 0,
-        }
-    }
-
-    /// Write a chain of (address, length, flags) buffers and make it available; returns
-    /// its head. NEXT flags are added.
-    pub fn add_chain(&mut self, bufs: &[(u64, u32, u16)]) -> u16 {
-        let head = self.next_desc;
-        for (i, (addr, len, flags)) in bufs.iter().enumerate() {
-            let idx = (self.next_desc + i as u16) % self.size;
-            let last = i + 1 == bufs.len();
-            let flags = if last { *flags } else { *flags | NEXT };
-            let next = (idx + 1) % self.size;
-            self.write_desc(idx, *addr, *len, flags, next);
-        }
-        self.next_desc = (self.next_desc + bufs.len() as u16) % self.size;
-        self.publish(head);
-        head
-    }
-
-    pub fn write_desc(&self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = self.desc.unchecked_add(16 * u64::from(idx));
-        self.mem.write_obj(addr, at).unwrap();
-        self.mem.write_obj(len, at.unchecked_add(8)).unwrap();
-        self.mem.write_obj(flags, at.unchecked_add(12)).unwrap();
-        self.mem.write_obj(next, at.unchecked_add(14)).unwrap();
-    }
-
-    /// Put `head` in the avail ring and bump its index.
-    pub fn publish(&mut self, head: u16) {
-        let slot = self.avail_idx % self.size;
-        self.mem
-            .write_obj(head, self.avail.unchecked_add(4 + 2 * u64::from(slot)))
-            .unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.set_avail_idx(self.avail_idx);
-    }
-
-    pub fn set_avail_idx(&self, idx: u16) {
-        self.mem
-            .write_obj(idx, self.avail.unchecked_add(2))
-            .unwrap();
-    }
-
-    /// The driver's `used_event` (after the avail ring).
-    pub fn set_used_event(&self, v: u16) {
-        self.mem
-            .write_obj(v, self.avail.unchecked_add(4 + 2 * u64::from(self.size)))
-            .unwrap();
-    }
-
-    pub fn used_idx(&self) -> u16 {
-        self.mem
-            .read_obj::<u16>(self.used.unchecked_add(2))
-            .unwrap()
-    }
-
-    /// Element `i` of the used ring: (descriptor head, length written).
-    pub fn used_elem(&self, i: u16) -> (u32, u32) {
-        let at = self.used.unchecked_add(4 + 8 * u64::from(i % self.size));
-        (
-            self.mem.read_obj::<u32>(at).unwrap(),
-            self.mem.read_obj::<u32>(at.unchecked_add(4)).unwrap(),
-        )
-    }
-}
-
-pub const NEXT: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
+/// A split virtqueue the test lays out in the shared guest memory: test-support's
+/// driver side.
+pub type TestQueue<'a> = SplitQueue<'a, GuestMemoryMmap<()>>;
 
 /// Hand queue `index`, laid out by `q`, to the backend and enable it.
 pub fn setup_queue(fe: &mut Frontend, index: usize, q: &TestQueue<'_>) -> QueueFds {
-    let mem = q.mem;
+    let mem = q.mem();
     fe.set_vring_num(index, q.size).unwrap();
     fe.set_vring_addr(
         index,

@@ -22,6 +22,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use test_support::skip;
+
 use crate::common::collect_output;
 
 /// The QEMU binary the tests need.
@@ -45,33 +47,18 @@ stty -F /dev/ttyS1 raw -echo 2>/dev/null || true
 result() { echo "$*" >&3; }
 "#;
 
-/// Where a command is on `PATH`, if it is.
-pub fn which(cmd: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(cmd))
-        .find(|p| p.is_file())
+/// `Ok` where QEMU is installed, else why not: every test checks this first, through
+/// the skip policy (`test_support::require!`: a failure under `CI=true`).
+pub fn qemu() -> Result<PathBuf, String> {
+    skip::tool(QEMU, "qemu-system-x86").map_err(|e| format!("{e}; .ci/run installs it"))
 }
 
-/// Whether the tests can run here: `false` (after saying why on stderr) when QEMU is not
-/// installed. Each test calls this first and returns if it says no.
-pub fn qemu_available(test: &str) -> bool {
-    if which(QEMU).is_some() {
-        return true;
-    }
-    eprintln!(
-        "{test}: SKIPPED: {QEMU} is not installed (Debian package qemu-system-x86; .ci/run installs it)"
-    );
-    false
-}
-
-/// Whether `cmd` is installed; if not, say that `test` is skipped and why.
-pub fn tool_available(test: &str, cmd: &str, package: &str) -> bool {
-    if which(cmd).is_some() {
-        return true;
-    }
-    eprintln!("{test}: SKIPPED: {cmd} is not installed (Debian package {package})");
-    false
+/// `Ok` where the host tools that read a disk image back are installed (e2fsck and
+/// debugfs), else why not.
+pub fn image_tools() -> Result<(), String> {
+    skip::tool("e2fsck", "e2fsprogs")?;
+    skip::tool("debugfs", "e2fsprogs")?;
+    Ok(())
 }
 
 /// One QEMU at a time in this test binary: TCG is CPU-bound and the machines have two
