@@ -6,8 +6,10 @@
 # The guest prints its init lines and VIREO-GUEST-OK, then reboots, which ends the VM
 # (vireo exits 0). For a shell in the guest:
 #   VIREO_CMDLINE="console=ttyS0 reboot=k vireo.shell" scripts/demo.sh
-# On a host whose KVM is emulated, vireo says so and Linux stops early (TESTING.md);
-# earlycon shows the kernel's lines up to that point.
+# Where this host's KVM is incomplete (`vireo probe-kvm` says kvm=incomplete: a nested KVM
+# without the instructions Linux needs), the demo says so and runs the same command in
+# the nested test host (scripts/nested-host.sh: an L1 Linux under QEMU's software CPU,
+# whose KVM is complete), installing QEMU first if needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +24,18 @@ command -v cargo >/dev/null || {
 
 cargo build --release -p vireo
 guest=$(scripts/guest-image.sh)
-exec target/release/vireo run \
-    --kernel "$guest/bzImage" \
-    --initrd "$guest/initrd.gz" \
-    --cmdline "${VIREO_CMDLINE:-console=ttyS0 earlycon=uart8250,io,0x3f8 reboot=k panic=-1}" \
-    "$@"
+run=(target/release/vireo run
+    --kernel "$guest/bzImage"
+    --initrd "$guest/initrd.gz"
+    --cmdline "${VIREO_CMDLINE:-console=ttyS0 earlycon=uart8250,io,0x3f8 reboot=k panic=-1}"
+    "$@")
+probe=$(target/release/vireo probe-kvm 2>/dev/null || true)
+if [[ $probe == *kvm=complete* ]]; then
+    exec "${run[@]}"
+fi
+echo "demo: this host's KVM is incomplete ($probe): a Linux guest cannot boot on it directly." >&2
+echo "demo: running the demo in the nested test host (scripts/nested-host.sh) instead." >&2
+if ! command -v qemu-system-x86_64 >/dev/null; then
+    scripts/install-qemu.sh
+fi
+exec scripts/nested-host.sh --timeout 600 -- "${run[@]}"

@@ -59,16 +59,13 @@
 mod common;
 mod layer3;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use layer3::{
-    Backend, GuestFiles, GuestRun, Qemu, TempDir, exclusive, guest_dir, image_tools, pattern, qemu,
-    run_ok, sha256, vhost_user_device,
+    Backend, GUEST_IP, GuestFiles, GuestRun, HOST_IP, HTTP_PORT, Qemu, TempDir, exclusive,
+    guest_dir, http_server, image_tools, pattern, qemu, run_ok, sha256, vhost_user_device,
 };
 use test_support::netns::Netns;
 use test_support::require;
@@ -422,112 +419,7 @@ fn rng_hwrng_reads() {
 // virtio-net
 // ---------------------------------------------------------------------------------------
 
-/// Addresses inside the test's network namespace only.
-const HOST_IP: &str = "10.77.0.1";
-const GUEST_IP: &str = "10.77.0.2";
-const HTTP_PORT: u16 = 8080;
 const GUEST_MAC: &str = "52:54:00:4c:33:01";
-
-/// Serve HTTP on `HOST_IP:HTTP_PORT` inside the namespace `ns` until one `GET /data`
-/// (answered with `download`) and one `POST /upload` were served, or the deadline. The
-/// thread's result is the uploaded body.
-fn http_server(ns: &str, download: Vec<u8>) -> std::thread::JoinHandle<Result<Vec<u8>, String>> {
-    let ns_name = ns.to_string();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        // This thread from here on only serves the test's HTTP requests.
-        test_support::netns::enter(&ns_name).map_err(|e| format!("enter {ns_name}: {e}"))?;
-        let listener = TcpListener::bind((HOST_IP, HTTP_PORT)).map_err(|e| e.to_string());
-        let ok = listener.is_ok();
-        let _ = ready_tx.send(listener.as_ref().err().cloned());
-        if !ok {
-            return Err("bind failed".into());
-        }
-        let listener = listener.unwrap();
-        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let start = Instant::now();
-        let (mut got_get, mut upload) = (false, None);
-        while !(got_get && upload.is_some()) {
-            if start.elapsed() > layer3::RUN_DEADLINE {
-                return Err(format!(
-                    "HTTP server: deadline passed (GET served: {got_get}, POST served: {})",
-                    upload.is_some()
-                ));
-            }
-            let stream = match listener.accept() {
-                Ok((stream, _)) => stream,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                }
-                Err(e) => return Err(format!("accept: {e}")),
-            };
-            match serve_one(stream, &download)? {
-                Request::Get => got_get = true,
-                Request::Post(body) => upload = Some(body),
-            }
-        }
-        Ok(upload.unwrap())
-    });
-    if let Ok(Some(e)) = ready_rx.recv() {
-        panic!("HTTP server in {ns}: cannot listen on {HOST_IP}:{HTTP_PORT}: {e}");
-    }
-    handle
-}
-
-enum Request {
-    Get,
-    Post(Vec<u8>),
-}
-
-/// One HTTP/1.x request: `GET /data` or `POST /upload` (with `Content-Length`).
-fn serve_one(stream: TcpStream, download: &[u8]) -> Result<Request, String> {
-    let err = |e: std::io::Error| e.to_string();
-    stream.set_nonblocking(false).map_err(err)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(err)?;
-    let mut reader = BufReader::new(stream.try_clone().map_err(err)?);
-    let mut line = String::new();
-    reader.read_line(&mut line).map_err(err)?;
-    let request_line = line.trim_end().to_string();
-    let mut length = 0usize;
-    loop {
-        line.clear();
-        reader.read_line(&mut line).map_err(err)?;
-        let header = line.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().map_err(|_| format!("bad {header}"))?;
-        }
-    }
-    let mut stream = stream;
-    let respond = |stream: &mut TcpStream, body: &[u8]| -> Result<(), String> {
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).map_err(err)?;
-        stream.write_all(body).map_err(err)?;
-        let _ = stream.shutdown(Shutdown::Write);
-        Ok(())
-    };
-    if request_line.starts_with("GET /data ") {
-        respond(&mut stream, download)?;
-        Ok(Request::Get)
-    } else if request_line.starts_with("POST /upload ") {
-        let mut body = vec![0u8; length];
-        reader.read_exact(&mut body).map_err(err)?;
-        respond(&mut stream, format!("received {}", body.len()).as_bytes())?;
-        Ok(Request::Post(body))
-    } else {
-        Err(format!("unexpected request: {request_line}"))
-    }
-}
 
 /// The guest's side: address, ping, download, upload.
 fn net_script() -> String {
@@ -636,83 +528,6 @@ result reply $(cat /tmp/reply)
     )
 }
 
-/// The guest's vsock tool, built static from `layer3/vsock_cat.c` into `dir`.
-fn build_vsock_cat(dir: &Path) -> std::path::PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/layer3/vsock_cat.c");
-    let out = dir.join("vsock_cat");
-    run_ok(
-        Command::new("gcc")
-            .args(["-static", "-Os", "-s", "-Wall", "-o"])
-            .arg(&out)
-            .arg(&src),
-    );
-    out
-}
-
-/// Accept one connection on `listener` (the guest's, relayed to `<socket>_PORT`), read
-/// it to the end, answer `received N`; the bytes.
-fn accept_guest_stream(listener: UnixListener) -> std::thread::JoinHandle<Result<Vec<u8>, String>> {
-    std::thread::spawn(move || {
-        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let start = Instant::now();
-        let mut stream = loop {
-            match listener.accept() {
-                Ok((stream, _)) => break stream,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if start.elapsed() > layer3::RUN_DEADLINE {
-                        return Err("the guest never connected to the host port".into());
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(format!("accept: {e}")),
-            }
-        };
-        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .map_err(|e| e.to_string())?;
-        let mut data = Vec::new();
-        stream
-            .read_to_end(&mut data)
-            .map_err(|e| format!("read the guest's stream: {e}"))?;
-        stream
-            .write_all(format!("received {}\n", data.len()).as_bytes())
-            .map_err(|e| format!("answer the guest: {e}"))?;
-        Ok(data)
-    })
-}
-
-/// Connect to the guest's echo port through the device's socket, send `data`, shut down
-/// the sending side and read everything back.
-fn echo_through_guest(socket: &Path, data: &[u8]) -> Vec<u8> {
-    let mut stream = UnixStream::connect(socket).expect("connect to the vsock socket");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    stream
-        .write_all(format!("CONNECT {ECHO_PORT}\n").as_bytes())
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut ok = String::new();
-    reader.read_line(&mut ok).expect("read the CONNECT answer");
-    assert!(
-        ok.starts_with("OK ") && ok.ends_with('\n'),
-        "CONNECT {ECHO_PORT} answered {ok:?}"
-    );
-    // Write from another thread: the guest echoes as it reads, so both directions flow
-    // at once.
-    let mut writer = stream.try_clone().unwrap();
-    let data_owned = data.to_vec();
-    let sender = std::thread::spawn(move || {
-        writer.write_all(&data_owned)?;
-        writer.shutdown(Shutdown::Write)
-    });
-    let mut echoed = Vec::new();
-    reader.read_to_end(&mut echoed).expect("read the echo back");
-    sender.join().unwrap().expect("send to the guest");
-    echoed
-}
-
 /// Host to guest (`CONNECT`, echoed stream) and guest to host (`<socket>_PORT`).
 #[test]
 fn vsock_host_and_guest_connections() {
@@ -723,7 +538,7 @@ fn vsock_host_and_guest_connections() {
     let _one = exclusive();
     let dir = TempDir::new(test);
     let guest = guest_dir();
-    let vsock_cat = build_vsock_cat(dir.path());
+    let vsock_cat = layer3::build_vsock_cat(dir.path());
     let to_guest = pattern(5, (2 << 20) + 3);
     let from_guest = pattern(6, (1 << 20) + 7);
 
@@ -736,7 +551,7 @@ fn vsock_host_and_guest_connections() {
     let host_socket = dir.join("vsock.sock");
     let host_port = UnixListener::bind(format!("{}_{HOST_PORT}", host_socket.display()))
         .expect("bind the host port's socket");
-    let received = accept_guest_stream(host_port);
+    let received = layer3::accept_guest_stream(host_port);
 
     let socket = dir.join("vu-vsock.sock");
     let backend = Backend::start(
@@ -759,7 +574,7 @@ fn vsock_host_and_guest_connections() {
         &backend,
     );
     qemu.wait_for_result(&format!("listening {ECHO_PORT}"), layer3::RUN_DEADLINE);
-    let echoed = echo_through_guest(&host_socket, &to_guest);
+    let echoed = layer3::echo_through_guest(&host_socket, ECHO_PORT, &to_guest);
     let run = qemu.finish();
     backend.expect_clean_exit();
 

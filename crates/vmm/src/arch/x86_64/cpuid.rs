@@ -349,4 +349,25 @@ mod tests {
         assert_eq!((find(&entries, 0x8000_001d, 3).eax >> 14) & 0xfff, 3);
         assert_eq!((find(&entries, 0x8000_001d, 0).eax >> 14) & 0xfff, 0);
     }
+
+    /// The invariant-TSC bit (CPUID 0x8000_0007 EDX[8]) reaches the guest as KVM offers
+    /// it: without it a multi-vCPU guest on an AMD host takes its TSCs as unsynchronised.
+    #[test]
+    fn invariant_tsc_is_passed_through() {
+        for edx in [1 << 8, 0] {
+            let mut entries = vec![
+                leaf(0, 0, [0x10, 0x6874_7541, 0x444d_4163, 0x6974_6e65]),
+                leaf(0x8000_0007, 0, [0, 0, 0, edx]),
+            ];
+            normalize(
+                &mut entries,
+                VcpuTopology {
+                    cpu_index: 1,
+                    cpu_count: 2,
+                    tsc_deadline: true,
+                },
+            );
+            assert_eq!(find(&entries, 0x8000_0007, 0).edx, edx);
+        }
+    }
 }

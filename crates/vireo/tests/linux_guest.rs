@@ -1,0 +1,691 @@
+//! Layer 4: full Linux boots under `vireo`, every feature used by Linux's own drivers and
+//! checked from outside (the Debian cloud kernel and busybox initramfs of
+//! scripts/guest-image.sh).
+//!
+//! They need a complete KVM (`vireo probe-kvm` says `kvm=complete`), so they are
+//! `#[ignore]`d in a plain `cargo test`; scripts/test.sh runs them with `--ignored`
+//! directly where the host's KVM is complete and inside the nested test host
+//! (scripts/nested-host.sh) everywhere else, so they run on every machine and in CI.
+//! A test that finds KVM incomplete fails: it never passes without running.
+
+mod common;
+mod layer3;
+mod layer4;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use layer4::*;
+
+/// Boot formats, command line, initrd and the two ways a guest ends the VM. The guest's
+/// /init runs the extra archive's /vireo/test.sh, then prints its marker and reboots
+/// (i8042 reset) or, with `vireo.poweroff`, powers off (ACPI S5): vireo exits 0 both ways.
+#[test]
+#[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]
+fn boots_pvh_bzimage_and_elf_with_initrd_and_cmdline_and_exits_cleanly() {
+    require_complete_kvm();
+    let dir = TempDir::new("l4-boot");
+    // The 64-bit ELF entry: the same vmlinux without its PVH note (so vireo cannot pick PVH).
+    let elf = dir.join("vmlinux-elf");
+    run_ok(
+        Command::new("objcopy")
+            .args(["-R", ".notes"])
+            .arg(guest_dir().join("vmlinux"))
+            .arg(&elf),
+    );
+    let mut files = GuestFiles::default();
+    files.file("vireo/extra.txt", b"from the extra initrd archive\n", 0o644);
+    files.file(
+        "vireo/test.sh",
+        b"echo \"L4: extra $(cat /vireo/extra.txt)\"\necho \"L4: cmdline $(cat /proc/cmdline)\"\n",
+        0o755,
+    );
+    let initrd = initrd_with(&dir, "initrd.gz", files);
+    for (kernel, end, final_line) in [
+        (guest_dir().join("vmlinux"), "", "reboot: Restarting system"),
+        (
+            guest_dir().join("bzImage"),
+            "vireo.poweroff",
+            "reboot: Power down",
+        ),
+        (elf.clone(), "", "reboot: Restarting system"),
+    ] {
+        let cmdline = format!(
+            "console=ttyS0 reboot=k panic=-1 vireo.test=l4-{} {end}",
+            kernel.display()
+        )
+        .trim_end()
+        .to_string();
+        let spec = Spec {
+            kernel: kernel.clone(),
+            initrd: initrd.clone(),
+            cmdline: cmdline.clone(),
+            ..Spec::shell("vmlinux")
+        };
+        eprintln!("booting {}", kernel.display());
+        let mut vm = LinuxVm::boot(&spec);
+        let status = vm.wait_exit(BOOT_DEADLINE);
+        let text = vm.console();
+        for needle in [
+            format!("Command line: {cmdline}"),
+            "L4: extra from the extra initrd archive".to_string(),
+            format!("L4: cmdline {cmdline}"),
+            "VIREO-GUEST: modules loaded=15 failed=0".to_string(),
+            "VIREO-GUEST-OK".to_string(),
+            final_line.to_string(),
+        ] {
+            assert!(
+                text.contains(&needle),
+                "{}: {needle:?} missing:\n{}",
+                kernel.display(),
+                tail(&text, 60)
+            );
+        }
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{}: {}",
+            kernel.display(),
+            tail(&text, 30)
+        );
+    }
+    // The copy has no PVH note left, so vireo took the 64-bit ELF entry for it (readelf
+    // exits 1 on a file without notes).
+    let notes = Command::new("readelf")
+        .arg("-n")
+        .arg(&elf)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&notes.stdout).contains("Xen"));
+}
+
+/// 1, 2 and 4 vCPUs all come online, and their TSCs stay synchronised (see
+/// `LinuxVm::assert_tsc_healthy` for a host without an invariant TSC).
+#[test]
+#[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]
+fn one_two_and_four_vcpus_come_online_with_synchronised_tscs() {
+    require_complete_kvm();
+    for (cpus, online) in [(1, "0"), (2, "0-1"), (4, "0-3")] {
+        let mut vm = LinuxVm::boot(&Spec {
+            cpus,
+            ..Spec::shell("vmlinux")
+        });
+        vm.wait_shell();
+        assert_eq!(
+            vm.sh("cat /sys/devices/system/cpu/online"),
+            online,
+            "{cpus} vCPUs"
+        );
+        assert_eq!(vm.sh("grep -c ^processor /proc/cpuinfo"), cpus.to_string());
+        // Let the clocksource watchdog look for a while.
+        vm.sh("sleep 3");
+        let invariant = vm.assert_tsc_healthy();
+        eprintln!("{cpus} vCPUs: invariant TSC offered: {invariant}");
+        assert_eq!(vm.poweroff(), Some(0));
+    }
+}
+
+/// From 128 MiB to 2 GiB, the guest sees the memory it was given.
+#[test]
+#[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]
+fn memory_from_128_mib_to_2_gib_is_what_the_guest_sees() {
+    require_complete_kvm();
+    for mib in [128u64, 512, 2048] {
+        let mut vm = LinuxVm::boot(&Spec {
+            memory: format!("{mib}M"),
+            ..Spec::shell("vmlinux")
+        });
+        vm.wait_shell();
+        // "Memory: free/totalK available": the RAM Linux found in the e820 map.
+        let line = vm.sh("dmesg | grep 'Memory: .*available'");
+        let total_kib: u64 = line
+            .split('/')
+            .nth(1)
+            .and_then(|t| t.split('K').next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no total in {line:?}"));
+        let given = mib * 1024;
+        // The legacy hole (640 KiB - 1 MiB) and a few reserved pages are not RAM.
+        assert!(
+            total_kib <= given && total_kib + 2048 >= given,
+            "{mib} MiB given, the kernel found {total_kib} KiB: {line}"
+        );
+        let mem_total = vm.meminfo_kib("MemTotal");
+        assert!(
+            mem_total <= total_kib && mem_total + 32 * 1024 + total_kib / 32 >= total_kib,
+            "{mib} MiB: MemTotal {mem_total} KiB against {total_kib} KiB of RAM"
+        );
+        assert_eq!(vm.poweroff(), Some(0));
+    }
+}
+
+/// virtio-blk on raw and qcow2: the guest makes ext4, writes files and syncs; after the VM
+/// ends the host reads the same bytes from the images, and fsck finds them clean. A
+/// read-only drive refuses writes.
+#[test]
+#[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]
+fn virtio_blk_raw_and_qcow2_hold_what_the_guest_wrote() {
+    require_complete_kvm();
+    let dir = TempDir::new("l4-blk");
+    let raw = dir.join("raw.img");
+    raw_image(&raw, 64);
+    let qcow2 = dir.join("disk.qcow2");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&qcow2)
+            .arg("64M"),
+    );
+    let ro = dir.join("ro.img");
+    std::fs::write(&ro, pattern(7, 1 << 20)).unwrap();
+    let data = pattern(1, 3 << 20);
+    let mut files = GuestFiles::default();
+    files.file("vireo/data.bin", &data, 0o644);
+    let mkfs = add_mkfs(&mut files);
+    let initrd = initrd_with(&dir, "initrd.gz", files);
+    let mut vm = LinuxVm::boot(
+        &Spec {
+            initrd,
+            ..Spec::shell("vmlinux")
+        }
+        .with(&[
+            "--disk",
+            &format!("path={}", raw.display()),
+            "--disk",
+            &format!("path={},format=qcow2", qcow2.display()),
+            "--disk",
+            &format!("path={},readonly", ro.display()),
+        ]),
+    );
+    vm.wait_shell();
+    for dev in ["vda", "vdb"] {
+        assert_eq!(vm.sh(&format!("cat /sys/block/{dev}/size")), "131072");
+        vm.sh(&format!("{mkfs} -q -F /dev/{dev}"));
+        vm.sh(&format!(
+            "mkdir -p /mnt/{dev} && mount -t ext4 /dev/{dev} /mnt/{dev} && \
+             cp /vireo/data.bin /mnt/{dev}/data.bin && echo {dev} > /mnt/{dev}/name.txt && \
+             sync && umount /mnt/{dev}"
+        ));
+    }
+    assert_eq!(vm.sh("cat /sys/block/vdc/ro"), "1");
+    let (status, out) = vm.sh_status(
+        "dd if=/dev/zero of=/dev/vdc bs=4096 count=1 oflag=direct",
+        COMMAND_DEADLINE,
+    );
+    assert_ne!(status, 0, "a write to the read-only drive succeeded: {out}");
+    assert_eq!(
+        vm.sh("dd if=/dev/vdc bs=1M count=1 2>/dev/null | sha256sum | cut -d' ' -f1"),
+        sha256(&pattern(7, 1 << 20))
+    );
+    assert_eq!(vm.poweroff(), Some(0));
+
+    assert_eq!(
+        std::fs::read(&ro).unwrap(),
+        pattern(7, 1 << 20),
+        "the read-only image changed"
+    );
+    let from_qcow2 = dir.join("from-qcow2.raw");
+    run_ok(Command::new("qemu-img").args(["check", "-q"]).arg(&qcow2));
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(&qcow2)
+            .arg(&from_qcow2),
+    );
+    for (image, name) in [(&raw, "vda"), (&from_qcow2, "vdb")] {
+        assert_fsck_clean(image);
+        assert_eq!(
+            sha256(&debugfs_cat(image, "/data.bin")),
+            sha256(&data),
+            "{name}"
+        );
+        assert_eq!(
+            debugfs_cat(image, "/name.txt"),
+            format!("{name}\n").as_bytes()
+        );
+    }
+}
+
+/// `kill -9` of vireo after the guest's sync loses nothing: after journal recovery the
+/// filesystem is clean and every file is intact.
+#[test]
+#[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]
+fn kill_9_after_the_guests_sync_loses_nothing() {
+    require_complete_kvm();
+    let dir = TempDir::new("l4-kill9");
+    let raw = dir.join("raw.img");
+    raw_image(&raw, 64);
+    let mut files = GuestFiles::default();
+    let mkfs = add_mkfs(&mut files);
+    let blobs: Vec<Vec<u8>> = (0..3)
+        .map(|i| pattern(100 + i, (i as usize + 1) << 19))
+        .collect();
+    for (i, blob) in blobs.iter().enumerate() {
+        files.file(&format!("vireo/blob{i}"), blob, 0o644);
+    }
+    let initrd = initrd_with(&dir, "initrd.gz", files);
+    let mut vm = LinuxVm::boot(
+        &Spec {
+            initrd,
+            ..Spec::shell("vmlinux")
+        }
+        .with(&["--disk", &format!("path={}", raw.display())]),
+    );
+    vm.wait_shell();
+    vm.sh(&format!(
+        "{mkfs} -q -F /dev/vda && mkdir -p /mnt && mount -t ext4 /dev/vda /mnt"
+    ));
+    vm.sh("cp /vireo/blob0 /vireo/blob1 /vireo/blob2 /mnt/ && sync");
+    // Mounted, synced, never unmounted: the VMM dies.
+    vm.kill9();
+    let copy = dir.join("recovered.img");
+    std::fs::copy(&raw, &copy).unwrap();
+    // Journal recovery (e2fsck -p replays the journal; 0 or 1 = fine or fixed by replay).
+    let out = Command::new("e2fsck")
+        .args(["-fp"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "e2fsck -fp: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_fsck_clean(&copy);
+    for (i, blob) in blobs.iter().enumerate() {
+        assert_eq!(
+            sha256(&debugfs_cat(&copy, &format!("/blob{i}"))),
+            sha256(blob),
+            "blob{i}"
+        );
+    }
+}
+
+/// A drive limited to 2 MiB/s is measured slower by the guest than an unlimited one.
+#[test]
+#[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]
+fn a_rate_limited_drive_is_slower_for_the_guest() {
+    require_complete_kvm();
+    let dir = TempDir::new("l4-ratelimit");
+    let (fast, slow) = (dir.join("fast.img"), dir.join("slow.img"));
+    std::fs::write(&fast, pattern(3, 8 << 20)).unwrap();
+    std::fs::write(&slow, pattern(3, 8 << 20)).unwrap();
+    let mut vm = LinuxVm::boot(&Spec::shell("vmlinux").with(&[
+        "--disk",
+        &format!("path={}", fast.display()),
+        "--disk",
+        &format!("path={},bandwidth=2M/s", slow.display()),
+    ]));
+    vm.wait_shell();
+    // Centiseconds of the guest's uptime around an 8 MiB direct read.
+    let mut read_cs = |dev: &str| -> u64 {
+        let out = vm.sh(&format!(
+            "a=$(cut -d' ' -f1 /proc/uptime | tr -d .); \
+             dd if=/dev/{dev} of=/dev/null bs=1M count=8 iflag=direct 2>/dev/null; \
+             b=$(cut -d' ' -f1 /proc/uptime | tr -d .); echo $((b - a))"
+        ));
+        out.trim().parse().unwrap_or_else(|_| panic!("{out:?}"))
+    };
+    let fast_cs = read_cs("vda");
+    let slow_cs = read_cs("vdb");
+    eprintln!("8 MiB read: unlimited {fast_cs} cs, 2 MiB/s {slow_cs} cs");
+    // 8 MiB at 2 MiB/s after the bucket's first 2 MiB: at least 3 s.
+    assert!(
+        slow_cs >= 250,
+        "the limited drive read 8 MiB in {slow_cs} cs"
+    );
+    assert!(
+        slow_cs > 2 * fast_cs,
+        "limited {slow_cs} cs, unlimited {fast_cs} cs"
+    );
+}
+
+/// virtio-net on a TAP in a namespace of the test's own: the MAC as configured, the
+/// guest's address, ping both ways, and megabytes over TCP each way (HTTP, busybox wget)
+/// checked by checksum.
+#[test]
+#[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]
+fn virtio_net_pings_and_moves_megabytes_both_ways() {
+    use layer3::{GUEST_IP, HOST_IP, HTTP_PORT};
+    require_complete_kvm();
+    let ns = test_support::netns::Netns::new("l4net").expect("a network namespace");
+    ns.add_tap("l4tap0", &format!("{HOST_IP}/24")).unwrap();
+    let mac = "06:00:ac:10:00:02";
+    let dir = TempDir::new("l4-net");
+    let down = pattern(12, (4 << 20) + 3);
+    // busybox wget posts the file as a C string: no NUL byte in it.
+    let up: Vec<u8> = pattern(11, (2 << 20) + 5)
+        .into_iter()
+        .map(|b| b'!' + b % 94)
+        .collect();
+    let mut files = GuestFiles::default();
+    files.file("vireo/up.bin", &up, 0o644);
+    let initrd = initrd_with(&dir, "initrd.gz", files);
+    let server = layer3::http_server(ns.name(), down.clone());
+    let mut vm = LinuxVm::boot(&Spec {
+        initrd,
+        netns: Some(ns.name().to_string()),
+        ..Spec::shell("vmlinux").with(&["--net", &format!("tap=l4tap0,mac={mac}")])
+    });
+    vm.wait_shell();
+    assert_eq!(vm.sh("cat /sys/class/net/eth0/address"), mac);
+    vm.sh(&format!(
+        "ip link set lo up && ip addr add {GUEST_IP}/24 dev eth0 && ip link set eth0 up"
+    ));
+    assert!(
+        vm.sh("ip -4 addr show eth0")
+            .contains(&format!("{GUEST_IP}/24"))
+    );
+    vm.sh(&format!("ping -c 2 -W 5 {HOST_IP}"));
+    let ping = ns
+        .command("ping")
+        .args(["-c", "2", "-W", "5", GUEST_IP])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "host -> guest ping: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+
+    let got = vm.sh_deadline(
+        &format!(
+            "wget -q -O /tmp/down http://{HOST_IP}:{HTTP_PORT}/data && wc -c < /tmp/down && \
+             sha256sum < /tmp/down | cut -d' ' -f1"
+        ),
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        got,
+        format!("{}\n{}", down.len(), sha256(&down)),
+        "host -> guest"
+    );
+    let reply = vm.sh_deadline(
+        &format!("wget -q -O - --post-file /vireo/up.bin http://{HOST_IP}:{HTTP_PORT}/upload"),
+        Duration::from_secs(120),
+    );
+    assert_eq!(reply, format!("received {}", up.len()));
+    assert!(
+        server.join().unwrap().unwrap() == up,
+        "guest -> host bytes differ"
+    );
+    assert_eq!(vm.poweroff(), Some(0));
+}
+
+/// vsock through Firecracker's Unix-socket convention, 1 MiB each way, compared byte for
+/// byte: the guest connects to the host's `<socket>_5000`, the host connects to the
+/// guest's port 5001 with `CONNECT 5001` and the guest echoes.
+#[test]
+#[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]
+fn vsock_moves_a_mebibyte_each_way() {
+    require_complete_kvm();
+    let dir = TempDir::new("l4-vsock");
+    let up = pattern(21, 1 << 20);
+    let mut files = GuestFiles::default();
+    files.file("vireo/up.bin", &up, 0o644);
+    files.host_file("vireo/bin/vsock_cat", &layer3::build_vsock_cat(dir.path()));
+    let initrd = initrd_with(&dir, "initrd.gz", files);
+    let uds = dir.join("v.sock");
+    let listener =
+        std::os::unix::net::UnixListener::bind(format!("{}_5000", uds.display())).unwrap();
+    let from_guest = layer3::accept_guest_stream(listener);
+    let mut vm = LinuxVm::boot(&Spec {
+        initrd,
+        ..Spec::shell("vmlinux").with(&["--vsock", &format!("cid=3,socket={}", uds.display())])
+    });
+    vm.wait_shell();
+    let reply = vm.sh("/vireo/bin/vsock_cat send 2 5000 < /vireo/up.bin");
+    assert_eq!(reply, format!("received {}", up.len()));
+    assert!(
+        from_guest.join().unwrap().unwrap() == up,
+        "guest -> host bytes differ"
+    );
+
+    vm.type_in("/vireo/bin/vsock_cat echo 5001 > /tmp/echo.log 2>&1 &\n");
+    vm.sh("for i in 1 2 3 4 5 6 7 8 9 10; do grep -q listening /tmp/echo.log && break; sleep 0.5; done; cat /tmp/echo.log");
+    let down = pattern(22, 1 << 20);
+    let echoed = layer3::echo_through_guest(&uds, 5001, &down);
+    assert!(
+        echoed == down,
+        "host -> guest -> host: {} bytes back",
+        echoed.len()
+    );
+    assert_eq!(vm.poweroff(), Some(0));
+}
+
+/// A VM configured and started through Firecracker's API (no `run` options): entropy
+/// and a balloon. The guest reads /dev/hwrng; inflating the balloon through the API
+/// lowers the guest's memory, statistics arrive, deflating gives the memory back.
+#[test]
+#[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]
+fn api_boot_with_entropy_and_a_balloon_that_inflates_and_deflates() {
+    require_complete_kvm();
+    let dir = TempDir::new("l4-balloon");
+    let (mut vm, mut api) = ApiVm::start(&dir, None);
+    api.boot(
+        &Spec {
+            memory: "512".into(),
+            ..Spec::shell("vmlinux")
+        },
+        &[
+            ("PUT", "/entropy", "{}".to_string()),
+            (
+                "PUT",
+                "/balloon",
+                r#"{"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 1}"#
+                    .to_string(),
+            ),
+        ],
+    );
+    vm.wait_shell();
+    assert!(
+        vm.sh("cat /sys/class/misc/hw_random/rng_current")
+            .starts_with("virtio_rng"),
+        "the guest's hwrng is not virtio_rng"
+    );
+    assert_eq!(
+        vm.sh("dd if=/dev/hwrng bs=64 count=4 2>/dev/null | wc -c"),
+        "256"
+    );
+
+    let before = vm.meminfo_kib("MemTotal");
+    api.ok("PATCH", "/balloon", r#"{"amount_mib": 128}"#);
+    let inflated = wait_meminfo(
+        &mut vm,
+        |total| total + 120 * 1024 <= before,
+        "the balloon to inflate",
+    );
+    let stats = api.client.get("/balloon/statistics");
+    assert_eq!(stats.status, 200, "{}", stats.body);
+    let stats = stats.json();
+    assert!(stats["actual_mib"].as_u64().unwrap() >= 120, "{stats}");
+    assert!(stats["free_memory"].as_u64().unwrap_or(0) > 0, "{stats}");
+    assert!(stats["total_memory"].as_u64().unwrap_or(0) > 0, "{stats}");
+    api.ok("PATCH", "/balloon", r#"{"amount_mib": 0}"#);
+    let deflated = wait_meminfo(
+        &mut vm,
+        |total| total + 4 * 1024 >= before,
+        "the balloon to deflate",
+    );
+    eprintln!("MemTotal: {before} KiB, inflated {inflated} KiB, deflated {deflated} KiB");
+    assert_eq!(vm.poweroff(), Some(0));
+}
+
+/// Poll the guest's MemTotal until `done`; the last value.
+fn wait_meminfo(vm: &mut LinuxVm, done: impl Fn(u64) -> bool, what: &str) -> u64 {
+    let start = Instant::now();
+    loop {
+        let total = vm.meminfo_kib("MemTotal");
+        if done(total) {
+            return total;
+        }
+        if start.elapsed() > Duration::from_secs(90) {
+            vm.fail(&format!("waited 90 s for {what}: MemTotal {total} KiB"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Pause and resume (a guest counter stands still, then goes on), a Full snapshot of a
+/// running Linux guest with a disk and entropy, a Diff on top of it, `kill -9`, and a load
+/// in a new process: the counter goes on from where it was, the disk and the entropy
+/// device still work, and the console takes input.
+#[test]
+#[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]
+fn pause_resume_and_snapshots_of_a_running_guest_survive_kill_9() {
+    require_complete_kvm();
+    let dir = TempDir::new("l4-snap");
+    let root = dir.join("disk-root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("hello.txt"), "hello from the host\n").unwrap();
+    let image = dir.join("disk.img");
+    raw_image(&image, 32);
+    run_ok(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&root)
+            .arg(&image),
+    );
+
+    let (mut vm, mut api) = ApiVm::start(&dir, None);
+    api.boot(
+        &Spec::shell("vmlinux"),
+        &[
+            (
+                "PUT",
+                "/drives/rootfs",
+                format!(
+                    r#"{{"drive_id": "rootfs", "path_on_host": "{}", "is_root_device": false, "is_read_only": false}}"#,
+                    image.display()
+                ),
+            ),
+            ("PUT", "/entropy", "{}".to_string()),
+        ],
+    );
+    vm.wait_shell();
+    vm.sh("mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && cat /mnt/hello.txt");
+    vm.type_in("(i=0; while :; do i=$((i+1)); echo \"TICK $i\"; sleep 0.3; done) &\n");
+    vm.wait_for("TICK 3\r\n", COMMAND_DEADLINE);
+
+    // Paused: no tick for 1.5 s. Resumed: ticks again.
+    api.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    std::thread::sleep(Duration::from_millis(300));
+    let paused_at = vm.console().len();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !vm.console()[paused_at..].contains("TICK"),
+        "the guest ran while paused"
+    );
+    api.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    vm.wait_for_from(paused_at, "TICK", COMMAND_DEADLINE);
+
+    // Full, then (after more ticks) a Diff into the same memory file.
+    let (state_full, state_diff, mem) = (
+        dir.join("full.state"),
+        dir.join("diff.state"),
+        dir.join("vm.mem"),
+    );
+    api.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    api.ok(
+        "PUT",
+        "/snapshot/create",
+        &format!(
+            r#"{{"snapshot_type": "Full", "snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+            state_full.display(),
+            mem.display()
+        ),
+    );
+    api.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    let mark = vm.console().len();
+    vm.wait_for_from(mark, "TICK", COMMAND_DEADLINE);
+    vm.wait_for_from(mark, "TICK", COMMAND_DEADLINE);
+    api.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    std::thread::sleep(Duration::from_millis(300));
+    let last_tick = last_tick(&vm.console());
+    api.ok(
+        "PUT",
+        "/snapshot/create",
+        &format!(
+            r#"{{"snapshot_type": "Diff", "snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+            state_diff.display(),
+            mem.display()
+        ),
+    );
+    vm.kill9();
+
+    let (mut restored, mut api2) = ApiVm::start(&dir, Some("second"));
+    api2.ok(
+        "PUT",
+        "/snapshot/load",
+        &format!(
+            r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "File", "backend_path": "{}"}}, "resume_vm": true}}"#,
+            state_diff.display(),
+            mem.display()
+        ),
+    );
+    restored.wait_for(&format!("TICK {}\r\n", last_tick + 1), COMMAND_DEADLINE);
+    restored.wait_for(&format!("TICK {}\r\n", last_tick + 2), COMMAND_DEADLINE);
+    assert!(
+        !restored
+            .console()
+            .contains(&format!("TICK {last_tick}\r\n")),
+        "the restored guest repeated tick {last_tick}"
+    );
+    // The console takes input, the disk and the entropy device work.
+    restored.type_in("kill %1 2>/dev/null; kill $(jobs -p) 2>/dev/null\n");
+    std::thread::sleep(Duration::from_millis(500));
+    restored.type_in("stty -echo\n");
+    assert_eq!(restored.sh("cat /mnt/hello.txt"), "hello from the host");
+    restored.sh("echo after-restore > /mnt/after.txt && sync && umount /mnt");
+    assert_eq!(
+        restored.sh("dd if=/dev/hwrng bs=16 count=1 2>/dev/null | wc -c"),
+        "16"
+    );
+    assert_eq!(restored.poweroff(), Some(0));
+    assert_eq!(debugfs_cat(&image, "/after.txt"), b"after-restore\n");
+    assert_fsck_clean(&image);
+}
+
+/// The highest "TICK N" on a console.
+fn last_tick(console: &str) -> u64 {
+    console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("TICK ")?.parse().ok())
+        .max()
+        .expect("a tick on the console")
+}
+
+/// `SendCtrlAltDel` through the API reaches Linux's atkbd driver (i8042 keyboard): with
+/// `kernel.ctrl-alt-del = 1` the kernel restarts at once, and vireo exits 0.
+#[test]
+#[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]
+fn send_ctrl_alt_del_reboots_the_guest_through_atkbd() {
+    require_complete_kvm();
+    let dir = TempDir::new("l4-cad");
+    let (mut vm, mut api) = ApiVm::start(&dir, None);
+    api.boot(&Spec::shell("bzImage"), &[]);
+    vm.wait_shell();
+    let serio =
+        vm.sh("cat /sys/bus/serio/devices/serio0/drvctl 2>/dev/null; ls /sys/bus/serio/drivers");
+    assert!(serio.contains("atkbd"), "no atkbd driver: {serio}");
+    vm.sh("echo 1 > /proc/sys/kernel/ctrl-alt-del");
+    api.ok("PUT", "/actions", r#"{"action_type": "SendCtrlAltDel"}"#);
+    let status = vm.wait_exit(BOOT_DEADLINE);
+    assert_eq!(status.code(), Some(0), "{}", tail(&vm.console(), 20));
+}
+
+/// A line typed on vireo's stdin is run by the guest's shell on the serial console.
+#[test]
+#[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]
+fn a_line_typed_on_the_console_runs_in_the_guest() {
+    require_complete_kvm();
+    let mut vm = LinuxVm::boot(&Spec::shell("vmlinux"));
+    vm.wait_for("VIREO-GUEST: shell", BOOT_DEADLINE);
+    std::thread::sleep(Duration::from_millis(300));
+    vm.type_in("echo typed-$((6 * 7))-here\n");
+    vm.wait_for("typed-42-here", COMMAND_DEADLINE);
+    vm.type_in("uname -r > /dev/console\n");
+    vm.wait_for("cloud-amd64", COMMAND_DEADLINE);
+    assert_eq!(vm.poweroff(), Some(0));
+}
