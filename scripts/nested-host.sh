@@ -128,6 +128,11 @@ mount -t sysfs sysfs /newroot/sys
 mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup 2>/dev/null
 mount -t devtmpfs devtmpfs /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm
+# What udev would add: /dev/fd (bash's process substitution) and the std streams.
+ln -sf /proc/self/fd /newroot/dev/fd
+ln -sf /proc/self/fd/0 /newroot/dev/stdin
+ln -sf /proc/self/fd/1 /newroot/dev/stdout
+ln -sf /proc/self/fd/2 /newroot/dev/stderr
 mount -t devpts -o ptmxmode=666 devpts /newroot/dev/pts
 mount -t tmpfs tmpfs /newroot/dev/shm
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp

@@ -28,8 +28,8 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "-")}';
 declare -A runner=(
     [vireo-pvh]="$vireo run --kernel $guest/vmlinux --initrd $guest/initrd.gz --memory 256 --cmdline"
     [vireo-bzimage]="$vireo run --kernel $guest/bzImage --initrd $guest/initrd.gz --memory 256 --cmdline"
-    [qemu-microvm-pvh]="qemu-system-x86_64 -M microvm,x-option-roms=off,rtc=on -accel kvm -cpu host -m 256 -nodefaults -no-user-config -display none -serial stdio -no-reboot -kernel $guest/vmlinux -initrd $guest/initrd.gz -append"
-    [qemu-microvm-bzimage]="qemu-system-x86_64 -M microvm,x-option-roms=off,rtc=on -accel kvm -cpu host -m 256 -nodefaults -no-user-config -display none -serial stdio -no-reboot -kernel $guest/bzImage -initrd $guest/initrd.gz -append"
+    [qemu-microvm-pvh]="qemu-system-x86_64 -M microvm,rtc=on -accel kvm -cpu host -m 256 -nodefaults -no-user-config -display none -serial stdio -no-reboot -kernel $guest/vmlinux -initrd $guest/initrd.gz -append"
+    [qemu-microvm-bzimage]="qemu-system-x86_64 -M microvm,rtc=on -accel kvm -cpu host -m 256 -nodefaults -no-user-config -display none -serial stdio -no-reboot -kernel $guest/bzImage -initrd $guest/initrd.gz -append"
 )
 order=(vireo-pvh qemu-microvm-pvh vireo-bzimage qemu-microvm-bzimage)
 declare -A inits oks

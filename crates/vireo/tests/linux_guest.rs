@@ -529,11 +529,12 @@ fn wait_meminfo(vm: &mut LinuxVm, done: impl Fn(u64) -> bool, what: &str) -> u64
 
 /// Pause and resume (a guest counter stands still, then goes on), a Full snapshot of a
 /// running Linux guest with a disk and entropy, a Diff on top of it, `kill -9`, and a load
-/// in a new process: the counter goes on from where it was, the disk and the entropy
-/// device still work, and the console takes input.
+/// in a new process: the counter goes on from where it was, the disk, the NIC (on a TAP in
+/// the test's namespace) and the entropy device still work, and the console takes input.
 #[test]
 #[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]
 fn pause_resume_and_snapshots_of_a_running_guest_survive_kill_9() {
+    use layer3::{GUEST_IP, HOST_IP};
     require_complete_kvm();
     let dir = TempDir::new("l4-snap");
     let root = dir.join("disk-root");
@@ -548,10 +549,18 @@ fn pause_resume_and_snapshots_of_a_running_guest_survive_kill_9() {
             .arg(&image),
     );
 
-    let (mut vm, mut api) = ApiVm::start(&dir, None);
+    let ns = test_support::netns::Netns::new("l4snap").expect("a network namespace");
+    ns.add_tap("l4snap0", &format!("{HOST_IP}/24")).unwrap();
+    let (mut vm, mut api) = ApiVm::start_in(&dir, None, Some(ns.name()));
     api.boot(
         &Spec::shell("vmlinux"),
         &[
+            (
+                "PUT",
+                "/network-interfaces/eth0",
+                r#"{"iface_id": "eth0", "host_dev_name": "l4snap0", "guest_mac": "06:00:ac:10:00:09"}"#
+                    .to_string(),
+            ),
             (
                 "PUT",
                 "/drives/rootfs",
@@ -565,6 +574,10 @@ fn pause_resume_and_snapshots_of_a_running_guest_survive_kill_9() {
     );
     vm.wait_shell();
     vm.sh("mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && cat /mnt/hello.txt");
+    vm.sh(&format!(
+        "ip link set lo up && ip addr add {GUEST_IP}/24 dev eth0 && ip link set eth0 up && \
+         ping -c 1 -W 5 {HOST_IP}"
+    ));
     vm.type_in("(i=0; while :; do i=$((i+1)); echo \"TICK $i\"; sleep 0.3; done) &\n");
     vm.wait_for("TICK 3\r\n", COMMAND_DEADLINE);
 
@@ -614,7 +627,7 @@ fn pause_resume_and_snapshots_of_a_running_guest_survive_kill_9() {
     );
     vm.kill9();
 
-    let (mut restored, mut api2) = ApiVm::start(&dir, Some("second"));
+    let (mut restored, mut api2) = ApiVm::start_in(&dir, Some("second"), Some(ns.name()));
     api2.ok(
         "PUT",
         "/snapshot/load",
@@ -637,6 +650,14 @@ fn pause_resume_and_snapshots_of_a_running_guest_survive_kill_9() {
     std::thread::sleep(Duration::from_millis(500));
     restored.type_in("stty -echo\n");
     assert_eq!(restored.sh("cat /mnt/hello.txt"), "hello from the host");
+    // The NIC came back on the same TAP: the guest's address and its ping still work.
+    restored.sh(&format!("ping -c 2 -W 5 {HOST_IP}"));
+    let ping = ns
+        .command("ping")
+        .args(["-c", "2", "-W", "5", GUEST_IP])
+        .output()
+        .unwrap();
+    assert!(ping.status.success(), "host -> restored guest ping");
     restored.sh("echo after-restore > /mnt/after.txt && sync && umount /mnt");
     assert_eq!(
         restored.sh("dd if=/dev/hwrng bs=16 count=1 2>/dev/null | wc -c"),

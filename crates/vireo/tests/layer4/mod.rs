@@ -421,13 +421,18 @@ pub struct ApiVm {
 }
 
 impl ApiVm {
-    /// Start `vireo --api-sock DIR/NAME.sock` (inside `netns` if given) and connect.
+    /// Start `vireo --api-sock DIR/NAME.sock` and connect.
     pub fn start(dir: &TempDir, name: Option<&str>) -> (LinuxVm, Self) {
+        Self::start_in(dir, name, None)
+    }
+
+    /// [`ApiVm::start`] inside the network namespace `netns`, if given.
+    pub fn start_in(dir: &TempDir, name: Option<&str>, netns: Option<&str>) -> (LinuxVm, Self) {
         let sock = dir.join(&format!("{}.sock", name.unwrap_or("api")));
         let _ = std::fs::remove_file(&sock);
         let vm = LinuxVm::spawn(
             &["--api-sock".to_string(), sock.display().to_string()],
-            None,
+            netns,
         );
         let start = Instant::now();
         while !sock.exists() {
