@@ -342,7 +342,7 @@ fn a_rate_limited_drive_is_slower_for_the_guest() {
 }
 
 /// virtio-net on a TAP in a namespace of the test's own: the MAC as configured, the
-/// guest's address, ping both ways, and megabytes over TCP each way (HTTP, busybox wget)
+/// guest's address by DHCP (dnsmasq in the namespace, reserved for the MAC), ping both ways, and megabytes over TCP each way (HTTP, busybox wget)
 /// checked by checksum.
 #[test]
 #[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]
@@ -361,7 +361,32 @@ fn virtio_net_pings_and_moves_megabytes_both_ways() {
         .collect();
     let mut files = GuestFiles::default();
     files.file("vireo/up.bin", &up, 0o644);
+    // busybox udhcpc hands the lease to a script, which configures the interface.
+    files.file(
+        "vireo/udhcpc.sh",
+        b"#!/bin/sh\n[ \"$1\" = bound ] && ifconfig \"$interface\" \"$ip\" netmask \"$subnet\"\nexit 0\n",
+        0o755,
+    );
     let initrd = initrd_with(&dir, "initrd.gz", files);
+    // DHCP in the namespace: dnsmasq on the TAP, the guest's address reserved by its MAC.
+    let leases = dir.join("leases");
+    let _dhcp = Dnsmasq(
+        ns.command("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--port=0",
+                "--user=root",
+                "--interface=l4tap0",
+                "--bind-interfaces",
+                "--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h",
+                &format!("--dhcp-host={mac},{GUEST_IP}"),
+                &format!("--dhcp-leasefile={}", leases.display()),
+                &format!("--pid-file={}", dir.join("dnsmasq.pid").display()),
+            ])
+            .spawn()
+            .expect("start dnsmasq (dnsmasq-base)"),
+    );
     let server = layer3::http_server(ns.name(), down.clone());
     let mut vm = LinuxVm::boot(&Spec {
         initrd,
@@ -370,9 +395,16 @@ fn virtio_net_pings_and_moves_megabytes_both_ways() {
     });
     vm.wait_shell();
     assert_eq!(vm.sh("cat /sys/class/net/eth0/address"), mac);
-    vm.sh(&format!(
-        "ip link set lo up && ip addr add {GUEST_IP}/24 dev eth0 && ip link set eth0 up"
-    ));
+    vm.sh("ip link set lo up && ip link set eth0 up");
+    vm.sh_deadline(
+        "udhcpc -i eth0 -f -q -n -t 10 -T 3 -s /vireo/udhcpc.sh",
+        Duration::from_secs(120),
+    );
+    let lease = std::fs::read_to_string(&leases).unwrap_or_default();
+    assert!(
+        lease.contains(mac) && lease.contains(GUEST_IP),
+        "dnsmasq's leases: {lease:?}"
+    );
     assert!(
         vm.sh("ip -4 addr show eth0")
             .contains(&format!("{GUEST_IP}/24"))
@@ -709,4 +741,14 @@ fn a_line_typed_on_the_console_runs_in_the_guest() {
     vm.type_in("uname -r > /dev/console\n");
     vm.wait_for("cloud-amd64", COMMAND_DEADLINE);
     assert_eq!(vm.poweroff(), Some(0));
+}
+
+/// A process killed (and reaped) on drop.
+struct Dnsmasq(std::process::Child);
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
