@@ -135,10 +135,11 @@ ln -sf /proc/self/fd/1 /newroot/dev/stdout
 ln -sf /proc/self/fd/2 /newroot/dev/stderr
 mount -t devpts -o ptmxmode=666 devpts /newroot/dev/pts
 mount -t tmpfs tmpfs /newroot/dev/shm
-mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
+# /tmp stays the host's (through the overlay: writes land in the L1's tmpfs), so a
+# checkout or a build under /tmp runs there too.
 mount -t tmpfs -o mode=755 tmpfs /newroot/run
 mkdir -p /newroot/run/netns
-# After /tmp and /run: the output dir may be under either.
+# After /run: the output dir may be under it.
 . /out/l1.env
 mkdir -p "/newroot$OUTDIR"
 mount -o bind /out "/newroot$OUTDIR"
