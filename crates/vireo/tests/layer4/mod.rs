@@ -401,19 +401,6 @@ pub fn assert_fsck_clean(image: &Path) {
     );
 }
 
-/// Run `f` on a thread of its own inside network namespace `ns` (a server, say), in the
-/// background.
-pub fn in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        test_support::netns::enter(&ns).unwrap_or_else(|e| panic!("join netns {ns}: {e}"));
-        f()
-    })
-}
-
 /// A `vireo --api-sock` process (its console in a [`LinuxVm`]) and an API client.
 pub struct ApiVm {
     pub client: crate::common::http::Client,
