@@ -1,0 +1,9 @@
+//! What the host manager's parts share (vireod, vireoctl, the dashboard, cloud drivers):
+//! VM definitions as users write them ([`definition`]).
+//!
+//! The manager talks to each VM only through `vireo`'s API across the process boundary;
+//! this crate depends on `api` (configuration types, no KVM, no I/O) and nothing below it.
+
+pub mod definition;
+
+pub use definition::{Definition, DefinitionError, Resources, RestartPolicy};
