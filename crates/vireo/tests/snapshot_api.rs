@@ -218,8 +218,8 @@ fn snapshot_kill_load_and_the_count_goes_on() {
     // multiple of 256 may fall between the two, so that boundary's dot may be printed after
     // it (on the new console for the first snapshot, not yet for the second).
     let crossed = later / 256 - at_snapshot / 256;
-    let low = crossed - u64::from(later % 256 == 0);
-    let high = crossed + u64::from(at_snapshot % 256 == 0);
+    let low = crossed - u64::from(later.is_multiple_of(256));
+    let high = crossed + u64::from(at_snapshot.is_multiple_of(256));
     assert!(
         (low..=high).contains(&(dots.len() as u64)),
         "{} dots for {crossed} boundaries between the counts {at_snapshot} and {later}",
