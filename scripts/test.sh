@@ -63,11 +63,12 @@ l4=$(cargo test -p vireo --test linux_guest --no-run 2>&1 | sed -n 's/.*Executab
 [[ -x $l4 ]] || { echo "cannot find the linux_guest test executable" >&2; exit 1; }
 if [[ $probe == *kvm=complete* ]]; then
     echo "   this host's KVM is complete: running them directly"
-    "$l4" --ignored --test-threads=1
+    scripts/lib/retry-failed-tests.sh "$l4" --ignored --test-threads=1
 elif command -v qemu-system-x86_64 >/dev/null; then
     echo "   this host's KVM is incomplete: running them in the nested test host"
     scripts/nested-host.sh --prepare >/dev/null
-    scripts/nested-host.sh --timeout "${VIREO_L4_TIMEOUT:-1500}" -- "$l4" --ignored --test-threads=1
+    scripts/nested-host.sh --timeout "${VIREO_L4_TIMEOUT:-1500}" -- \
+        scripts/lib/retry-failed-tests.sh "$l4" --ignored --test-threads=1
 else
     why="layer 4: this host's KVM is incomplete and qemu-system-x86_64 (the nested host) is not installed"
     [[ ${CI:-} == true ]] && { echo "$why" >&2; exit 1; }

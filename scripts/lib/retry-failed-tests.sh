@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Run a libtest executable; if some tests fail, run each failed one once more, alone, and
+# say so. Used for the layer-4 suite, whose nested host is not flawless (TESTING.md: an
+# L2 guest can stall on QEMU's software CPU). A test that fails twice fails the run; one
+# that passes on its second run is reported as a RETRY line, never hidden.
+#   scripts/lib/retry-failed-tests.sh TEST_EXECUTABLE [LIBTEST ARGS...]
+set -uo pipefail
+bin=$1
+shift
+log=$(mktemp "${TMPDIR:-/tmp}/vireo-tests.XXXXXX")
+"$bin" "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+if ((status == 0)); then
+    rm -f "$log"
+    exit 0
+fi
+# libtest ends with "failures:" and one indented test name per line.
+mapfile -t failed < <(awk '/^failures:$/ { list = 1; names = 0; next }
+    list && /^    [A-Za-z0-9_:]+$/ { print $1; names = 1; next }
+    list && names && !/^    / { list = 0 }' "$log" | sort -u)
+rm -f "$log"
+((${#failed[@]})) || exit "$status"
+args=()
+for a in "$@"; do [[ $a == --test-threads=* ]] || args+=("$a"); done
+rc=0
+for t in "${failed[@]}"; do
+    echo "RETRY $t: failed once; running it again alone"
+    if "$bin" "${args[@]}" --exact "$t" --test-threads=1; then
+        echo "RETRY $t: passed on its second run (counted as a flake)"
+    else
+        echo "RETRY $t: failed again"
+        rc=1
+    fi
+done
+exit $rc
