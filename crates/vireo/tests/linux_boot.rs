@@ -42,16 +42,8 @@ struct Console {
 }
 
 impl Console {
-    /// Boot `kernel` of the guest image with `initrd`, `extra` options (devices), inside
-    /// the network namespace `netns` if given.
-    fn start_with(
-        kernel: &str,
-        initrd: &Path,
-        cmdline: &str,
-        cpus: &str,
-        extra: &[&str],
-        netns: Option<&str>,
-    ) -> Self {
+    /// Boot `kernel` of the guest image with `initrd` and `extra` options (devices).
+    fn start_with(kernel: &str, initrd: &Path, cmdline: &str, cpus: &str, extra: &[&str]) -> Self {
         let kernel = guest_dir().join(kernel);
         let mut args = vec![
             "run",
@@ -67,18 +59,10 @@ impl Console {
             cmdline,
         ];
         args.extend_from_slice(extra);
-        let mut cmd = match netns {
-            None => vireo(&args),
-            Some(ns) => {
-                let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_vireo")])
-                    .args(&args)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped());
-                cmd
-            }
-        };
-        let mut child = cmd.stderr(Stdio::inherit()).spawn().expect("start vireo");
+        let mut child = vireo(&args)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start vireo");
         let output = collect_output(child.stdout.take().unwrap());
         Self { child, output }
     }
@@ -182,7 +166,7 @@ fn early_boot(kernel: &str, devices: bool) {
         &[]
     };
     let initrd = guest_dir().join("initrd.gz");
-    let mut console = Console::start_with(kernel, &initrd, &cmdline, "2", extra, None);
+    let mut console = Console::start_with(kernel, &initrd, &cmdline, "2", extra);
     // Emulated KVM: the bzImage decompressor alone takes minutes of guest time.
     let exited = console.wait_for(&needles, Duration::from_secs(600));
     let text = console.text();

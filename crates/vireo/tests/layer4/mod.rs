@@ -132,25 +132,15 @@ impl LinuxVm {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start vireo");
         let output = collect_output(child.stdout.take().unwrap());
-        // The VMM's own messages go to the same text, marked.
-        let stderr = collect_output(child.stderr.take().unwrap());
+        // The VMM's own messages go to the same text, a marked line each, as they come.
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
         let sink = output.clone();
         std::thread::spawn(move || {
-            let mut seen = 0;
-            loop {
-                std::thread::sleep(Duration::from_millis(50));
-                let text = stderr.lock().unwrap().clone();
-                if text.len() > seen {
-                    for line in text[seen..].lines() {
-                        sink.lock()
-                            .unwrap()
-                            .push_str(&format!("\n[vireo stderr] {line}\n"));
-                    }
-                    seen = text.len();
-                }
-                if Arc::strong_count(&stderr) == 1 && text.len() == seen {
-                    break;
-                }
+            use std::io::BufRead;
+            for line in stderr.lines().map_while(Result::ok) {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&format!("\n[vireo stderr] {line}\n"));
             }
         });
         Self {
