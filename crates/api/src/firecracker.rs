@@ -9,14 +9,10 @@
 //! the VMM's to find out.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    BalloonConfig, DISK_SERIAL_MAX, DiskConfig, DiskFormat, IoEngine, NetConfig, RateLimit,
-    SerialConfig, VmConfig, VsockConfig, parse_mac,
-};
+use crate::{DISK_SERIAL_MAX, RateLimit, SerialConfig, parse_mac};
 
 /// Most vCPUs a VM may ask for (the VMM's limit; the host may allow fewer).
 pub const MAX_VCPUS: u32 = 254;
@@ -239,6 +235,18 @@ pub enum DriveIoEngine {
     Sync,
     /// io_uring.
     Async,
+    /// Vireo extension: io_uring where the host allows it, else Sync.
+    Auto,
+}
+
+/// A drive's image format (Vireo extension: Firecracker's drives are raw).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriveFormat {
+    /// A plain image.
+    Raw,
+    /// QEMU's copy-on-write format.
+    Qcow2,
 }
 
 /// `PUT /drives/{drive_id}`.
@@ -270,6 +278,14 @@ pub struct Drive {
     /// vhost-user-blk socket (not supported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
+    /// Vireo extension: the image format (default raw).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DriveFormat>,
+    /// Vireo extension: what the guest reads as the disk's serial (`VIRTIO_BLK_T_GET_ID`,
+    /// at most 20 ASCII bytes; `""` for none). Absent, it is the `drive_id` when that
+    /// fits in 20 bytes, else none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
 }
 
 /// `PATCH /drives/{drive_id}`.
@@ -511,7 +527,14 @@ pub struct SerialDevice {
     /// Output limit (not supported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<TokenBucket>,
+    /// Vireo extension: a Unix socket Vireo listens on for the console
+    /// ([`SerialConfig::Socket`]); exclusive with `serial_out_path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
 }
+
+/// Longest path a Unix socket can be bound to (`sun_path` less its NUL).
+pub const UNIX_PATH_MAX: usize = 107;
 
 /// `PUT /actions`: which action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -862,6 +885,13 @@ impl FullVmConfig {
                 "A root block device already exists!".into(),
             ));
         }
+        if let Some(serial) = &drive.serial
+            && (serial.len() > DISK_SERIAL_MAX || !serial.is_ascii() || serial.contains('\0'))
+        {
+            return Err(ConfigError::Drive(format!(
+                "serial is at most {DISK_SERIAL_MAX} ASCII characters (no NUL)."
+            )));
+        }
         check_limiter(drive.rate_limiter.as_ref(), ConfigError::Drive)?;
         match self
             .drives
@@ -1008,8 +1038,35 @@ impl FullVmConfig {
         if let Some(p) = &serial.serial_out_path {
             check_path(p, ConfigError::Serial, "serial_out_path")?;
         }
+        if let Some(p) = &serial.socket {
+            if serial.serial_out_path.is_some() {
+                return Err(ConfigError::Serial(
+                    "serial_out_path and socket are exclusive: give one of them.".into(),
+                ));
+            }
+            check_path(p, ConfigError::Serial, "socket")?;
+            if p.len() > UNIX_PATH_MAX {
+                return Err(ConfigError::Serial(format!(
+                    "socket is too long for a Unix socket (at most {UNIX_PATH_MAX} bytes)."
+                )));
+            }
+        }
         self.serial = Some(serial);
         Ok(())
+    }
+
+    /// Where the console goes: `serial_out_path` (a file), `socket`, or stdio when
+    /// neither is given (Firecracker's default).
+    pub fn serial_config(&self) -> SerialConfig {
+        let serial = self.serial.as_ref();
+        match (
+            serial.and_then(|s| s.serial_out_path.as_ref()),
+            serial.and_then(|s| s.socket.as_ref()),
+        ) {
+            (Some(path), _) => SerialConfig::File(path.into()),
+            (None, Some(path)) => SerialConfig::Socket(path.into()),
+            (None, None) => SerialConfig::Stdio,
+        }
     }
 
     fn device_count(&self) -> usize {
@@ -1018,74 +1075,6 @@ impl FullVmConfig {
             + usize::from(self.vsock.is_some())
             + usize::from(self.entropy.is_some())
             + usize::from(self.balloon.is_some())
-    }
-
-    /// The VM this config describes: the root drive first (as `/dev/vda`, named on the
-    /// command line with `root=`), then the other drives in order.
-    pub fn to_vm_config(&self) -> Result<VmConfig, ConfigError> {
-        let boot = self
-            .boot_source
-            .as_ref()
-            .ok_or(ConfigError::MissingKernel)?;
-        if self.device_count() > MAX_DEVICES {
-            return Err(ConfigError::Drive(too_many_devices()));
-        }
-        let mut config = VmConfig::new(&boot.kernel_image_path);
-        config.initrd = boot.initrd_path.as_ref().map(PathBuf::from);
-        config.vcpus = self.machine_config.vcpu_count;
-        config.memory_bytes = self.machine_config.mem_size_mib << 20;
-        config.track_dirty_pages = self.machine_config.track_dirty_pages;
-        config.serial = match self
-            .serial
-            .as_ref()
-            .and_then(|s| s.serial_out_path.as_ref())
-        {
-            Some(path) => SerialConfig::File(path.into()),
-            None => SerialConfig::Stdio,
-        };
-
-        let mut cmdline = boot
-            .boot_args
-            .clone()
-            .unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_string());
-        let mut drives: Vec<&Drive> = self.drives.iter().filter(|d| d.is_root_device).collect();
-        if let Some(root) = drives.first() {
-            let ro = if root.is_read_only == Some(true) {
-                "ro"
-            } else {
-                "rw"
-            };
-            match &root.partuuid {
-                Some(uuid) => cmdline.push_str(&format!(" root=PARTUUID={uuid} {ro}")),
-                None => cmdline.push_str(&format!(" root=/dev/vda {ro}")),
-            }
-        }
-        drives.extend(self.drives.iter().filter(|d| !d.is_root_device));
-        config.cmdline = Some(cmdline);
-        config.disks = drives.into_iter().map(disk_config).collect();
-        config.nets = self
-            .network_interfaces
-            .iter()
-            .map(|n| NetConfig {
-                id: Some(n.iface_id.clone()),
-                tap: n.host_dev_name.clone(),
-                mac: n.guest_mac.as_deref().and_then(parse_mac),
-                rx_rate_limit: n.rx_rate_limiter.unwrap_or_default().to_rate_limit(),
-                tx_rate_limit: n.tx_rate_limiter.unwrap_or_default().to_rate_limit(),
-            })
-            .collect();
-        config.vsock = self.vsock.as_ref().map(|v| VsockConfig {
-            cid: v.guest_cid,
-            socket: PathBuf::from(&v.uds_path),
-        });
-        config.rng = self.entropy.is_some();
-        config.balloon = self.balloon.as_ref().map(|b| BalloonConfig {
-            amount_mib: u64::from(b.amount_mib),
-            deflate_on_oom: b.deflate_on_oom,
-            stats_interval_s: u64::from(b.stats_polling_interval_s),
-            free_page_reporting: b.free_page_reporting,
-        });
-        Ok(config)
     }
 }
 
@@ -1113,21 +1102,8 @@ fn check_limiter(
     Ok(())
 }
 
-fn disk_config(d: &Drive) -> DiskConfig {
-    let serial = (d.drive_id.len() <= DISK_SERIAL_MAX).then(|| d.drive_id.clone());
-    DiskConfig {
-        id: Some(d.drive_id.clone()),
-        path: PathBuf::from(d.path_on_host.as_deref().unwrap_or_default()),
-        readonly: d.is_read_only.unwrap_or(false),
-        format: DiskFormat::Raw,
-        serial,
-        rate_limit: d.rate_limiter.unwrap_or_default().to_rate_limit(),
-        io_engine: match d.io_engine {
-            None | Some(DriveIoEngine::Sync) => IoEngine::Sync,
-            Some(DriveIoEngine::Async) => IoEngine::IoUring,
-        },
-    }
-}
+#[path = "firecracker_convert.rs"]
+mod convert;
 
 #[cfg(test)]
 #[path = "firecracker_tests.rs"]

@@ -1,4 +1,7 @@
+use std::path::PathBuf;
+
 use super::*;
+use crate::{BalloonConfig, DiskConfig, DiskFormat, IoEngine, NetConfig, VmConfig, VsockConfig};
 
 fn drive(id: &str, root: bool) -> Drive {
     Drive {
@@ -11,6 +14,8 @@ fn drive(id: &str, root: bool) -> Drive {
         rate_limiter: None,
         io_engine: None,
         socket: None,
+        format: None,
+        serial: None,
     }
 }
 
@@ -204,6 +209,7 @@ fn other_devices() {
         c.set_serial(SerialDevice {
             serial_out_path: Some("/tmp/s".into()),
             rate_limiter: Some(TokenBucket::default()),
+            socket: None,
         })
         .is_err()
     );
@@ -258,6 +264,7 @@ fn to_vm_config_orders_the_root_drive_first() {
     c.set_serial(SerialDevice {
         serial_out_path: Some("/tmp/serial".into()),
         rate_limiter: None,
+        socket: None,
     })
     .unwrap();
     let vm = c.to_vm_config().unwrap();
@@ -330,4 +337,316 @@ fn log_levels_any_case() {
         assert_eq!(logger.level, Some(l));
     }
     assert!(serde_json::from_str::<Logger>(r#"{"level": "loud"}"#).is_err());
+}
+
+#[test]
+fn serial_socket_is_a_vireo_extension_exclusive_with_a_file() {
+    let mut c = FullVmConfig::default();
+    assert_eq!(c.serial_config(), SerialConfig::Stdio);
+    let body: SerialDevice = serde_json::from_str(r#"{"socket": "/run/vm/console.sock"}"#).unwrap();
+    c.set_serial(body).unwrap();
+    assert_eq!(
+        c.serial_config(),
+        SerialConfig::Socket("/run/vm/console.sock".into())
+    );
+    c.set_boot_source(BootSource {
+        kernel_image_path: "/k".into(),
+        initrd_path: None,
+        boot_args: None,
+    })
+    .unwrap();
+    assert_eq!(
+        c.to_vm_config().unwrap().serial,
+        SerialConfig::Socket("/run/vm/console.sock".into())
+    );
+    // Firecracker's own body is written as before: no socket field.
+    let file = SerialDevice {
+        serial_out_path: Some("/tmp/s".into()),
+        ..SerialDevice::default()
+    };
+    assert_eq!(
+        serde_json::to_string(&file).unwrap(),
+        r#"{"serial_out_path":"/tmp/s"}"#
+    );
+
+    let both: SerialDevice =
+        serde_json::from_str(r#"{"serial_out_path": "/tmp/s", "socket": "/tmp/c.sock"}"#).unwrap();
+    assert_eq!(
+        c.set_serial(both).unwrap_err().to_string(),
+        "Serial config error: serial_out_path and socket are exclusive: give one of them."
+    );
+    let long = SerialDevice {
+        socket: Some(format!("/{}", "s".repeat(UNIX_PATH_MAX))),
+        ..SerialDevice::default()
+    };
+    assert!(
+        c.set_serial(long)
+            .unwrap_err()
+            .to_string()
+            .contains("too long for a Unix socket")
+    );
+    let empty = SerialDevice {
+        socket: Some(String::new()),
+        ..SerialDevice::default()
+    };
+    assert!(c.set_serial(empty).is_err());
+    assert_eq!(
+        c.serial_config(),
+        SerialConfig::Socket("/run/vm/console.sock".into()),
+        "a refused body changes nothing"
+    );
+    assert!(serde_json::from_str::<SerialDevice>(r#"{"sock": "/x"}"#).is_err());
+}
+
+#[test]
+fn drive_extensions_format_serial_and_auto_engine() {
+    let parse = |extra: &str| -> Result<Drive, String> {
+        serde_json::from_str(&format!(
+            r#"{{"drive_id": "data", "path_on_host": "/d.img", "is_root_device": false{extra}}}"#
+        ))
+        .map_err(|e| e.to_string())
+    };
+    let disk = |d: Drive| {
+        let mut c = FullVmConfig::default();
+        c.set_boot_source(BootSource {
+            kernel_image_path: "/k".into(),
+            initrd_path: None,
+            boot_args: None,
+        })
+        .unwrap();
+        c.set_drive(d).map_err(|e| e.to_string())?;
+        Ok::<_, String>(c.to_vm_config().unwrap().disks.remove(0))
+    };
+    // A Firecracker body: raw, Sync, the drive_id as serial.
+    let plain = disk(parse("").unwrap()).unwrap();
+    assert_eq!(plain.format, DiskFormat::Raw);
+    assert_eq!(plain.io_engine, IoEngine::Sync);
+    assert_eq!(plain.serial.as_deref(), Some("data"));
+    assert_eq!(
+        serde_json::to_string(&parse("").unwrap()).unwrap(),
+        r#"{"drive_id":"data","is_root_device":false,"path_on_host":"/d.img"}"#,
+        "no extension field appears unless set"
+    );
+
+    let d = disk(parse(r#", "format": "qcow2", "serial": "SN-1", "io_engine": "Auto""#).unwrap())
+        .unwrap();
+    assert_eq!(d.format, DiskFormat::Qcow2);
+    assert_eq!(d.serial.as_deref(), Some("SN-1"));
+    assert_eq!(d.io_engine, IoEngine::Auto);
+    let d = disk(parse(r#", "format": "raw", "serial": """#).unwrap()).unwrap();
+    assert_eq!(d.format, DiskFormat::Raw);
+    assert_eq!(d.serial, None, "an empty serial is none");
+
+    for bad in [
+        r#", "format": "vmdk""#,
+        r#", "format": "Qcow2""#,
+        r#", "io_engine": "auto""#,
+    ] {
+        assert!(parse(bad).is_err(), "{bad}");
+    }
+    let long = parse(r#", "serial": "123456789012345678901""#).unwrap();
+    assert!(disk(long).unwrap_err().contains("at most 20"));
+}
+
+/// A VmConfig with every field set, as a manager would write one.
+fn every_field() -> VmConfig {
+    let limit = |ops, bytes| RateLimit {
+        ops_per_sec: ops,
+        bytes_per_sec: bytes,
+    };
+    VmConfig {
+        kernel: "/vm/vmlinux".into(),
+        initrd: Some("/vm/initrd.img".into()),
+        cmdline: Some("console=ttyS0 root=/dev/vda rw quiet".into()),
+        vcpus: 4,
+        memory_bytes: 1 << 30,
+        serial: SerialConfig::Socket("/run/vireo/web/console.sock".into()),
+        disks: vec![
+            DiskConfig {
+                id: Some("root".into()),
+                path: "/vm/root.qcow2".into(),
+                readonly: false,
+                format: DiskFormat::Qcow2,
+                serial: Some("root".into()),
+                rate_limit: limit(Some(1000), Some(50 << 20)),
+                io_engine: IoEngine::Sync,
+            },
+            DiskConfig {
+                id: Some("seed".into()),
+                path: "/vm/seed.img".into(),
+                readonly: true,
+                format: DiskFormat::Raw,
+                serial: Some("CLOUD-INIT-01".into()),
+                rate_limit: limit(None, Some(1 << 20)),
+                io_engine: IoEngine::IoUring,
+            },
+            DiskConfig {
+                id: Some("scratch".into()),
+                path: "/vm/scratch.img".into(),
+                readonly: false,
+                format: DiskFormat::Raw,
+                serial: None,
+                rate_limit: limit(Some(200), None),
+                io_engine: IoEngine::Auto,
+            },
+        ],
+        nets: vec![
+            NetConfig {
+                id: Some("eth0".into()),
+                tap: "vtap0".into(),
+                mac: Some([0x02, 0xab, 0xcd, 0xef, 0x00, 0x01]),
+                rx_rate_limit: limit(Some(10_000), Some(100 << 20)),
+                tx_rate_limit: limit(None, Some(10 << 20)),
+            },
+            NetConfig {
+                id: Some("eth1".into()),
+                tap: "vtap1".into(),
+                mac: Some([0x06, 0, 0, 0, 0, 0xfe]),
+                rx_rate_limit: RateLimit::default(),
+                tx_rate_limit: limit(Some(5000), None),
+            },
+        ],
+        vsock: Some(VsockConfig {
+            cid: 42,
+            socket: "/run/vireo/web/vsock.sock".into(),
+        }),
+        rng: true,
+        balloon: Some(BalloonConfig {
+            amount_mib: 256,
+            deflate_on_oom: true,
+            stats_interval_s: 5,
+            free_page_reporting: true,
+        }),
+        track_dirty_pages: true,
+    }
+}
+
+#[test]
+fn from_vm_config_round_trips_every_field() {
+    let config = every_field();
+    let full = FullVmConfig::from_vm_config(&config).unwrap();
+    assert_eq!(full.to_vm_config().unwrap(), config);
+    assert!(full.drives.iter().all(|d| !d.is_root_device));
+    assert_eq!(
+        full.boot_source.as_ref().unwrap().boot_args.as_deref(),
+        config.cmdline.as_deref()
+    );
+
+    // What a manager writes as --config-file reads back the same, as the same VM.
+    let json = serde_json::to_string_pretty(&full).unwrap();
+    let parsed = FullVmConfig::from_json(&json).unwrap();
+    assert_eq!(parsed, full);
+    assert_eq!(parsed.to_vm_config().unwrap(), config);
+    for extension in [
+        r#""format": "qcow2""#,
+        r#""io_engine": "Auto""#,
+        r#""serial": "CLOUD-INIT-01""#,
+        r#""socket": "/run/vireo/web/console.sock""#,
+        r#""guest_mac": "02:ab:cd:ef:00:01""#,
+    ] {
+        assert!(json.contains(extension), "no {extension} in {json}");
+    }
+
+    // The other consoles, and a serial the drive_id would give, left unsaid.
+    let mut c = every_field();
+    c.serial = SerialConfig::File("/var/log/vm.log".into());
+    let full = FullVmConfig::from_vm_config(&c).unwrap();
+    assert_eq!(full.to_vm_config().unwrap(), c);
+    assert_eq!(full.drives[0].serial, None);
+    assert_eq!(full.drives[2].serial.as_deref(), Some(""), "no serial");
+    c.serial = SerialConfig::Stdio;
+    let full = FullVmConfig::from_vm_config(&c).unwrap();
+    assert_eq!(full.serial, None);
+    assert_eq!(full.to_vm_config().unwrap(), c);
+}
+
+#[test]
+fn from_vm_config_names_devices_and_writes_the_default_cmdline() {
+    let mut c = VmConfig::new("/k");
+    c.disks.push("path=/a.img".parse().unwrap());
+    c.disks.push("path=/b.img,id=b".parse().unwrap());
+    c.nets.push("tap=t0".parse().unwrap());
+    let full = FullVmConfig::from_vm_config(&c).unwrap();
+    let ids: Vec<_> = full.drives.iter().map(|d| d.drive_id.as_str()).collect();
+    assert_eq!(ids, ["disk0", "b"]);
+    assert_eq!(full.network_interfaces[0].iface_id, "net0");
+    assert_eq!(
+        full.boot_source.as_ref().unwrap().boot_args.as_deref(),
+        Some(crate::DEFAULT_CMDLINE)
+    );
+    let vm = full.to_vm_config().unwrap();
+    assert_eq!(vm.cmdline(), crate::DEFAULT_CMDLINE);
+    assert_eq!(vm.disks[0].id.as_deref(), Some("disk0"));
+    assert_eq!(vm.disks[0].path, PathBuf::from("/a.img"));
+    assert_eq!(vm.disks[0].io_engine, IoEngine::Auto);
+    assert_eq!(vm.disks[0].serial, None);
+    assert_eq!(vm.nets[0].id.as_deref(), Some("net0"));
+}
+
+#[test]
+fn from_vm_config_refuses_what_it_cannot_express() {
+    use std::os::unix::ffi::OsStrExt;
+    let refused = |change: &dyn Fn(&mut VmConfig)| {
+        let mut c = every_field();
+        change(&mut c);
+        FullVmConfig::from_vm_config(&c).unwrap_err()
+    };
+    for (err, needle) in [
+        (
+            refused(&|c| c.serial = SerialConfig::None),
+            "serial: none (output discarded) cannot be expressed",
+        ),
+        (
+            refused(&|c| c.memory_bytes += 4096),
+            "not a whole number of MiB",
+        ),
+        (
+            refused(&|c| c.disks[1].rate_limit.ops_per_sec = Some(0)),
+            "disk seed: a limit of 0 operations per second",
+        ),
+        (
+            refused(&|c| c.nets[0].tx_rate_limit.bytes_per_sec = Some(0)),
+            "NIC eth0 tx: a limit of 0 bytes per second",
+        ),
+        (
+            refused(&|c| c.balloon.as_mut().unwrap().stats_interval_s = 70_000),
+            "stats_polling_interval_s",
+        ),
+        (
+            refused(&|c| c.balloon.as_mut().unwrap().amount_mib = 1 << 33),
+            "amount_mib",
+        ),
+        (
+            refused(&|c| c.disks[2].id = Some("root".into())),
+            "another disk is also named root",
+        ),
+        (
+            refused(&|c| {
+                c.disks[1].id = Some("disk2".into());
+                c.disks[2].id = None;
+            }),
+            "disk 2: another disk is also named disk2",
+        ),
+        (
+            refused(&|c| c.disks[1].serial = Some("S".repeat(21))),
+            "disk seed: Drive config error: serial is at most 20",
+        ),
+        (
+            refused(&|c| c.disks[0].id = Some("my-root".into())),
+            "disk my-root: Drive config error: API Resource IDs",
+        ),
+        (
+            refused(&|c| c.nets[1].tap = "vtap0".into()),
+            "NIC eth1: Network config error: The host device vtap0",
+        ),
+        (
+            refused(&|c| {
+                c.kernel = PathBuf::from(std::ffi::OsStr::from_bytes(b"/vm/\xff"));
+            }),
+            "kernel: the path /vm/",
+        ),
+        (refused(&|c| c.vcpus = 0), "Machine config error"),
+    ] {
+        assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+    }
 }

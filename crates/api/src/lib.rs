@@ -34,6 +34,12 @@ pub enum SerialConfig {
     File(PathBuf),
     /// Discarded; the port still exists so the guest sees a UART.
     None,
+    /// A Unix socket the VMM listens on (replacing a stale socket file there, removed
+    /// when the VMM shuts down). One client at a time, a new connection replacing the
+    /// previous one: it gets the guest's output and its bytes are the guest's input.
+    /// Output no client has taken yet (none connected, or one too slow) waits in a
+    /// bounded buffer of the newest bytes and goes to the next client first.
+    Socket(PathBuf),
 }
 
 impl std::str::FromStr for SerialConfig {
@@ -43,12 +49,18 @@ impl std::str::FromStr for SerialConfig {
         match s {
             "stdio" => Ok(Self::Stdio),
             "none" => Ok(Self::None),
-            _ => match s.strip_prefix("file:") {
-                Some(path) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
-                _ => Err(format!(
-                    "invalid serial '{s}': expected stdio, none or file:PATH"
-                )),
-            },
+            _ => {
+                let path = |prefix| s.strip_prefix(prefix).filter(|p: &&str| !p.is_empty());
+                if let Some(p) = path("file:") {
+                    Ok(Self::File(PathBuf::from(p)))
+                } else if let Some(p) = path("socket:") {
+                    Ok(Self::Socket(PathBuf::from(p)))
+                } else {
+                    Err(format!(
+                        "invalid serial '{s}': expected stdio, none, file:PATH or socket:PATH"
+                    ))
+                }
+            }
         }
     }
 }
@@ -119,9 +131,28 @@ mod tests {
             "file:/tmp/x.log".parse(),
             Ok(SerialConfig::File("/tmp/x.log".into()))
         );
-        for bad in ["", "file:", "tty", "File:/x"] {
+        assert_eq!(
+            "socket:/run/vm/console.sock".parse(),
+            Ok(SerialConfig::Socket("/run/vm/console.sock".into()))
+        );
+        assert_eq!(
+            "socket:rel/c.sock".parse(),
+            Ok(SerialConfig::Socket("rel/c.sock".into()))
+        );
+        for bad in [
+            "",
+            "file:",
+            "socket:",
+            "tty",
+            "File:/x",
+            "Socket:/x",
+            "unix:/x",
+        ] {
             let err = bad.parse::<SerialConfig>().unwrap_err();
-            assert!(err.contains("expected stdio, none or file:PATH"), "{err}");
+            assert!(
+                err.contains("expected stdio, none, file:PATH or socket:PATH"),
+                "{err}"
+            );
         }
     }
 

@@ -122,8 +122,13 @@ pub struct RunArgs {
     /// Guest memory: a number of MiB, or with a K, M, G or T suffix.
     #[arg(long, default_value = "128M", value_name = "SIZE")]
     pub memory: String,
-    /// Serial console: stdio, file:PATH or none.
-    #[arg(long, default_value = "stdio", value_name = "stdio|file:PATH|none")]
+    /// Serial console: stdio, file:PATH, socket:PATH (a Unix socket vireo listens on, one
+    /// client at a time; output waits for it in a 64 KiB buffer) or none.
+    #[arg(
+        long,
+        default_value = "stdio",
+        value_name = "stdio|file:PATH|socket:PATH|none"
+    )]
     pub serial: SerialConfig,
     /// A virtio-blk disk (repeatable): path=FILE[,readonly][,format=raw|qcow2][,serial=ID]
     /// [,iops=N][,bandwidth=BYTES/s][,io=auto|sync|uring][,id=NAME].
@@ -219,6 +224,20 @@ mod tests {
         assert_eq!((config.vcpus, config.memory_bytes), (1, 128 << 20));
         assert_eq!(config.serial, SerialConfig::Stdio);
         assert_eq!(config.cmdline(), api::DEFAULT_CMDLINE);
+    }
+
+    #[test]
+    fn serial_on_a_socket() {
+        let cli = parse(&["run", "--kernel", "/k", "--serial", "socket:/run/vm/c.sock"]).unwrap();
+        let Some(Command::Run(args)) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(
+            args.into_config().unwrap().serial,
+            SerialConfig::Socket("/run/vm/c.sock".into())
+        );
+        let err = parse(&["run", "--kernel", "/k", "--serial", "socket:"]).unwrap_err();
+        assert!(err.to_string().contains("socket:PATH"), "{err}");
     }
 
     #[test]

@@ -75,13 +75,9 @@ impl Controller {
         self.vmm.take()
     }
 
-    /// Whether the guest's console is the terminal.
+    /// Whether the guest's console is the terminal (neither a file nor a socket).
     pub fn console_on_stdio(&self) -> bool {
-        self.config
-            .serial
-            .as_ref()
-            .and_then(|s| s.serial_out_path.as_ref())
-            .is_none()
+        self.config.serial_config() == api::SerialConfig::Stdio
     }
 
     fn state(&self) -> &'static str {
@@ -297,12 +293,9 @@ impl Controller {
                 "clock_realtime on snapshot load.".into(),
             ));
         }
-        let serial = match c.serial.as_ref().and_then(|s| s.serial_out_path.as_ref()) {
-            Some(path) => api::SerialConfig::File(path.into()),
-            None => api::SerialConfig::Stdio,
-        };
         let options = RestoreOptions {
-            serial,
+            // The console of this process (PUT /serial before the load), not the saved one.
+            serial: c.serial_config(),
             resume: p.resume_vm.unwrap_or(false),
             track_dirty_pages: p.tracks_dirty_pages(),
             net_overrides: p

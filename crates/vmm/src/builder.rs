@@ -25,7 +25,8 @@ use crate::devices::legacy::rtc::Rtc;
 use crate::devices::legacy::serial::{
     COM1_BASE, COM1_IRQ, COM1_LEN, SerialDevice, SerialOutput, SerialSnapshot,
 };
-use crate::event_loop::{EventLoop, EventLoopError, SerialInput, Stdin, Subscriber};
+use crate::devices::legacy::serial_socket::{self, SocketConsole};
+use crate::event_loop::{EventLoop, EventLoopError, SerialInput, SerialSocket, Stdin, Subscriber};
 use crate::kvm::{KvmContext, KvmError};
 use crate::loader::{self, LoaderError};
 use crate::memory::{self, GuestMemory, MemoryError};
@@ -105,6 +106,10 @@ pub enum BuildError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// The serial console's Unix socket could not be set up (in use by another process,
+    /// a file that is not a socket, a path that cannot be bound).
+    #[error("serial console: {0}")]
+    SerialSocket(#[source] vsock::unix::UnixError),
     /// An eventfd or the serial output could not be opened.
     #[error("{what}: {source}")]
     Io {
@@ -181,12 +186,20 @@ pub fn check_vcpus(asked: u32, kvm_max: usize) -> Result<(), BuildError> {
     }
 }
 
+/// Where the UART's bytes go; for a socket console also its listening socket (bound
+/// here, so a path in use fails the build) and the state the event loop serves.
+struct SerialBackend {
+    out: SerialOutput,
+    socket: Option<(vsock::unix::HostListener, Arc<SocketConsole>)>,
+}
+
 /// The serial console's output for `config`.
-fn serial_output(config: &SerialConfig) -> Result<SerialOutput, BuildError> {
+fn serial_output(config: &SerialConfig) -> Result<SerialBackend, BuildError> {
+    let plain = |out: SerialOutput| SerialBackend { out, socket: None };
     Ok(match config {
-        SerialConfig::Stdio => Box::new(std::io::stdout()),
-        SerialConfig::None => Box::new(std::io::sink()),
-        SerialConfig::File(path) => Box::new(
+        SerialConfig::Stdio => plain(Box::new(std::io::stdout())),
+        SerialConfig::None => plain(Box::new(std::io::sink())),
+        SerialConfig::File(path) => plain(Box::new(
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -195,7 +208,21 @@ fn serial_output(config: &SerialConfig) -> Result<SerialOutput, BuildError> {
                     "cannot open serial output {}",
                     path.display()
                 )))?,
-        ),
+        )),
+        SerialConfig::Socket(path) => {
+            if serial_socket::live_socket_at(path) {
+                let in_use = vsock::unix::UnixError::InUse(path.clone());
+                return Err(BuildError::SerialSocket(in_use));
+            }
+            let listener =
+                vsock::unix::HostListener::bind(path).map_err(BuildError::SerialSocket)?;
+            let console =
+                SocketConsole::new().map_err(io_error("cannot create the console's eventfd"))?;
+            SerialBackend {
+                out: Box::new(console.output()),
+                socket: Some((listener, console)),
+            }
+        }
     })
 }
 
@@ -263,7 +290,7 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
 
     // Devices.
     let stop = Arc::new(StopSignal::new().map_err(io_error("cannot create the stop event"))?);
-    let legacy = LegacyDevices::new(&vm, &config.serial, &stop, None)?;
+    let mut legacy = LegacyDevices::new(&vm, &config.serial, &stop, None)?;
     let pio = legacy.pio.clone();
     let mmio = Arc::new(mmio);
     let subscribers = legacy.subscribers(&config.serial);
@@ -377,6 +404,9 @@ pub(crate) struct LegacyDevices {
     pub(crate) acpi_pm: Arc<Mutex<AcpiPm<ResetTrigger>>>,
     pub(crate) i8042: Arc<Mutex<I8042<ResetTrigger>>>,
     input_ready: EventFd,
+    /// A socket console's server, until the event loop takes it (dropped unstarted, it
+    /// removes the socket file).
+    socket_console: Option<SerialSocket>,
 }
 
 impl LegacyDevices {
@@ -408,13 +438,25 @@ impl LegacyDevices {
         let input_clone = input_ready
             .try_clone()
             .map_err(io_error("cannot clone an eventfd"))?;
-        let out = serial_output(serial_config)?;
+        let backend = serial_output(serial_config)?;
+        let out = backend.out;
         let serial = match state {
             None => SerialDevice::new(serial_irq, input_clone, out),
             Some(state) => SerialDevice::from_state(&state.serial, serial_irq, input_clone, out)
                 .map_err(io_error("cannot restore the serial port"))?,
         };
         let serial = Arc::new(Mutex::new(serial));
+        let socket_console = match backend.socket {
+            Some((listener, console)) => Some(SerialSocket::new(
+                listener,
+                console,
+                serial.clone(),
+                input_ready
+                    .try_clone()
+                    .map_err(io_error("cannot clone an eventfd"))?,
+            )),
+            None => None,
+        };
         let mut rtc = Rtc::new();
         let mut acpi_pm = AcpiPm::new(ResetTrigger(stop.clone()));
         let mut i8042 = I8042::new(ResetTrigger(stop.clone())).with_interrupt(i8042_irq);
@@ -455,12 +497,17 @@ impl LegacyDevices {
             acpi_pm,
             i8042,
             input_ready,
+            socket_console,
         })
     }
 
-    /// The event-loop subscribers: host stdin to the UART when the console is on stdio.
-    pub(crate) fn subscribers(&self, serial_config: &SerialConfig) -> Vec<Subscriber> {
+    /// The event-loop subscribers: host stdin to the UART when the console is on stdio;
+    /// the console's socket server (taken: once) when it is on a socket.
+    pub(crate) fn subscribers(&mut self, serial_config: &SerialConfig) -> Vec<Subscriber> {
         let mut subscribers: Vec<Subscriber> = Vec::new();
+        if let Some(server) = self.socket_console.take() {
+            subscribers.push(Box::new(server));
+        }
         if *serial_config == SerialConfig::Stdio {
             match self.input_ready.try_clone() {
                 Ok(ready) => {
@@ -539,5 +586,45 @@ mod tests {
             Ok(_) => panic!("opened a file in a missing directory"),
         };
         assert!(err.to_string().contains("/nonexistent/dir/log"), "{err}");
+    }
+
+    #[test]
+    fn serial_socket_replaces_a_stale_socket_and_refuses_a_live_one() {
+        let dir = std::env::temp_dir().join(format!("vireo-builder-serial-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("console.sock");
+        let config = SerialConfig::Socket(path.clone());
+        let refused = |what: &str| match serial_output(&config) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("bound over {what}"),
+        };
+
+        std::fs::write(&path, b"not ours").unwrap();
+        let err = refused("a regular file");
+        assert!(err.starts_with("serial console: "), "{err}");
+        assert!(err.contains("exists and is not a socket"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"not ours", "left alone");
+        std::fs::remove_file(&path).unwrap();
+
+        let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let err = refused("a live listener");
+        assert!(err.contains("in use by another process"), "{err}");
+        assert!(err.contains("console.sock"), "{err}");
+        // Found without connecting: a console server would take a probe for a client.
+        live.set_nonblocking(true).unwrap();
+        assert_eq!(
+            live.accept().unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock
+        );
+        drop(live);
+
+        // The listener above is gone and left its file behind: replaced.
+        assert!(path.exists());
+        let backend = serial_output(&config).unwrap();
+        assert!(backend.socket.is_some());
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+        drop(backend);
+        assert!(!path.exists(), "removed with the listener");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -396,7 +396,7 @@ pub fn restore(
         what: "cannot create the stop event".into(),
         source,
     })?);
-    let legacy = LegacyDevices::new(&vm, serial, &stop, Some(&snapshot.legacy))?;
+    let mut legacy = LegacyDevices::new(&vm, serial, &stop, Some(&snapshot.legacy))?;
     // The devices again, from the saved configuration (backends opened again: a disk
     // image or TAP that went away is reported here), in the same slots.
     let mut mmio = crate::bus::Bus::new();

@@ -174,6 +174,37 @@ fn a_corrupted_truncated_or_foreign_state_file_is_refused() {
     }
 }
 
+#[test]
+fn a_restored_vm_takes_the_console_of_the_restore() {
+    // Snapshotted with its console in a file, restored with it on a socket.
+    let mut vm = count_guest(16 << 20, &scratch("console-s"));
+    vm.pause().unwrap();
+    let state = scratch("state-s");
+    let mem = scratch("mem-s");
+    vm.snapshot(SnapshotKind::Full, &state, &mem).unwrap();
+    vm.shutdown();
+    let sock = scratch("console-s.sock");
+    let options = RestoreOptions {
+        serial: SerialConfig::Socket(sock.clone()),
+        resume: true,
+        ..Default::default()
+    };
+    let restored = restore(&state, &mem, &options).expect("restore");
+    assert_eq!(restored.vm_config().serial, options.serial);
+    let mut client = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut dot = [0u8; 1];
+    std::io::Read::read_exact(&mut client, &mut dot).unwrap();
+    assert_eq!(&dot, b".");
+    restored.shutdown();
+    assert!(!sock.exists(), "the socket goes with the VM");
+    for f in [&state, &mem] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
 /// The guest's RAM, copied (to compare with a restored VM after the first is gone).
 fn copy_memory(vm: &vmm::builder::Vmm, bytes: u64) -> vmm::memory::GuestMemory {
     let copy = vmm::memory::create_guest_memory(bytes).unwrap();

@@ -1,6 +1,7 @@
 //! The 16550A UART at 0x3f8 (COM1, IRQ 4): vm-superio's model on the PIO bus.
 //!
-//! Output goes to any writer (stdout, a file, nowhere). Input is pushed in by the event loop
+//! Output goes to any writer (stdout, a file, nowhere, a socket console's
+//! [`super::serial_socket::SocketOutput`]). Input is pushed in by the event loop
 //! with [`SerialDevice::enqueue_input`]; when the guest drains the receive FIFO the
 //! `input_ready` eventfd tells the event loop it may read more from the host.
 

@@ -1,0 +1,337 @@
+//! Between Firecracker's [`FullVmConfig`] and Vireo's [`VmConfig`], both ways.
+//!
+//! [`FullVmConfig::to_vm_config`] is the VM the API's configuration describes;
+//! [`FullVmConfig::from_vm_config`] writes a `VmConfig` in the API's terms (what a host
+//! manager gives `vireo --config-file`), with Vireo's extensions where Firecracker has no
+//! field (a drive's `format`, `serial` and `Auto` I/O engine, the serial `socket`), and
+//! refuses what the API cannot express rather than dropping it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use super::{
+    Balloon, BootSource, ConfigError, DEFAULT_BOOT_ARGS, Drive, DriveFormat, DriveIoEngine,
+    EntropyDevice, FullVmConfig, MAX_DEVICES, MachineConfig, NetworkInterface, RateLimiter,
+    SerialDevice, TokenBucket, Vsock, too_many_devices,
+};
+use crate::{
+    BalloonConfig, DISK_SERIAL_MAX, DiskConfig, DiskFormat, IoEngine, NetConfig, RateLimit,
+    SerialConfig, VmConfig, VsockConfig, parse_mac,
+};
+
+impl FullVmConfig {
+    /// The VM this config describes: the root drive first (as `/dev/vda`, named on the
+    /// command line with `root=`), then the other drives in order.
+    pub fn to_vm_config(&self) -> Result<VmConfig, ConfigError> {
+        let boot = self
+            .boot_source
+            .as_ref()
+            .ok_or(ConfigError::MissingKernel)?;
+        if self.device_count() > MAX_DEVICES {
+            return Err(ConfigError::Drive(too_many_devices()));
+        }
+        let mut config = VmConfig::new(&boot.kernel_image_path);
+        config.initrd = boot.initrd_path.as_ref().map(PathBuf::from);
+        config.vcpus = self.machine_config.vcpu_count;
+        config.memory_bytes = self.machine_config.mem_size_mib << 20;
+        config.track_dirty_pages = self.machine_config.track_dirty_pages;
+        config.serial = self.serial_config();
+
+        let mut cmdline = boot
+            .boot_args
+            .clone()
+            .unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_string());
+        let mut drives: Vec<&Drive> = self.drives.iter().filter(|d| d.is_root_device).collect();
+        if let Some(root) = drives.first() {
+            let ro = if root.is_read_only == Some(true) {
+                "ro"
+            } else {
+                "rw"
+            };
+            match &root.partuuid {
+                Some(uuid) => cmdline.push_str(&format!(" root=PARTUUID={uuid} {ro}")),
+                None => cmdline.push_str(&format!(" root=/dev/vda {ro}")),
+            }
+        }
+        drives.extend(self.drives.iter().filter(|d| !d.is_root_device));
+        config.cmdline = Some(cmdline);
+        config.disks = drives.into_iter().map(disk_config).collect();
+        config.nets = self
+            .network_interfaces
+            .iter()
+            .map(|n| NetConfig {
+                id: Some(n.iface_id.clone()),
+                tap: n.host_dev_name.clone(),
+                mac: n.guest_mac.as_deref().and_then(parse_mac),
+                rx_rate_limit: n.rx_rate_limiter.unwrap_or_default().to_rate_limit(),
+                tx_rate_limit: n.tx_rate_limiter.unwrap_or_default().to_rate_limit(),
+            })
+            .collect();
+        config.vsock = self.vsock.as_ref().map(|v| VsockConfig {
+            cid: v.guest_cid,
+            socket: PathBuf::from(&v.uds_path),
+        });
+        config.rng = self.entropy.is_some();
+        config.balloon = self.balloon.as_ref().map(|b| BalloonConfig {
+            amount_mib: u64::from(b.amount_mib),
+            deflate_on_oom: b.deflate_on_oom,
+            stats_interval_s: u64::from(b.stats_polling_interval_s),
+            free_page_reporting: b.free_page_reporting,
+        });
+        Ok(config)
+    }
+
+    /// The API form of `config`: given to [`FullVmConfig::to_vm_config`], it builds the
+    /// same VM. `boot_args` is the command line (Vireo's default when `config` has none);
+    /// no drive is the root device, since the command line already says what the guest
+    /// boots from; a disk without an id is `disk<N>` and a NIC `net<N>` (N its index), as
+    /// the VMM names them, so `to_vm_config` gives those ids back.
+    ///
+    /// `Err` says what cannot be expressed (a discarded console, a path that is not UTF-8,
+    /// memory that is not a whole number of MiB, a rate of 0 per second, a balloon beyond
+    /// Firecracker's field sizes) or what the API's own checks refuse (an id with a `-`,
+    /// two NICs on one TAP...), naming the device.
+    pub fn from_vm_config(config: &VmConfig) -> Result<FullVmConfig, String> {
+        // Every field named: a field added to VmConfig must be added here too.
+        let VmConfig {
+            kernel,
+            initrd,
+            cmdline,
+            vcpus,
+            memory_bytes,
+            serial,
+            disks,
+            nets,
+            vsock,
+            rng,
+            balloon,
+            track_dirty_pages,
+        } = config;
+        let mut full = FullVmConfig::default();
+        if !memory_bytes.is_multiple_of(1 << 20) {
+            return Err(format!(
+                "memory: {memory_bytes} bytes is not a whole number of MiB (mem_size_mib)"
+            ));
+        }
+        full.set_machine_config(MachineConfig {
+            vcpu_count: *vcpus,
+            mem_size_mib: memory_bytes >> 20,
+            track_dirty_pages: *track_dirty_pages,
+            ..MachineConfig::default()
+        })
+        .map_err(|e| e.to_string())?;
+        full.set_boot_source(BootSource {
+            kernel_image_path: utf8(kernel, "kernel")?,
+            initrd_path: initrd.as_deref().map(|p| utf8(p, "initrd")).transpose()?,
+            boot_args: Some(cmdline.as_deref().unwrap_or(DEFAULT_BOOT_ARGS).to_string()),
+        })
+        .map_err(|e| e.to_string())?;
+
+        let mut ids = BTreeSet::new();
+        for (i, disk) in disks.iter().enumerate() {
+            let id = disk.id.clone().unwrap_or_else(|| format!("disk{i}"));
+            if !ids.insert(id.clone()) {
+                return Err(format!("disk {i}: another disk is also named {id}"));
+            }
+            let what = format!("disk {id}");
+            full.set_drive(drive(&id, disk, &what)?)
+                .map_err(|e| format!("{what}: {e}"))?;
+        }
+        let mut ids = BTreeSet::new();
+        for (i, nic) in nets.iter().enumerate() {
+            let id = nic.id.clone().unwrap_or_else(|| format!("net{i}"));
+            if !ids.insert(id.clone()) {
+                return Err(format!("NIC {i}: another NIC is also named {id}"));
+            }
+            let what = format!("NIC {id}");
+            full.set_network_interface(network_interface(&id, nic, &what)?)
+                .map_err(|e| format!("{what}: {e}"))?;
+        }
+        if let Some(VsockConfig { cid, socket }) = vsock {
+            full.set_vsock(Vsock {
+                guest_cid: *cid,
+                uds_path: utf8(socket, "vsock socket")?,
+                vsock_id: None,
+            })
+            .map_err(|e| e.to_string())?;
+        }
+        if *rng {
+            full.set_entropy(EntropyDevice::default())
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(b) = balloon {
+            full.set_balloon(balloon_body(b)?)
+                .map_err(|e| e.to_string())?;
+        }
+        let console = |out: Option<String>, socket: Option<String>| SerialDevice {
+            serial_out_path: out,
+            rate_limiter: None,
+            socket,
+        };
+        let device = match serial {
+            SerialConfig::Stdio => None,
+            SerialConfig::File(path) => Some(console(Some(utf8(path, "serial file")?), None)),
+            SerialConfig::Socket(path) => Some(console(None, Some(utf8(path, "serial socket")?))),
+            SerialConfig::None => {
+                return Err(
+                    "serial: none (output discarded) cannot be expressed: the API's \
+                            console without a serial_out_path is stdout (use file:/dev/null)"
+                        .into(),
+                );
+            }
+        };
+        if let Some(device) = device {
+            full.set_serial(device).map_err(|e| e.to_string())?;
+        }
+        Ok(full)
+    }
+}
+
+/// The serial the VMM gives a drive that has no `serial` field: its id, if it fits.
+fn derived_serial(drive_id: &str) -> Option<String> {
+    (drive_id.len() <= DISK_SERIAL_MAX).then(|| drive_id.to_string())
+}
+
+fn disk_config(d: &Drive) -> DiskConfig {
+    let serial = match d.serial.as_deref() {
+        Some("") => None,
+        Some(s) => Some(s.to_string()),
+        None => derived_serial(&d.drive_id),
+    };
+    DiskConfig {
+        id: Some(d.drive_id.clone()),
+        path: PathBuf::from(d.path_on_host.as_deref().unwrap_or_default()),
+        readonly: d.is_read_only.unwrap_or(false),
+        format: match d.format {
+            None | Some(DriveFormat::Raw) => DiskFormat::Raw,
+            Some(DriveFormat::Qcow2) => DiskFormat::Qcow2,
+        },
+        serial,
+        rate_limit: d.rate_limiter.unwrap_or_default().to_rate_limit(),
+        io_engine: match d.io_engine {
+            None | Some(DriveIoEngine::Sync) => IoEngine::Sync,
+            Some(DriveIoEngine::Async) => IoEngine::IoUring,
+            Some(DriveIoEngine::Auto) => IoEngine::Auto,
+        },
+    }
+}
+
+/// The `PUT /drives` body of `disk`, named `id`.
+fn drive(id: &str, disk: &DiskConfig, what: &str) -> Result<Drive, String> {
+    let DiskConfig {
+        id: _,
+        path,
+        readonly,
+        format,
+        serial,
+        rate_limit,
+        io_engine,
+    } = disk;
+    // Only what differs from the drive_id's serial is written; "" stands for none.
+    let serial = match (serial.as_deref(), derived_serial(id)) {
+        (Some(""), None) | (None, None) => None,
+        (given, derived) if given == derived.as_deref() => None,
+        (Some(s), _) => Some(s.to_string()),
+        (None, Some(_)) => Some(String::new()),
+    };
+    Ok(Drive {
+        drive_id: id.to_string(),
+        partuuid: None,
+        is_root_device: false,
+        cache_type: None,
+        is_read_only: Some(*readonly),
+        path_on_host: Some(utf8(path, what)?),
+        rate_limiter: limiter(rate_limit, what)?,
+        io_engine: Some(match io_engine {
+            IoEngine::Auto => DriveIoEngine::Auto,
+            IoEngine::Sync => DriveIoEngine::Sync,
+            IoEngine::IoUring => DriveIoEngine::Async,
+        }),
+        socket: None,
+        format: match format {
+            DiskFormat::Raw => None,
+            DiskFormat::Qcow2 => Some(DriveFormat::Qcow2),
+        },
+        serial,
+    })
+}
+
+/// The `PUT /network-interfaces` body of `nic`, named `id`.
+fn network_interface(id: &str, nic: &NetConfig, what: &str) -> Result<NetworkInterface, String> {
+    let NetConfig {
+        id: _,
+        tap,
+        mac,
+        rx_rate_limit,
+        tx_rate_limit,
+    } = nic;
+    Ok(NetworkInterface {
+        iface_id: id.to_string(),
+        host_dev_name: tap.clone(),
+        guest_mac: mac.map(|m| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        }),
+        mtu: None,
+        rx_rate_limiter: limiter(rx_rate_limit, &format!("{what} rx"))?,
+        tx_rate_limiter: limiter(tx_rate_limit, &format!("{what} tx"))?,
+    })
+}
+
+/// Firecracker's buckets for per-second limits: `size` tokens every 1000 ms, which
+/// [`TokenBucket::per_second`] reads back as `size`.
+fn limiter(limit: &RateLimit, what: &str) -> Result<Option<RateLimiter>, String> {
+    let RateLimit {
+        ops_per_sec,
+        bytes_per_sec,
+    } = limit;
+    let bucket = |rate: &Option<u64>, unit: &str| match rate {
+        None => Ok(None),
+        Some(0) => Err(format!(
+            "{what}: a limit of 0 {unit} per second cannot be expressed (a bucket of size 0 \
+             is no limit)"
+        )),
+        Some(rate) => Ok(Some(TokenBucket {
+            size: *rate,
+            one_time_burst: None,
+            refill_time: 1000,
+        })),
+    };
+    let l = RateLimiter {
+        bandwidth: bucket(bytes_per_sec, "bytes")?,
+        ops: bucket(ops_per_sec, "operations")?,
+    };
+    Ok((l != RateLimiter::default()).then_some(l))
+}
+
+fn balloon_body(b: &BalloonConfig) -> Result<Balloon, String> {
+    let BalloonConfig {
+        amount_mib,
+        deflate_on_oom,
+        stats_interval_s,
+        free_page_reporting,
+    } = b;
+    Ok(Balloon {
+        amount_mib: u32::try_from(*amount_mib)
+            .map_err(|_| format!("balloon: {amount_mib} MiB does not fit amount_mib (u32)"))?,
+        deflate_on_oom: *deflate_on_oom,
+        stats_polling_interval_s: u16::try_from(*stats_interval_s).map_err(|_| {
+            format!(
+                "balloon: a statistics interval of {stats_interval_s} s does not fit \
+                 stats_polling_interval_s (at most {} s)",
+                u16::MAX
+            )
+        })?,
+        free_page_hinting: false,
+        free_page_reporting: *free_page_reporting,
+    })
+}
+
+/// `path` as JSON can carry it.
+fn utf8(path: &Path, what: &str) -> Result<String, String> {
+    path.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("{what}: the path {} is not UTF-8", path.display()))
+}
