@@ -17,6 +17,11 @@ pub struct Request {
     pub method: String,
     /// The path, without any query string.
     pub path: String,
+    /// The query string after `?` (empty when none), not decoded.
+    pub query: String,
+    /// The value of an `Upgrade` header: the client asks to switch protocols (the
+    /// manager's console attach); empty when absent.
+    pub upgrade: String,
     /// The body; `None` when absent or empty.
     pub body: Option<Vec<u8>>,
     /// Whether the connection stays open after the response.
@@ -67,6 +72,7 @@ pub fn parse(buf: &[u8], body_limit: usize) -> Parsed {
     let mut content_length: Option<usize> = None;
     let mut keep_alive = version == 1;
     let mut expects_continue = false;
+    let mut upgrade = String::new();
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value).unwrap_or("").trim();
         if h.name.eq_ignore_ascii_case("content-length") {
@@ -89,6 +95,8 @@ pub fn parse(buf: &[u8], body_limit: usize) -> Parsed {
             } else if v.contains("keep-alive") {
                 keep_alive = true;
             }
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = value.to_string();
         } else if h.name.eq_ignore_ascii_case("expect") {
             expects_continue = value.eq_ignore_ascii_case("100-continue");
         }
@@ -109,7 +117,10 @@ pub fn parse(buf: &[u8], body_limit: usize) -> Parsed {
     if buf.len() < total {
         return Parsed::Incomplete { expects_continue };
     }
-    let path = target.split(['?', '#']).next().unwrap_or_default();
+    let without_fragment = target.split('#').next().unwrap_or_default();
+    let (path, query) = without_fragment
+        .split_once('?')
+        .unwrap_or((without_fragment, ""));
     // An absolute URI ("http://localhost/x") is allowed by HTTP/1.1: keep its path.
     let path = match path.strip_prefix("http://") {
         Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
@@ -120,6 +131,8 @@ pub fn parse(buf: &[u8], body_limit: usize) -> Parsed {
         Request {
             method,
             path: path.to_string(),
+            query: query.to_string(),
+            upgrade,
             body,
             keep_alive,
         },
@@ -158,27 +171,13 @@ impl Response {
         }
     }
 
-    fn reason(&self) -> &'static str {
-        match self.status {
-            100 => "Continue",
-            200 => "OK",
-            204 => "No Content",
-            400 => "Bad Request",
-            404 => "Not Found",
-            413 => "Payload Too Large",
-            500 => "Internal Server Error",
-            503 => "Service Unavailable",
-            _ => "",
-        }
-    }
-
     /// The bytes on the wire.
     pub fn to_bytes(&self, keep_alive: bool) -> Vec<u8> {
         let connection = if keep_alive { "keep-alive" } else { "close" };
         let mut out = format!(
             "HTTP/1.1 {} {}\r\nServer: Vireo API\r\nConnection: {connection}\r\n",
             self.status,
-            self.reason()
+            reason_phrase(self.status)
         );
         if self.status != 204 {
             out.push_str(&format!(
@@ -191,6 +190,27 @@ impl Response {
             out.push_str(&self.body);
         }
         out.into_bytes()
+    }
+}
+
+/// The reason phrase of `status` (empty for codes the API does not use).
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        422 => "Unprocessable Content",
+        413 => "Payload Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
     }
 }
 
@@ -223,6 +243,13 @@ mod tests {
             ("GET", "/machine-config")
         );
         assert_eq!((r.body, r.keep_alive, n), (None, true, 45));
+        assert_eq!((r.query.as_str(), r.upgrade.as_str()), ("x=1", ""));
+        let (r, _) =
+            complete(b"GET /vms/a/console?log=1#f HTTP/1.1\r\nUpgrade: vireo-console\r\n\r\n");
+        assert_eq!(
+            (r.path.as_str(), r.query.as_str(), r.upgrade.as_str()),
+            ("/vms/a/console", "log=1", "vireo-console")
+        );
         let (r, _) = complete(b"PUT /vm HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}");
         assert_eq!(r.body.as_deref(), Some(&b"{}"[..]));
         let (r, _) = complete(b"PUT /vm HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
