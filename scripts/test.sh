@@ -50,7 +50,8 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 stage "guest image"
 scripts/guest-image.sh >/dev/null
 
-cargo build --quiet -p vireo
+# vireod's integration tests run the workspace's vireo and vireoctl binaries.
+cargo build --quiet -p vireo -p vireoctl -p vireod
 probe=$(target/debug/vireo probe-kvm)
 echo "   KVM: $probe"
 stage "cargo test"

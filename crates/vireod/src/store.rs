@@ -35,6 +35,8 @@ const MIGRATIONS: &[&str] = &[
          detail TEXT NOT NULL
      ) STRICT;
      CREATE INDEX events_by_vm ON events (vm, id);",
+    // 2: what the console showed last when a VMM ended.
+    "ALTER TABLE vms ADD COLUMN last_console TEXT;",
 ];
 
 /// Why the store refused or failed.
@@ -152,26 +154,16 @@ pub struct VmRecord {
     pub api_socket: Option<String>,
     /// How its last process ended (`exit 2`, `signal 9`), if it did.
     pub exit_status: Option<String>,
+    /// The console's last lines when it ended (newline-separated).
+    pub last_console: Option<String>,
     /// Seconds since the epoch.
     pub created_at: i64,
     /// Seconds since the epoch.
     pub updated_at: i64,
 }
 
-/// An entry of the event log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    /// Increasing; `events_since(id)` gives what came after.
-    pub id: i64,
-    /// Seconds since the epoch.
-    pub at: i64,
-    /// The VM it is about.
-    pub vm: String,
-    /// `defined`, `redefined`, `undefined`, `state`...
-    pub kind: String,
-    /// A human-readable detail.
-    pub detail: String,
-}
+/// An entry of the event log, as the API shows it.
+pub use manager_types::api::Event;
 
 /// The open database.
 pub struct Store {
@@ -195,6 +187,7 @@ fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(VmRecord, String)> {
             pid: row.get("pid")?,
             api_socket: row.get("api_socket")?,
             exit_status: row.get("exit_status")?,
+            last_console: row.get("last_console")?,
             created_at: row.get("created_at")?,
             updated_at: row.get("updated_at")?,
         },
@@ -339,6 +332,31 @@ impl Store {
         process: Option<(u32, &str)>,
         exit_status: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.change_state(name, from, to, process, exit_status, None)
+    }
+
+    /// As [`transition`](Self::transition) to a state without a process, for a VMM that
+    /// ended: how it ended and the console's last lines are kept with the state.
+    pub fn ended(
+        &mut self,
+        name: &str,
+        from: &[VmState],
+        to: VmState,
+        exit_status: &str,
+        last_console: &str,
+    ) -> Result<(), StoreError> {
+        self.change_state(name, from, to, None, Some(exit_status), Some(last_console))
+    }
+
+    fn change_state(
+        &mut self,
+        name: &str,
+        from: &[VmState],
+        to: VmState,
+        process: Option<(u32, &str)>,
+        exit_status: Option<&str>,
+        last_console: Option<&str>,
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         let state = Self::state_in(&tx, name)?;
         if !from.contains(&state) {
@@ -360,9 +378,18 @@ impl Store {
         };
         tx.execute(
             "UPDATE vms SET state = ?2, pid = ?3, api_socket = ?4,
-                 exit_status = COALESCE(?5, exit_status), updated_at = ?6
+                 exit_status = COALESCE(?5, exit_status),
+                 last_console = COALESCE(?7, last_console), updated_at = ?6
              WHERE name = ?1",
-            params![name, to.as_str(), pid, socket, exit_status, now()],
+            params![
+                name,
+                to.as_str(),
+                pid,
+                socket,
+                exit_status,
+                now(),
+                last_console
+            ],
         )?;
         let detail = match exit_status {
             Some(e) => format!("{state} -> {to} ({e})"),
@@ -387,6 +414,22 @@ impl Store {
         let mut stmt = self.conn.prepare("SELECT * FROM vms ORDER BY name")?;
         let rows = stmt.query_map([], record)?;
         rows.map(|r| with_state(r?)).collect()
+    }
+
+    /// Record an event that changes no VM row (a restart by policy, a resource change).
+    pub fn note(&mut self, name: &str, kind: &str, detail: &str) -> Result<i64, StoreError> {
+        let tx = self.conn.transaction()?;
+        log_event(&tx, name, kind, detail)?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// The newest event's id (0 when none).
+    pub fn last_event_id(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?)
     }
 
     /// Events after `id` (0: all), oldest first, at most `limit`.

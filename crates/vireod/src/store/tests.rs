@@ -21,7 +21,45 @@ fn a_new_database_is_migrated_and_in_wal_mode() {
     assert_eq!(mode, "wal");
     drop(store);
     // Reopening migrates nothing again.
-    assert_eq!(Store::open(&path).unwrap().schema_version().unwrap(), 1);
+    assert_eq!(
+        Store::open(&path).unwrap().schema_version().unwrap(),
+        MIGRATIONS.len() as u32
+    );
+}
+
+#[test]
+fn a_version_1_database_is_migrated_keeping_its_vms() {
+    let path = temp_db("v1");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO vms (name, definition, state, autostart, created_at, updated_at)
+             VALUES ('old', ?1, 'crashed', 0, 1, 1)",
+            [DEF],
+        )
+        .unwrap();
+    }
+    let mut store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 2);
+    let old = store.get("old").unwrap().unwrap();
+    assert_eq!((old.state, old.last_console), (VmState::Crashed, None));
+    store
+        .transition("old", &[VmState::Crashed], VmState::Starting, None, None)
+        .unwrap();
+    store
+        .ended(
+            "old",
+            &[VmState::Starting],
+            VmState::Crashed,
+            "exit 2",
+            "oops\nbye",
+        )
+        .unwrap();
+    let old = store.get("old").unwrap().unwrap();
+    assert_eq!(old.exit_status.as_deref(), Some("exit 2"));
+    assert_eq!(old.last_console.as_deref(), Some("oops\nbye"));
 }
 
 #[test]
@@ -37,7 +75,7 @@ fn a_database_from_a_newer_vireod_is_refused_untouched() {
             err,
             StoreError::FromTheFuture {
                 found: 99,
-                known: 1
+                known: 2
             }
         ),
         "{err}"

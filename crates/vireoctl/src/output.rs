@@ -1,0 +1,174 @@
+//! What vireoctl prints: tables and key-value blocks for people (`--json` prints the
+//! API's bodies as they are).
+
+use std::fmt::Write;
+
+use manager_types::api::{Event, VmInfo, VmStats, VmSummary};
+
+/// `2d 3h`, `5m 2s`, `40s`.
+pub fn duration(seconds: u64) -> String {
+    let (d, h, m, s) = (
+        seconds / 86_400,
+        seconds / 3600 % 24,
+        seconds / 60 % 60,
+        seconds % 60,
+    );
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+/// `vireoctl list`.
+pub fn table(vms: &[VmSummary]) -> String {
+    let rows: Vec<[String; 6]> = vms
+        .iter()
+        .map(|v| {
+            [
+                v.name.clone(),
+                v.state.clone(),
+                v.vcpus.to_string(),
+                format!("{} MiB", v.memory_mib),
+                v.cpu_percent.map_or("-".into(), |c| format!("{c:.1}%")),
+                v.uptime_s.map_or("-".into(), duration),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "STATE", "VCPUS", "MEMORY", "CPU", "UPTIME"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            // Numbers right-aligned, words left.
+            if (2..=5).contains(&i) {
+                let _ = write!(l, "{cell:>w$}  ");
+            } else {
+                let _ = write!(l, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&header);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    out
+}
+
+/// `vireoctl info`.
+pub fn info(i: &VmInfo) -> String {
+    let s = &i.summary;
+    let mut out = String::new();
+    let mut kv = |k: &str, v: &str| {
+        let _ = writeln!(out, "{k:<13}{v}");
+    };
+    kv("Name:", &s.name);
+    kv("State:", &s.state);
+    kv("vCPUs:", &s.vcpus.to_string());
+    kv("Memory:", &format!("{} MiB", s.memory_mib));
+    kv("Autostart:", if s.autostart { "yes" } else { "no" });
+    kv("Restart:", &i.restart);
+    if let Some(pid) = s.pid {
+        kv("PID:", &pid.to_string());
+    }
+    if let Some(u) = s.uptime_s {
+        kv("Uptime:", &duration(u));
+    }
+    if let Some(c) = s.cpu_percent {
+        kv("CPU:", &format!("{c:.1}%"));
+    }
+    if let Some(sock) = &i.api_socket {
+        kv("API socket:", sock);
+    }
+    if let Some(cg) = &i.cgroup {
+        kv("Cgroup:", cg);
+    }
+    if let Some(e) = &i.exit_status {
+        kv("Last exit:", e);
+    }
+    if i.restarts > 0 {
+        kv("Restarts:", &i.restarts.to_string());
+    }
+    if !i.last_console.is_empty() {
+        let _ = writeln!(out, "Last console lines:");
+        for l in &i.last_console {
+            let _ = writeln!(out, "  | {l}");
+        }
+    }
+    let _ = writeln!(out, "Definition:");
+    for l in i.definition.lines() {
+        let _ = writeln!(out, "  {l}");
+    }
+    out
+}
+
+/// `vireoctl stats`.
+pub fn stats(s: &VmStats) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "cpu.time       {:.3} s", s.cpu_time_us as f64 / 1e6);
+    if let Some(c) = s.cpu_percent {
+        let _ = writeln!(out, "cpu.percent    {c:.1}%");
+    }
+    if let Some(m) = s.memory_current {
+        let _ = writeln!(out, "memory.current {} MiB", m >> 20);
+    }
+    if let Some(serde_json::Value::Object(b)) = &s.balloon {
+        for (k, v) in b {
+            let _ = writeln!(out, "balloon.{k:<16} {v}");
+        }
+    }
+    out
+}
+
+/// One event for `vireoctl events`.
+pub fn event_line(e: &Event) -> String {
+    format!("#{} {} {} {} {}", e.id, e.at, e.vm, e.kind, e.detail)
+        .trim_end()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_short() {
+        assert_eq!(duration(40), "40s");
+        assert_eq!(duration(302), "5m 2s");
+        assert_eq!(duration(3 * 3600 + 120), "3h 2m");
+        assert_eq!(duration(2 * 86_400 + 3 * 3600), "2d 3h");
+    }
+
+    #[test]
+    fn the_list_is_an_aligned_table() {
+        let vm = |name: &str, state: &str, cpu: Option<f64>, up: Option<u64>| VmSummary {
+            name: name.into(),
+            state: state.into(),
+            vcpus: 2,
+            memory_mib: 512,
+            cpu_percent: cpu,
+            uptime_s: up,
+            pid: None,
+            autostart: false,
+        };
+        let t = table(&[
+            vm("web1", "running", Some(12.5), Some(65)),
+            vm("database", "stopped", None, None),
+        ]);
+        assert_eq!(
+            t,
+            "NAME      STATE    VCPUS   MEMORY    CPU  UPTIME\n\
+             web1      running      2  512 MiB  12.5%   1m 5s\n\
+             database  stopped      2  512 MiB      -       -\n"
+        );
+    }
+}
