@@ -1001,20 +1001,15 @@ impl Manager {
             match found {
                 Some(pid) => self.adopt_one(&slot, rec, pid),
                 None if rec.state.is_active() => {
-                    let to = if rec.state == VmState::Stopping {
-                        VmState::Stopped
-                    } else {
-                        VmState::Crashed
-                    };
-                    let status = if rec.state == VmState::Starting {
-                        "never started (vireod stopped during its start)".to_string()
-                    } else {
-                        self.adopted_exit_status(&rec.name)
-                    };
-                    let to = if rec.state == VmState::Starting {
-                        VmState::Stopped
-                    } else {
-                        to
+                    let (to, status) = match rec.state {
+                        VmState::Starting => (
+                            VmState::Stopped,
+                            "never started (vireod stopped during its start)".to_string(),
+                        ),
+                        VmState::Stopping => {
+                            (VmState::Stopped, self.adopted_exit_status(&rec.name))
+                        }
+                        _ => (VmState::Crashed, self.adopted_exit_status(&rec.name)),
                     };
                     let last = slot.console.last_lines(LAST_LINES).join("\n");
                     self.store(|s| s.ended(&rec.name, ACTIVE, to, &status, &last))?;
