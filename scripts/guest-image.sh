@@ -237,6 +237,24 @@ echo "VIREO-GUEST: modules loaded=$loaded failed=$failed"
 echo "VIREO-GUEST: uname -r: $(uname -r)"
 echo "VIREO-GUEST: virtio devices: $(ls /sys/bus/virtio/devices 2>/dev/null | tr '\n' ' ')"
 
+# Ctrl+Alt+Del: the kernel's default (kernel.ctrl-alt-del = 1) restarts at once, without
+# a sync; init sets it to 0, as sysvinit and systemd do, which makes it a SIGINT to the
+# process in /proc/sys/kernel/cad_pid. Init's own trap would only run once the foreground
+# shell ends, so a watcher takes it: started by start-stop-daemon (not `&`, whose SIGINT
+# would be ignored for good), it says so (and waits a second: console output drains
+# asynchronously, a restart would cut it), syncs and ends the VM as the verdict below
+# does. This is the graceful shutdown vireod's `shutdown` asks for.
+if has_arg vireo.poweroff; then halt="poweroff -f"; else halt="reboot -f"; fi
+if start-stop-daemon -S -b -m -p /run/cad.pid -x /bin/sh -- -c \
+    "trap 'echo \"VIREO-GUEST: ctrl-alt-del: $halt\" >/dev/console; sync; sleep 1; $halt' INT
+     while :; do sleep 3600 & wait \$!; done" &&
+    cat /run/cad.pid >/proc/sys/kernel/cad_pid &&
+    echo 0 >/proc/sys/kernel/ctrl-alt-del; then
+    echo "VIREO-GUEST: ctrl-alt-del watcher $(cat /run/cad.pid)"
+else
+    echo "VIREO-GUEST: ctrl-alt-del watcher failed"
+fi
+
 if has_arg vireo.shell; then
     echo "VIREO-GUEST: shell"
     # setsid + cttyhack give the shell the console as controlling tty (job control, ^C).

@@ -57,23 +57,32 @@ echo "   KVM: $probe"
 stage "cargo test"
 cargo test --workspace
 
-# Layer 4: the full Linux boots are the ignored tests of linux_guest.rs (other ignored
-# tests are ignored for a reason of their own, see their #[ignore]).
-stage "layer 4: full Linux boots"
-l4=$(cargo test -p vireo --test linux_guest --no-run 2>&1 | sed -n 's/.*Executable tests\/linux_guest.rs (\(.*\))$/\1/p')
-[[ -x $l4 ]] || { echo "cannot find the linux_guest test executable" >&2; exit 1; }
+# Layer 4: the full Linux boots are the ignored tests of linux_guest.rs, and vireod's
+# with Linux guests those of linux_vms.rs (other ignored tests are ignored for a reason
+# of their own, see their #[ignore]). Both run in one nested host, one after the other.
+stage "layer 4: full Linux boots (vireo, then vireod)"
+executable() { # <package> <test>
+    cargo test -p "$1" --test "$2" --no-run 2>&1 |
+        sed -n "s/.*Executable tests\/$2.rs (\(.*\))\$/\1/p"
+}
+l4=$(executable vireo linux_guest)
+l4m=$(executable vireod linux_vms)
+for b in "$l4" "$l4m"; do
+    [[ -x $b ]] || { echo "cannot find a layer-4 test executable ($l4, $l4m)" >&2; exit 1; }
+done
+# Each executable through the retry script; the run fails if either failed.
+layer4=(bash -c 'rc=0; for b; do scripts/lib/retry-failed-tests.sh "$b" --ignored --test-threads=1 || rc=1; done; exit $rc' layer4 "$l4" "$l4m")
 if [[ $probe == *kvm=complete* ]]; then
     echo "   this host's KVM is complete: running them directly"
-    scripts/lib/retry-failed-tests.sh "$l4" --ignored --test-threads=1
+    "${layer4[@]}"
 elif command -v qemu-system-x86_64 >/dev/null; then
     echo "   this host's KVM is incomplete: running them in the nested test host"
     scripts/nested-host.sh --prepare >/dev/null
-    scripts/nested-host.sh --timeout "${VIREO_L4_TIMEOUT:-1500}" -- \
-        scripts/lib/retry-failed-tests.sh "$l4" --ignored --test-threads=1
+    scripts/nested-host.sh --timeout "${VIREO_L4_TIMEOUT:-1500}" -- "${layer4[@]}"
 else
     why="layer 4: this host's KVM is incomplete and qemu-system-x86_64 (the nested host) is not installed"
     [[ ${CI:-} == true ]] && { echo "$why" >&2; exit 1; }
-    echo "linux_guest (all): $why" >>"$VIREO_SKIP_LOG"
+    echo "linux_guest, linux_vms (all): $why" >>"$VIREO_SKIP_LOG"
 fi
 
 # Every cargo-fuzz target of fuzz/ for a short while (scripts/fuzz.sh installs cargo-fuzz

@@ -244,8 +244,12 @@ pub struct SnapshotInfo {
     pub name: String,
     /// Seconds since the epoch.
     pub created_at: i64,
-    /// Bytes on disk (state and memory files).
+    /// Bytes on disk (state, memory and disk copies).
     pub size_bytes: u64,
+    /// The VM's state when it was taken (`running` or `paused`): what a revert gives back.
+    pub vm_state: String,
+    /// Writable disks copied with it.
+    pub disks: u32,
 }
 
 /// The protocol name a console attach asks for in its `Upgrade` header.

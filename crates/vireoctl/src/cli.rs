@@ -22,6 +22,8 @@ use clap::{Args, Parser, Subcommand};
 ///
 ///   vireoctl shutdown web1 --timeout 30    Ctrl+Alt+Del, killed after 30 s
 ///
+///   vireoctl snapshot create web1 before   then `snapshot revert web1 before`
+///
 /// EXIT STATUS
 ///
 ///   0 done; 1 vireod refused (the message says why: 404 unknown VM, 409 the VM's state
@@ -160,10 +162,48 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Snapshots of a running VM: its memory, devices and writable disks, as they were.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+/// `vireoctl snapshot ...`.
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Take a snapshot of a running or paused VM (a running one is paused meanwhile).
+    Create {
+        /// The VM's name.
+        name: String,
+        /// The snapshot's name [default: the time, as 20261204-031500].
+        snapshot: Option<String>,
+    },
+    /// A VM's snapshots, oldest first.
+    List {
+        /// The VM's name.
+        name: String,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give the VM back the guest of a snapshot: its vireo (if running) is killed, its
+    /// disks are copied back and a new vireo resumes the snapshot.
+    Revert {
+        /// The VM's name.
+        name: String,
+        /// The snapshot's name.
+        snapshot: String,
+    },
+    /// Delete a snapshot and its files.
+    Delete {
+        /// The VM's name.
+        name: String,
+        /// The snapshot's name.
+        snapshot: String,
     },
 }
 

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use cli::{Cli, Command};
+use cli::{Cli, Command, SnapshotCommand};
 use manager_types::api::{
-    AutostartRequest, DefineRequest, Event, SetRequest, SetResult, ShutdownRequest, VmInfo,
-    VmStats, VmSummary,
+    AutostartRequest, DefineRequest, Event, SetRequest, SetResult, ShutdownRequest, SnapshotInfo,
+    SnapshotRequest, VmInfo, VmStats, VmSummary,
 };
 use manager_types::client::{Client, ClientError};
 
@@ -69,6 +69,66 @@ fn action(
     body: Option<&ShutdownRequest>,
 ) -> Result<VmInfo, Failure> {
     Ok(c.json("POST", &vm_path(name, &format!("/{what}")), body)?)
+}
+
+fn snapshot(c: &Client, cmd: SnapshotCommand) -> Result<(), Failure> {
+    match cmd {
+        SnapshotCommand::Create { name, snapshot } => {
+            let snap = snapshot.unwrap_or_else(|| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                // "2026-12-04 03:15:00" -> "20261204-031500"
+                output::utc(now)
+                    .replace('-', "")
+                    .replace(' ', "-")
+                    .replace(':', "")
+            });
+            let started = std::time::Instant::now();
+            let s: SnapshotInfo = c.json(
+                "POST",
+                &vm_path(&name, "/snapshots"),
+                Some(&SnapshotRequest { name: snap }),
+            )?;
+            println!(
+                "{name}: snapshot {} created ({:.1} MiB, {} disk(s), {:.1} s)",
+                s.name,
+                s.size_bytes as f64 / (1 << 20) as f64,
+                s.disks,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        SnapshotCommand::List { name, json } => {
+            let list: Vec<SnapshotInfo> =
+                c.json("GET", &vm_path(&name, "/snapshots"), None::<&()>)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else {
+                print!("{}", output::snapshots(&list));
+            }
+        }
+        SnapshotCommand::Revert { name, snapshot } => {
+            let info: VmInfo = c.json(
+                "POST",
+                &vm_path(&name, &format!("/snapshots/{snapshot}/revert")),
+                None::<&()>,
+            )?;
+            println!("{name}: reverted to {snapshot}, {}", info.summary.state);
+        }
+        SnapshotCommand::Delete { name, snapshot } => {
+            c.call(
+                "DELETE",
+                &vm_path(&name, &format!("/snapshots/{snapshot}")),
+                None,
+            )?
+            .ok()?;
+            println!("{name}: snapshot {snapshot} deleted");
+        }
+    }
+    Ok(())
 }
 
 fn edit(c: &Client, name: &str) -> Result<(), Failure> {
@@ -265,6 +325,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 print!("{}", output::stats(&s));
             }
         }
+        Command::Snapshot(cmd) => snapshot(&c, cmd)?,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

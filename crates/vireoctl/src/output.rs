@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use manager_types::api::{Event, VmInfo, VmStats, VmSummary};
+use manager_types::api::{Event, SnapshotInfo, VmInfo, VmStats, VmSummary};
 
 /// `2d 3h`, `5m 2s`, `40s`.
 pub fn duration(seconds: u64) -> String {
@@ -23,10 +23,10 @@ pub fn duration(seconds: u64) -> String {
 
 /// `vireoctl list`.
 pub fn table(vms: &[VmSummary]) -> String {
-    let rows: Vec<[String; 6]> = vms
+    let rows: Vec<Vec<String>> = vms
         .iter()
         .map(|v| {
-            [
+            vec![
                 v.name.clone(),
                 v.state.clone(),
                 v.vcpus.to_string(),
@@ -36,9 +36,38 @@ pub fn table(vms: &[VmSummary]) -> String {
             ]
         })
         .collect();
-    let header = ["NAME", "STATE", "VCPUS", "MEMORY", "CPU", "UPTIME"];
-    let mut widths = header.map(str::len);
-    for row in &rows {
+    grid(
+        &["NAME", "STATE", "VCPUS", "MEMORY", "CPU", "UPTIME"],
+        &rows,
+        2..=5,
+    )
+}
+
+/// `vireoctl snapshot list`.
+pub fn snapshots(snaps: &[SnapshotInfo]) -> String {
+    let rows: Vec<Vec<String>> = snaps
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                utc(s.created_at),
+                s.vm_state.clone(),
+                s.disks.to_string(),
+                format!("{:.1} MiB", s.size_bytes as f64 / (1 << 20) as f64),
+            ]
+        })
+        .collect();
+    grid(
+        &["NAME", "CREATED (UTC)", "STATE", "DISKS", "SIZE"],
+        &rows,
+        3..=4,
+    )
+}
+
+/// Columns padded to their widest cell; those in `right` right-aligned (numbers).
+fn grid(header: &[&str], rows: &[Vec<String>], right: std::ops::RangeInclusive<usize>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -46,9 +75,8 @@ pub fn table(vms: &[VmSummary]) -> String {
     let mut out = String::new();
     let mut line = |cells: &[&str]| {
         let mut l = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            // Numbers right-aligned, words left.
-            if (2..=5).contains(&i) {
+        for (i, (cell, &w)) in cells.iter().zip(&widths).enumerate() {
+            if right.contains(&i) {
                 let _ = write!(l, "{cell:>w$}  ");
             } else {
                 let _ = write!(l, "{cell:<w$}  ");
@@ -57,11 +85,32 @@ pub fn table(vms: &[VmSummary]) -> String {
         out.push_str(l.trim_end());
         out.push('\n');
     };
-    line(&header);
-    for row in &rows {
-        line(&row.each_ref().map(String::as_str));
+    line(header);
+    for row in rows {
+        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
     }
     out
+}
+
+/// Seconds since the epoch as `2026-12-04 03:15:00` (UTC).
+pub fn utc(seconds: i64) -> String {
+    let (days, secs) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Days to a civil date (the proleptic Gregorian calendar, from 0000-03-01).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 /// `vireoctl info`.
@@ -146,6 +195,13 @@ mod tests {
         assert_eq!(duration(302), "5m 2s");
         assert_eq!(duration(3 * 3600 + 120), "3h 2m");
         assert_eq!(duration(2 * 86_400 + 3 * 3600), "2d 3h");
+    }
+
+    #[test]
+    fn times_read_as_utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_796_354_100), "2026-12-04 03:15:00");
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //!   meanwhile is marked so (and restarted per policy); one left half-started is killed
 //!   and marked stopped.
 
+mod snapshots;
+
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -87,6 +89,38 @@ struct Launched {
     child: Option<Child>,
 }
 
+/// What a new `vireo` process runs.
+enum Boot<'a> {
+    /// The definition's kernel, from its start.
+    Fresh,
+    /// A snapshot's state and memory, resumed or left paused.
+    Snapshot {
+        state: &'a Path,
+        memory: &'a Path,
+        resume: bool,
+    },
+}
+
+/// The API calls that load a snapshot into a `vireo` started without a configuration,
+/// its console on `console` (vireod's, not the one saved with it).
+fn snapshot_load(
+    console: &Path,
+    state: &Path,
+    memory: &Path,
+    resume: bool,
+) -> Vec<(&'static str, &'static str, String)> {
+    let serial = serde_json::json!({ "socket": console });
+    let load = serde_json::json!({
+        "snapshot_path": state,
+        "mem_backend": { "backend_type": "File", "backend_path": memory },
+        "resume_vm": resume,
+    });
+    vec![
+        ("PUT", "/serial", serial.to_string()),
+        ("PUT", "/snapshot/load", load.to_string()),
+    ]
+}
+
 /// One VM's runtime side.
 struct Slot {
     name: String,
@@ -113,10 +147,12 @@ pub struct Manager {
 
 fn store_error(e: StoreError) -> ApiError {
     match e {
-        StoreError::Duplicate(_) | StoreError::Conflict { .. } => {
+        StoreError::Duplicate(_) | StoreError::SnapshotExists(..) | StoreError::Conflict { .. } => {
             ApiError::new(ErrorCode::Conflict, e.to_string())
         }
-        StoreError::NotFound(_) => ApiError::new(ErrorCode::NotFound, e.to_string()),
+        StoreError::NotFound(_) | StoreError::NoSnapshot(..) => {
+            ApiError::new(ErrorCode::NotFound, e.to_string())
+        }
         _ => ApiError::new(ErrorCode::Internal, e.to_string()),
     }
 }
@@ -411,6 +447,11 @@ impl Manager {
     }
 
     fn start_locked(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<(), ApiError> {
+        self.boot_locked(slot, &Boot::Fresh)
+    }
+
+    /// Start a new `vireo` for an inactive VM, from its definition or a snapshot.
+    fn boot_locked(self: &Arc<Self>, slot: &Arc<Slot>, boot: &Boot<'_>) -> Result<(), ApiError> {
         let name = &slot.name;
         let rec = self.record(name)?;
         if rec.state.is_active() {
@@ -419,7 +460,11 @@ impl Manager {
         let def = parse_stored(&rec)?;
         check_files(name, &def)?;
         self.store(|s| s.transition(name, INACTIVE, VmState::Starting, None, None))?;
-        match self.launch(slot, &def) {
+        let target = match boot {
+            Boot::Snapshot { resume: false, .. } => VmState::Paused,
+            _ => VmState::Running,
+        };
+        match self.launch(slot, &def, boot) {
             Ok(Launched { run, mut child }) => {
                 let socket = run.api.path().display().to_string();
                 let pid = run.pid;
@@ -427,7 +472,7 @@ impl Manager {
                     s.transition(
                         name,
                         &[VmState::Starting],
-                        VmState::Running,
+                        target,
                         Some((pid, &socket)),
                         None,
                     )
@@ -466,6 +511,7 @@ impl Manager {
         self: &Arc<Self>,
         slot: &Arc<Slot>,
         def: &Definition,
+        boot: &Boot<'_>,
     ) -> Result<Launched, (ApiError, Option<String>)> {
         let name = &slot.name;
         let paths = self.paths(name);
@@ -501,7 +547,9 @@ impl Manager {
             vireo: &self.config.vireo,
             name,
             api_socket: &paths.api_socket(),
-            config_file: &paths.config_file(),
+            config_file: matches!(boot, Boot::Fresh)
+                .then_some(paths.config_file())
+                .as_deref(),
             log_file: &paths.vmm_log(),
             nice: def.resources.nice,
             join: join.map(|j| {
@@ -533,6 +581,22 @@ impl Manager {
 
         let api = Client::new(paths.api_socket()).with_timeout(Some(Duration::from_secs(10)));
         let deadline = Instant::now() + START_TIMEOUT;
+        let (want, mut load) = match boot {
+            Boot::Fresh => ("Running", None),
+            Boot::Snapshot {
+                state,
+                memory,
+                resume,
+            } => (
+                if *resume { "Running" } else { "Paused" },
+                Some(snapshot_load(
+                    &paths.console_socket(),
+                    state,
+                    memory,
+                    *resume,
+                )),
+            ),
+        };
         loop {
             if process::wait_exit(&pidfd, Some(Duration::from_millis(10))).unwrap_or(false) {
                 let status = child
@@ -552,9 +616,26 @@ impl Manager {
             }
             if let Ok(reply) = api.call("GET", "/", None)
                 && reply.status == 200
-                && instance_state(&reply.body).as_deref() == Some("Running")
             {
-                break;
+                // A snapshot is loaded once the API answers: its console first.
+                if let Some(calls) = load.take() {
+                    for (method, path, body) in &calls {
+                        if let Err(e) = vmm_call(&api, method, path, body) {
+                            let _ = process::pidfd_signal(&pidfd, libc::SIGKILL);
+                            let status = child
+                                .take()
+                                .and_then(|mut c| c.wait().ok())
+                                .map(process::describe);
+                            self.drop_cgroup(name);
+                            slot.console.disconnect();
+                            return Err((e, status));
+                        }
+                    }
+                    continue;
+                }
+                if instance_state(&reply.body).as_deref() == Some(want) {
+                    break;
+                }
             }
             if Instant::now() > deadline {
                 let _ = process::pidfd_signal(&pidfd, libc::SIGKILL);
@@ -1006,15 +1087,25 @@ impl Manager {
                             VmState::Stopped,
                             "never started (vireod stopped during its start)".to_string(),
                         ),
-                        VmState::Stopping => {
-                            (VmState::Stopped, self.adopted_exit_status(&rec.name))
+                        // As the watcher decides (`ended`): a stop asked for or a clean
+                        // exit (the guest shut down) is stopped, anything else crashed.
+                        asked => {
+                            let status = self.adopted_exit_status(&rec.name);
+                            let stopped = asked == VmState::Stopping || status == "exit 0";
+                            let to = if stopped {
+                                VmState::Stopped
+                            } else {
+                                VmState::Crashed
+                            };
+                            (to, status)
                         }
-                        _ => (VmState::Crashed, self.adopted_exit_status(&rec.name)),
                     };
                     let last = slot.console.last_lines(LAST_LINES).join("\n");
                     self.store(|s| s.ended(&rec.name, ACTIVE, to, &status, &last))?;
                     self.drop_cgroup(&rec.name);
-                    if to == VmState::Crashed {
+                    // Not asked to stop: the restart policy decides (`always` restarts a
+                    // clean exit too).
+                    if !matches!(rec.state, VmState::Starting | VmState::Stopping) {
                         let clean = status == "exit 0";
                         self.consider_restart(&slot, clean, Duration::ZERO);
                     }

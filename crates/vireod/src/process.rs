@@ -19,8 +19,8 @@ pub struct SpawnSpec<'a> {
     pub name: &'a str,
     /// The API socket `vireo` serves.
     pub api_socket: &'a Path,
-    /// The `--config-file` it boots.
-    pub config_file: &'a Path,
+    /// The `--config-file` it boots; without one it waits for API calls (a snapshot load).
+    pub config_file: Option<&'a Path>,
     /// Where its stdout and stderr go (appended).
     pub log_file: &'a Path,
     /// Its nice value.
@@ -128,11 +128,11 @@ pub fn spawn(spec: SpawnSpec<'_>) -> std::io::Result<VmmProcess> {
         .append(true)
         .open(spec.log_file)?;
     let mut cmd = Command::new(spec.vireo);
-    cmd.arg("--api-sock")
-        .arg(spec.api_socket)
-        .arg("--config-file")
-        .arg(spec.config_file)
-        .arg("--id")
+    cmd.arg("--api-sock").arg(spec.api_socket);
+    if let Some(config) = spec.config_file {
+        cmd.arg("--config-file").arg(config);
+    }
+    cmd.arg("--id")
         .arg(spec.name)
         .arg("--log-level")
         .arg("info")
@@ -337,7 +337,7 @@ mod tests {
             vireo: &fake,
             name: "t",
             api_socket: &socket,
-            config_file: &dir.join("config.json"),
+            config_file: Some(&dir.join("config.json")),
             log_file: &dir.join("vireo.log"),
             nice: Some(3),
             join: None,

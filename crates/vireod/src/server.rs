@@ -13,7 +13,7 @@ use std::time::Duration;
 use api_server::http::{self, Parsed, Request};
 use manager_types::api::{
     ApiError, AutostartRequest, CONSOLE_PROTOCOL, DefineRequest, ErrorBody, ErrorCode, SetRequest,
-    ShutdownRequest,
+    ShutdownRequest, SnapshotRequest,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -147,6 +147,25 @@ fn route(m: &Arc<Manager>, req: &Request) -> Result<Reply, ApiError> {
                 m.undefine(name, flag(req, "remove_storage"))?;
                 Ok(Reply::NoContent)
             }
+            _ => Err(method_not_allowed(req)),
+        },
+        ["v1", "vms", name, "snapshots"] => match method {
+            "GET" => json(200, &m.snapshot_list(name)?),
+            "POST" => json(
+                201,
+                &m.snapshot_create(name, &body::<SnapshotRequest>(req)?.name)?,
+            ),
+            _ => Err(method_not_allowed(req)),
+        },
+        ["v1", "vms", name, "snapshots", snap] => match method {
+            "DELETE" => {
+                m.snapshot_delete(name, snap)?;
+                Ok(Reply::NoContent)
+            }
+            _ => Err(method_not_allowed(req)),
+        },
+        ["v1", "vms", name, "snapshots", snap, "revert"] => match method {
+            "POST" => json(200, &m.snapshot_revert(name, snap)?),
             _ => Err(method_not_allowed(req)),
         },
         ["v1", "vms", name, action] if method == "POST" => {

@@ -37,6 +37,16 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX events_by_vm ON events (vm, id);",
     // 2: what the console showed last when a VMM ended.
     "ALTER TABLE vms ADD COLUMN last_console TEXT;",
+    // 3: snapshots of running VMs (their files are in the VM's snapshots/ dir).
+    "CREATE TABLE snapshots (
+         vm         TEXT NOT NULL,
+         name       TEXT NOT NULL,
+         created_at INTEGER NOT NULL,
+         vm_state   TEXT NOT NULL,
+         disks      TEXT NOT NULL,
+         size_bytes INTEGER NOT NULL,
+         PRIMARY KEY (vm, name)
+     ) STRICT;",
 ];
 
 /// Why the store refused or failed.
@@ -59,6 +69,12 @@ pub enum StoreError {
     /// No VM of that name.
     #[error("no VM named '{0}'")]
     NotFound(String),
+    /// The VM has a snapshot of that name already.
+    #[error("VM '{0}' has a snapshot named '{1}' already")]
+    SnapshotExists(String, String),
+    /// The VM has no snapshot of that name.
+    #[error("VM '{0}' has no snapshot named '{1}'")]
+    NoSnapshot(String, String),
     /// The VM's state does not allow the change.
     #[error("VM '{name}' is {state}: {what}")]
     Conflict {
@@ -160,6 +176,50 @@ pub struct VmRecord {
     pub created_at: i64,
     /// Seconds since the epoch.
     pub updated_at: i64,
+}
+
+/// A stored snapshot of a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    /// The VM.
+    pub vm: String,
+    /// The snapshot's name.
+    pub name: String,
+    /// Seconds since the epoch.
+    pub created_at: i64,
+    /// The VM's state when taken (running or paused): what a revert gives back.
+    pub vm_state: VmState,
+    /// The disks copied with it: (the VM's image, its copy's file name in the snapshot's
+    /// directory), one per line as `copy\tpath`.
+    pub disks: Vec<(String, String)>,
+    /// Bytes of its files.
+    pub size_bytes: u64,
+}
+
+fn snapshot_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(SnapshotRecord, String)> {
+    let disks: String = row.get("disks")?;
+    Ok((
+        SnapshotRecord {
+            vm: row.get("vm")?,
+            name: row.get("name")?,
+            created_at: row.get("created_at")?,
+            vm_state: VmState::Paused,
+            disks: disks
+                .lines()
+                .filter_map(|l| l.split_once('\t'))
+                .map(|(copy, path)| (copy.to_string(), path.to_string()))
+                .collect(),
+            size_bytes: row.get::<_, i64>("size_bytes")?.max(0) as u64,
+        },
+        row.get("vm_state")?,
+    ))
+}
+
+fn snapshot_with_state(
+    (mut r, state): (SnapshotRecord, String),
+) -> Result<SnapshotRecord, StoreError> {
+    r.vm_state = state.parse()?;
+    Ok(r)
 }
 
 /// An entry of the event log, as the API shows it.
@@ -305,6 +365,7 @@ impl Store {
             });
         }
         tx.execute("DELETE FROM vms WHERE name = ?1", [name])?;
+        tx.execute("DELETE FROM snapshots WHERE vm = ?1", [name])?;
         log_event(&tx, name, "undefined", "")?;
         tx.commit()?;
         Ok(())
@@ -423,6 +484,82 @@ impl Store {
         let id = tx.last_insert_rowid();
         tx.commit()?;
         Ok(id)
+    }
+
+    /// Record a snapshot whose files are written; refused if the VM has one of that name.
+    pub fn add_snapshot(&mut self, snap: &SnapshotRecord) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        Self::state_in(&tx, &snap.vm)?;
+        let exists: Option<String> = tx
+            .query_row(
+                "SELECT name FROM snapshots WHERE vm = ?1 AND name = ?2",
+                [&snap.vm, &snap.name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if exists.is_some() {
+            return Err(StoreError::SnapshotExists(
+                snap.vm.clone(),
+                snap.name.clone(),
+            ));
+        }
+        let disks: String = snap
+            .disks
+            .iter()
+            .map(|(copy, path)| format!("{copy}\t{path}\n"))
+            .collect();
+        tx.execute(
+            "INSERT INTO snapshots (vm, name, created_at, vm_state, disks, size_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                snap.vm,
+                snap.name,
+                snap.created_at,
+                snap.vm_state.as_str(),
+                disks,
+                snap.size_bytes as i64
+            ],
+        )?;
+        log_event(&tx, &snap.vm, "snapshot", &format!("{} created", snap.name))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// VM `vm`'s snapshots, oldest first.
+    pub fn snapshots(&self, vm: &str) -> Result<Vec<SnapshotRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT * FROM snapshots WHERE vm = ?1 ORDER BY created_at, name")?;
+        let rows = stmt.query_map([vm], snapshot_row)?;
+        rows.map(|r| snapshot_with_state(r?)).collect()
+    }
+
+    /// Snapshot `name` of VM `vm`, if there is one.
+    pub fn snapshot(&self, vm: &str, name: &str) -> Result<Option<SnapshotRecord>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT * FROM snapshots WHERE vm = ?1 AND name = ?2",
+                [vm, name],
+                snapshot_row,
+            )
+            .optional()?
+            .map(snapshot_with_state)
+            .transpose()
+    }
+
+    /// Forget snapshot `name` of VM `vm` (its files are the caller's to remove).
+    pub fn remove_snapshot(&mut self, vm: &str, name: &str) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
+            "DELETE FROM snapshots WHERE vm = ?1 AND name = ?2",
+            [vm, name],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoSnapshot(vm.into(), name.into()));
+        }
+        log_event(&tx, vm, "snapshot", &format!("{name} deleted"))?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// The newest event's id (0 when none).

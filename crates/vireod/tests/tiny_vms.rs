@@ -416,3 +416,133 @@ fn vireod_killed_in_the_middle_of_a_start_leaves_a_consistent_host() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn snapshots_are_created_listed_reverted_with_their_disks_and_deleted() {
+    let Some(d) = setup("snapshots") else { return };
+    let disk = d.dir.join("p1.img");
+    std::fs::write(&disk, b"AAAA".repeat(4096)).unwrap();
+    d.define(
+        &tiny(
+            "p1",
+            "count",
+            "",
+            &format!("disks = [\"path={}\"]\n", disk.display()),
+        ),
+        true,
+    );
+    let first_pid = d.info("p1").summary.pid.unwrap();
+    let mut v = d.console("p1", 0);
+    v.expect("..", 30);
+
+    let out = d.ctl_ok(&["snapshot", "create", "p1", "first"]);
+    assert!(out.starts_with("p1: snapshot first created ("), "{out}");
+    assert!(out.contains("1 disk(s)"), "{out}");
+    // The VM runs on, as before.
+    assert_eq!(d.info("p1").summary.state, "running");
+    v.expect("..", 30);
+    // Names are checked and unique.
+    let dup = d.ctl(&["snapshot", "create", "p1", "first"]);
+    assert_eq!(dup.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&dup.stderr).contains("has a snapshot named 'first' already"),
+        "{}",
+        String::from_utf8_lossy(&dup.stderr)
+    );
+    let bad = d.ctl(&["snapshot", "create", "p1", "../x"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a valid snapshot name"));
+
+    // One taken while paused comes back paused.
+    d.ctl_ok(&["pause", "p1"]);
+    d.ctl_ok(&["snapshot", "create", "p1", "paused-one"]);
+    assert_eq!(d.info("p1").summary.state, "paused");
+    d.ctl_ok(&["resume", "p1"]);
+
+    let list = d.ctl_ok(&["snapshot", "list", "p1"]);
+    let rows: Vec<&str> = list.lines().collect();
+    assert!(rows[0].starts_with("NAME"), "{list}");
+    assert!(
+        rows[1].starts_with("first") && rows[1].contains("running"),
+        "{list}"
+    );
+    assert!(
+        rows[2].starts_with("paused-one") && rows[2].contains("paused"),
+        "{list}"
+    );
+
+    // The guest's disk changes after the snapshot; a revert gives the old one back, and
+    // a new vireo runs the guest from where it was.
+    std::fs::write(&disk, b"BBBB".repeat(4096)).unwrap();
+    assert_eq!(
+        d.ctl_ok(&["snapshot", "revert", "p1", "first"]).trim(),
+        "p1: reverted to first, running"
+    );
+    let info = d.info("p1");
+    let pid = info.summary.pid.unwrap();
+    assert_ne!(pid, first_pid);
+    assert!(!alive(first_pid));
+    assert_eq!(std::fs::read(&disk).unwrap(), b"AAAA".repeat(4096));
+    let mut v = d.console("p1", 0);
+    v.expect("..", 30);
+    assert_eq!(
+        d.ctl_ok(&["snapshot", "revert", "p1", "paused-one"]).trim(),
+        "p1: reverted to paused-one, paused"
+    );
+    d.ctl_ok(&["resume", "p1"]);
+    let mut v = d.console("p1", 0);
+    v.expect("..", 30);
+
+    // A stopped VM has nothing to snapshot, but can be reverted (booted from one).
+    d.ctl_ok(&["destroy", "p1"]);
+    let e = d.ctl(&["snapshot", "create", "p1", "again"]);
+    assert!(String::from_utf8_lossy(&e.stderr).contains("not running"));
+    d.ctl_ok(&["snapshot", "revert", "p1", "first"]);
+    assert_eq!(d.info("p1").summary.state, "running");
+
+    let e = d.ctl(&["snapshot", "revert", "p1", "nosuch"]);
+    assert!(String::from_utf8_lossy(&e.stderr).contains("has no snapshot named 'nosuch'"));
+    d.ctl_ok(&["snapshot", "delete", "p1", "first"]);
+    let list = d.ctl_ok(&["snapshot", "list", "p1"]);
+    assert!(!list.contains("first"), "{list}");
+    assert!(!d.dir.join("state/vms/p1/snapshots/first").exists());
+    let events = d.ctl_ok(&["events", "--no-follow"]);
+    for want in [
+        "p1 snapshot first created",
+        "p1 snapshot first reverted",
+        "p1 snapshot first deleted",
+    ] {
+        assert!(events.contains(want), "no '{want}' in\n{events}");
+    }
+    d.ctl_ok(&["destroy", "p1"]);
+}
+
+#[test]
+fn a_guest_that_shut_down_while_vireod_was_away_is_stopped_and_its_policy_applies() {
+    let Some(mut d) = setup("awayexit") else {
+        return;
+    };
+    d.define(&tiny("w1", "echo", "", ""), true);
+    d.define(&tiny("w2", "echo", "restart = \"always\"", ""), true);
+    let w2 = d.info("w2").summary.pid.unwrap();
+    d.kill();
+    // vireod is gone: its console connections too. The guests are told to shut down
+    // straight on their consoles' sockets; each vireo exits 0.
+    for name in ["w1", "w2"] {
+        let sock = d.dir.join(format!("state/vms/{name}/console.sock"));
+        let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        std::io::Write::write_all(&mut c, b"q").unwrap();
+    }
+    wait_for("both vireos gone", 20, || {
+        pids_mentioning(&d.dir.join("state/vms")).is_empty()
+    });
+    d.restart();
+    // As if vireod had watched: a clean end is stopped, not crashed...
+    let w1 = d.info("w1");
+    assert_eq!(w1.summary.state, "stopped", "{w1:?}");
+    assert_eq!(w1.exit_status.as_deref(), Some("exit 0"));
+    // ...and `always` restarts it all the same.
+    wait_for("w2 restarted", 20, || {
+        let i = d.info("w2");
+        i.summary.state == "running" && i.summary.pid.is_some_and(|p| p != w2)
+    });
+}

@@ -42,7 +42,7 @@ fn a_version_1_database_is_migrated_keeping_its_vms() {
         .unwrap();
     }
     let mut store = Store::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as u32);
     let old = store.get("old").unwrap().unwrap();
     assert_eq!((old.state, old.last_console), (VmState::Crashed, None));
     store
@@ -75,8 +75,8 @@ fn a_database_from_a_newer_vireod_is_refused_untouched() {
             err,
             StoreError::FromTheFuture {
                 found: 99,
-                known: 2
-            }
+                known
+            } if known == MIGRATIONS.len() as u32
         ),
         "{err}"
     );
@@ -296,4 +296,50 @@ fn kill_9_in_the_middle_of_defines_leaves_a_consistent_database() {
         );
         assert_eq!(events[i].vm, format!("vm{i}"));
     }
+}
+
+#[test]
+fn snapshots_are_recorded_unique_per_vm_and_go_with_it() {
+    let path = temp_db("snaps");
+    let mut store = Store::open(&path).unwrap();
+    store.define("vm1", DEF, false).unwrap();
+    let snap = |name: &str, at: i64| SnapshotRecord {
+        vm: "vm1".into(),
+        name: name.into(),
+        created_at: at,
+        vm_state: VmState::Running,
+        disks: vec![("disk-0".into(), "/images/a b.img".into())],
+        size_bytes: 1 << 20,
+    };
+    store.add_snapshot(&snap("b", 2)).unwrap();
+    store.add_snapshot(&snap("a", 3)).unwrap();
+    assert!(matches!(
+        store.add_snapshot(&snap("a", 4)),
+        Err(StoreError::SnapshotExists(..))
+    ));
+    let mut orphan = snap("x", 1);
+    orphan.vm = "nosuch".into();
+    assert!(matches!(
+        store.add_snapshot(&orphan),
+        Err(StoreError::NotFound(_))
+    ));
+    let names: Vec<String> = store
+        .snapshots("vm1")
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["b", "a"], "oldest first");
+    assert_eq!(store.snapshot("vm1", "a").unwrap(), Some(snap("a", 3)));
+    store.remove_snapshot("vm1", "b").unwrap();
+    assert!(matches!(
+        store.remove_snapshot("vm1", "b"),
+        Err(StoreError::NoSnapshot(..))
+    ));
+    store.undefine("vm1").unwrap();
+    store.define("vm1", DEF, false).unwrap();
+    assert!(
+        store.snapshots("vm1").unwrap().is_empty(),
+        "undefine took them"
+    );
 }

@@ -305,6 +305,13 @@ pub struct Viewer {
 impl Viewer {
     /// Read until the output holds `want` (after what was consumed), at most `secs`.
     pub fn expect(&mut self, want: &str, secs: u64) -> String {
+        self.wait(want, secs).unwrap_or_else(|text| {
+            panic!("console never showed {want:?}; got {text:?}");
+        })
+    }
+
+    /// As [`expect`](Self::expect), but a timeout is `Err` with what was seen.
+    pub fn wait(&mut self, want: &str, secs: u64) -> Result<String, String> {
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut buf = [0u8; 4096];
         loop {
@@ -312,13 +319,12 @@ impl Viewer {
             if let Some(at) = text.find(want) {
                 let upto = at + want.len();
                 self.seen.drain(..upto);
-                return text[..upto].to_string();
+                return Ok(text[..upto].to_string());
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "console never showed {want:?}; got {text:?}"
-            );
+            if left.is_zero() {
+                return Err(text);
+            }
             self.stream.set_read_timeout(Some(left)).unwrap();
             match self.stream.read(&mut buf) {
                 Ok(0) => panic!("console closed before {want:?}; got {text:?}"),
