@@ -128,6 +128,20 @@ pub struct VmInfo {
     /// Its cgroup, when active.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// A long operation under way (a snapshot written, a disk copied), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+/// How far a long operation on a VM is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// What is being done ("writing the memory", "copying /images/web1.img").
+    pub what: String,
+    /// Bytes done.
+    pub done_bytes: u64,
+    /// Bytes in all.
+    pub total_bytes: u64,
 }
 
 /// `POST /v1/vms/{name}/shutdown`: how long the guest gets before it is killed.
@@ -182,6 +196,18 @@ pub struct SetRequest {
     /// The `vireo` process's nice value, -20..=19.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nice: Option<i32>,
+    /// Bytes read per second from each host device holding a disk ("100M"), or "none".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_read_bps: Option<String>,
+    /// Bytes written per second ("50M"), or "none".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_write_bps: Option<String>,
+    /// Read operations per second ("2000"), or "none".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_read_iops: Option<String>,
+    /// Write operations per second ("1000"), or "none".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_write_iops: Option<String>,
     /// The balloon's target size (`"256M"`: that much memory taken from the guest);
     /// live only, the VM needs a balloon device.
     #[serde(default, skip_serializing_if = "Option::is_none")]

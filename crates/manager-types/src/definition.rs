@@ -28,6 +28,10 @@
 //! io_weight = 100                 # 1..=10000
 //! pids_max = 256
 //! nice = 5                        # -20..=19
+//! io_read_bps = "100M"            # per host block device holding a disk of the VM
+//! io_write_bps = "50M"
+//! io_read_iops = 2000
+//! io_write_iops = 1000
 //! ```
 //!
 //! Every error names the file, the line and column, and the field (`machine.disks[1]`),
@@ -86,6 +90,31 @@ pub struct Resources {
     pub pids_max: Option<u32>,
     /// The `vireo` process's nice value, -20..=19.
     pub nice: Option<i32>,
+    /// Limits on the block devices holding the VM's disks (`io.max` / blkio throttle).
+    pub io_limits: IoLimits,
+}
+
+/// I/O limits of a VM, applied to each host block device its disks are on; `None`: none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoLimits {
+    /// Bytes read per second.
+    pub read_bps: Option<u64>,
+    /// Bytes written per second.
+    pub write_bps: Option<u64>,
+    /// Read operations per second.
+    pub read_iops: Option<u64>,
+    /// Write operations per second.
+    pub write_iops: Option<u64>,
+}
+
+impl IoLimits {
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        self.read_bps.is_some()
+            || self.write_bps.is_some()
+            || self.read_iops.is_some()
+            || self.write_iops.is_some()
+    }
 }
 
 /// A whole, checked VM definition.
@@ -163,6 +192,10 @@ struct RawResources {
     io_weight: Option<Spanned<u32>>,
     pids_max: Option<u32>,
     nice: Option<Spanned<i32>>,
+    io_read_bps: Option<Spanned<String>>,
+    io_write_bps: Option<Spanned<String>>,
+    io_read_iops: Option<Spanned<u64>>,
+    io_write_iops: Option<Spanned<u64>>,
 }
 
 /// Errors found while checking the parsed fields: (byte span, field, message).
@@ -307,6 +340,15 @@ impl Definition {
                 .map(|s| api::parse_size(s.get_ref()).map_err(|e| check.at(s, field, e)))
                 .transpose()
         };
+        // A limit of 0 would stop the VM's I/O: refused (none is written as no key).
+        let rate = |raw: &Option<Spanned<String>>, field: &str| match (size(raw, field)?, raw) {
+            (Some(0), Some(raw)) => Err(check.at(raw, field, "a limit of 0 stops all I/O")),
+            (v, _) => Ok(v),
+        };
+        let iops = |v: &Option<Spanned<u64>>, field: &str| match v {
+            Some(n) if *n.get_ref() == 0 => Err(check.at(n, field, "a limit of 0 stops all I/O")),
+            n => Ok(n.as_ref().map(|n| *n.get_ref())),
+        };
         let resources = Resources {
             cpu_weight: weight(&r.cpu_weight, "resources.cpu_weight")?,
             cpu_quota_percent: r
@@ -335,6 +377,12 @@ impl Definition {
                     return Err(check.at(n, "resources.nice", "must be -20 to 19"));
                 }
                 n => n.as_ref().map(|n| *n.get_ref()),
+            },
+            io_limits: IoLimits {
+                read_bps: rate(&r.io_read_bps, "resources.io_read_bps")?,
+                write_bps: rate(&r.io_write_bps, "resources.io_write_bps")?,
+                read_iops: iops(&r.io_read_iops, "resources.io_read_iops")?,
+                write_iops: iops(&r.io_write_iops, "resources.io_write_iops")?,
             },
         };
         if let (Some(high), Some(max), Some(span)) = (

@@ -10,4 +10,4 @@ pub mod api;
 pub mod client;
 pub mod definition;
 
-pub use definition::{Definition, DefinitionError, Resources, RestartPolicy};
+pub use definition::{Definition, DefinitionError, IoLimits, Resources, RestartPolicy};

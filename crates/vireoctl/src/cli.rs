@@ -153,7 +153,7 @@ pub enum Command {
     },
     /// Change a VM's resources: live, in its definition, or both (as virsh does:
     /// without --live or --config, the running VM if it runs, else the definition).
-    Set(SetArgs),
+    Set(Box<SetArgs>),
     /// CPU, memory and balloon figures of a running VM.
     Stats {
         /// The VM's name.
@@ -242,6 +242,19 @@ pub struct SetArgs {
     /// The process's nice value, -20..=19.
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub nice: Option<i32>,
+    /// Bytes per second the VM may read from each host device holding one of its disks
+    /// ("100M"), or "none".
+    #[arg(long, value_name = "SIZE")]
+    pub io_read_bps: Option<String>,
+    /// Bytes per second it may write ("50M"), or "none".
+    #[arg(long, value_name = "SIZE")]
+    pub io_write_bps: Option<String>,
+    /// Read operations per second ("2000"), or "none".
+    #[arg(long, value_name = "N")]
+    pub io_read_iops: Option<String>,
+    /// Write operations per second ("1000"), or "none".
+    #[arg(long, value_name = "N")]
+    pub io_write_iops: Option<String>,
     /// Memory to take from the guest through its balloon ("256M"; live only).
     #[arg(long, value_name = "SIZE")]
     pub balloon: Option<String>,

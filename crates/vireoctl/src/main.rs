@@ -71,6 +71,36 @@ fn action(
     Ok(c.json("POST", &vm_path(name, &format!("/{what}")), body)?)
 }
 
+/// Run `op` (a request on VM `name` that may take a while); meanwhile, on a terminal,
+/// a progress bar of what vireod reports it doing, once it has taken over a second.
+fn with_progress<T: Send>(c: &Client, name: &str, op: impl FnOnce() -> T + Send) -> T {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return op();
+    }
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        let job = scope.spawn(op);
+        let mut drawn = false;
+        while !job.is_finished() {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            if started.elapsed() < std::time::Duration::from_secs(1) {
+                continue;
+            }
+            if let Ok(info) = c.json::<VmInfo>("GET", &vm_path(name, ""), None::<&()>)
+                && let Some(p) = info.progress
+            {
+                eprint!("\r{}", output::progress_bar(&p, 30));
+                drawn = true;
+            }
+        }
+        if drawn {
+            eprint!("\r\x1b[K");
+        }
+        job.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
 fn snapshot(c: &Client, cmd: SnapshotCommand) -> Result<(), Failure> {
     match cmd {
         SnapshotCommand::Create { name, snapshot } => {
@@ -85,11 +115,13 @@ fn snapshot(c: &Client, cmd: SnapshotCommand) -> Result<(), Failure> {
                     .replace(':', "")
             });
             let started = std::time::Instant::now();
-            let s: SnapshotInfo = c.json(
-                "POST",
-                &vm_path(&name, "/snapshots"),
-                Some(&SnapshotRequest { name: snap }),
-            )?;
+            let s: SnapshotInfo = with_progress(c, &name, || {
+                c.json(
+                    "POST",
+                    &vm_path(&name, "/snapshots"),
+                    Some(&SnapshotRequest { name: snap }),
+                )
+            })?;
             println!(
                 "{name}: snapshot {} created ({:.1} MiB, {} disk(s), {:.1} s)",
                 s.name,
@@ -111,11 +143,13 @@ fn snapshot(c: &Client, cmd: SnapshotCommand) -> Result<(), Failure> {
             }
         }
         SnapshotCommand::Revert { name, snapshot } => {
-            let info: VmInfo = c.json(
-                "POST",
-                &vm_path(&name, &format!("/snapshots/{snapshot}/revert")),
-                None::<&()>,
-            )?;
+            let info: VmInfo = with_progress(c, &name, || {
+                c.json(
+                    "POST",
+                    &vm_path(&name, &format!("/snapshots/{snapshot}/revert")),
+                    None::<&()>,
+                )
+            })?;
             println!("{name}: reverted to {snapshot}, {}", info.summary.state);
         }
         SnapshotCommand::Delete { name, snapshot } => {
@@ -307,6 +341,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 io_weight: a.io_weight,
                 pids_max: a.pids_max,
                 nice: a.nice,
+                io_read_bps: a.io_read_bps,
+                io_write_bps: a.io_write_bps,
+                io_read_iops: a.io_read_iops,
+                io_write_iops: a.io_write_iops,
                 balloon: a.balloon,
             };
             let r: SetResult = c.json("PATCH", &vm_path(&a.name, "/resources"), Some(&body))?;

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use manager_types::api::{Event, SnapshotInfo, VmInfo, VmStats, VmSummary};
+use manager_types::api::{Event, Progress, SnapshotInfo, VmInfo, VmStats, VmSummary};
 
 /// `2d 3h`, `5m 2s`, `40s`.
 pub fn duration(seconds: u64) -> String {
@@ -61,6 +61,25 @@ pub fn snapshots(snaps: &[SnapshotInfo]) -> String {
         &["NAME", "CREATED (UTC)", "STATE", "DISKS", "SIZE"],
         &rows,
         3..=4,
+    )
+}
+
+/// `writing the memory [#########.........] 30% 77/256 MiB`, `width` marks wide.
+pub fn progress_bar(p: &Progress, width: usize) -> String {
+    let fraction = if p.total_bytes == 0 {
+        1.0
+    } else {
+        (p.done_bytes as f64 / p.total_bytes as f64).clamp(0.0, 1.0)
+    };
+    let marks = (fraction * width as f64).round() as usize;
+    format!(
+        "{} [{}{}] {:>3}% {}/{} MiB",
+        p.what,
+        "#".repeat(marks),
+        ".".repeat(width - marks),
+        (fraction * 100.0).round() as u32,
+        p.done_bytes >> 20,
+        p.total_bytes >> 20
     )
 }
 
@@ -195,6 +214,27 @@ mod tests {
         assert_eq!(duration(302), "5m 2s");
         assert_eq!(duration(3 * 3600 + 120), "3h 2m");
         assert_eq!(duration(2 * 86_400 + 3 * 3600), "2d 3h");
+    }
+
+    #[test]
+    fn progress_bars_show_the_fraction_done() {
+        let p = |done: u64, total: u64| Progress {
+            what: "writing the memory".into(),
+            done_bytes: done << 20,
+            total_bytes: total << 20,
+        };
+        assert_eq!(
+            progress_bar(&p(77, 256), 10),
+            "writing the memory [###.......]  30% 77/256 MiB"
+        );
+        assert_eq!(
+            progress_bar(&p(300, 256), 4),
+            "writing the memory [####] 100% 300/256 MiB"
+        );
+        assert_eq!(
+            progress_bar(&p(0, 0), 2),
+            "writing the memory [##] 100% 0/0 MiB"
+        );
     }
 
     #[test]

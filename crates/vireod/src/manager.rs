@@ -80,6 +80,8 @@ struct Run {
     cgroup: Option<VmCgroup>,
     /// The resources in force (the definition's, changed by `set --live`).
     resources: Resources,
+    /// The disk images it runs with (where its I/O limits apply).
+    disks: Vec<PathBuf>,
 }
 
 /// A `vireo` whose guest runs, not yet recorded.
@@ -133,6 +135,8 @@ struct Slot {
     generation: AtomicU64,
     /// CPU use in hundredths of a percent, sampled every 2 s; u32::MAX: not known.
     cpu_centi: AtomicU32,
+    /// The file a long operation is writing, and what it will weigh (`GET` shows it).
+    progress: Mutex<Option<snapshots::Tracked>>,
 }
 
 /// The manager.
@@ -267,6 +271,7 @@ impl Manager {
                 restarts: AtomicU32::new(0),
                 generation: AtomicU64::new(0),
                 cpu_centi: AtomicU32::new(u32::MAX),
+                progress: Mutex::new(None),
             })
         }))
     }
@@ -413,6 +418,7 @@ impl Manager {
             restarts: slot.restarts.load(Ordering::Relaxed),
             api_socket: rec.api_socket.clone(),
             cgroup,
+            progress: lock(&slot.progress).as_ref().map(snapshots::Tracked::now),
             definition: rec.definition,
         })
     }
@@ -534,7 +540,7 @@ impl Manager {
         write_file(&paths.config_file(), json.as_bytes()).map_err(fail)?;
 
         let cgroup = self
-            .make_cgroup(name, &def.resources)
+            .make_cgroup(name, &def.resources, &disk_paths(def))
             .map_err(|e| (e, None))?;
         let join = match &cgroup {
             Some(cg) => Some(
@@ -669,12 +675,21 @@ impl Manager {
                 stop_requested: false,
                 cgroup,
                 resources: def.resources.clone(),
+                disks: disk_paths(def),
             },
             child,
         })
     }
 
-    fn make_cgroup(&self, name: &str, r: &Resources) -> Result<Option<VmCgroup>, ApiError> {
+    fn make_cgroup(
+        &self,
+        name: &str,
+        r: &Resources,
+        disks: &[PathBuf],
+    ) -> Result<Option<VmCgroup>, ApiError> {
+        let invalid =
+            |e: String| ApiError::new(ErrorCode::InvalidDefinition, format!("{name}: {e}"));
+        let io = crate::resources::io_limits(r, &refs(disks)).map_err(invalid)?;
         let Some(cgroups) = &self.cgroups else {
             if resources_need_cgroup(r) {
                 return Err(ApiError::new(
@@ -687,7 +702,7 @@ impl Manager {
         let cg = cgroups
             .create(name)
             .map_err(|e| internal(format!("cgroup of '{name}': {e}")))?;
-        if let Err(e) = cg.apply(r, &[]) {
+        if let Err(e) = cg.apply(r, &io) {
             let _ = cgroups.remove(name);
             return Err(ApiError::new(
                 ErrorCode::InvalidDefinition,
@@ -978,8 +993,10 @@ impl Manager {
             if resources != run.resources {
                 match &run.cgroup {
                     Some(cg) => {
-                        cg.apply(&resources, &[])
-                            .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+                        let bad = |e: String| ApiError::new(ErrorCode::BadRequest, e);
+                        let io = crate::resources::io_limits(&resources, &refs(&run.disks))
+                            .map_err(bad)?;
+                        cg.apply(&resources, &io).map_err(|e| bad(e.to_string()))?;
                     }
                     None if resources_need_cgroup(&resources) => {
                         return Err(ApiError::new(
@@ -1197,6 +1214,7 @@ impl Manager {
             started,
             stop_requested: rec.state == VmState::Stopping,
             cgroup,
+            disks: def.as_ref().map(disk_paths).unwrap_or_default(),
             resources: def.map(|d| d.resources).unwrap_or_default(),
         });
         let alive = {
@@ -1211,6 +1229,15 @@ impl Manager {
     }
 }
 
+/// The definition's disk images.
+fn disk_paths(def: &Definition) -> Vec<PathBuf> {
+    def.vm.disks.iter().map(|d| d.path.clone()).collect()
+}
+
+fn refs(paths: &[PathBuf]) -> Vec<&Path> {
+    paths.iter().map(PathBuf::as_path).collect()
+}
+
 /// Whether resources other than nice are set (they need a cgroup).
 fn resources_need_cgroup(r: &Resources) -> bool {
     let Resources { nice: _, .. } = r;
@@ -1221,6 +1248,7 @@ fn resources_need_cgroup(r: &Resources) -> bool {
         || r.memory_high.is_some()
         || r.io_weight.is_some()
         || r.pids_max.is_some()
+        || r.io_limits.any()
 }
 
 fn all_cpus() -> String {

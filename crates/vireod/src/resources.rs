@@ -6,6 +6,8 @@ use std::path::Path;
 
 use manager_types::api::{ApiError, ErrorCode, SetRequest};
 use manager_types::{Definition, Resources};
+
+use crate::cgroups::IoLimit;
 use toml_edit::Value;
 
 /// One change: a `[resources]` key and its new value (`None`: removed, the default).
@@ -16,6 +18,28 @@ fn text_or_none(key: &'static str, v: &Option<String>, edits: &mut Vec<Edit>) {
         let value = (!v.eq_ignore_ascii_case("none")).then(|| Value::from(v.as_str()));
         edits.push((key, value));
     }
+}
+
+fn count_or_none(
+    key: &'static str,
+    v: &Option<String>,
+    edits: &mut Vec<Edit>,
+) -> Result<(), ApiError> {
+    if let Some(v) = v {
+        let value = if v.eq_ignore_ascii_case("none") {
+            None
+        } else {
+            let n: i64 = v.trim().parse().map_err(|_| {
+                ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("{key}: '{v}' is not a number (or \"none\")"),
+                )
+            })?;
+            Some(n.into())
+        };
+        edits.push((key, value));
+    }
+    Ok(())
 }
 
 /// The changes a request asks for (the balloon aside), each checked.
@@ -37,6 +61,10 @@ pub fn edits(req: &SetRequest) -> Result<Vec<Edit>, ApiError> {
     if let Some(n) = req.nice {
         edits.push(("nice", Some(i64::from(n).into())));
     }
+    text_or_none("io_read_bps", &req.io_read_bps, &mut edits);
+    text_or_none("io_write_bps", &req.io_write_bps, &mut edits);
+    count_or_none("io_read_iops", &req.io_read_iops, &mut edits)?;
+    count_or_none("io_write_iops", &req.io_write_iops, &mut edits)?;
     if edits.is_empty() && req.balloon.is_none() {
         return Err(ApiError::new(ErrorCode::BadRequest, "nothing to change"));
     }
@@ -78,6 +106,10 @@ pub fn apply_edits(r: &mut Resources, edits: &[Edit]) -> Result<(), ApiError> {
             "io_weight" => r.io_weight = new.io_weight,
             "pids_max" => r.pids_max = new.pids_max,
             "nice" => r.nice = new.nice,
+            "io_read_bps" => r.io_limits.read_bps = new.io_limits.read_bps,
+            "io_write_bps" => r.io_limits.write_bps = new.io_limits.write_bps,
+            "io_read_iops" => r.io_limits.read_iops = new.io_limits.read_iops,
+            "io_write_iops" => r.io_limits.write_iops = new.io_limits.write_iops,
             _ => {}
         }
     }
@@ -90,6 +122,75 @@ pub fn apply_edits(r: &mut Resources, edits: &[Edit]) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// The cgroup I/O limits of a VM whose disks are `disks`: `r.io_limits` on each host
+/// block device holding one (the whole disk of a partition, the device itself for a disk
+/// that is one), each device once. No limits: none. A disk on no block device (tmpfs,
+/// overlay, a network filesystem) cannot be limited: an error naming it.
+pub fn io_limits(r: &Resources, disks: &[&Path]) -> Result<Vec<IoLimit>, String> {
+    let l = r.io_limits;
+    if !l.any() {
+        return Ok(Vec::new());
+    }
+    if disks.is_empty() {
+        return Err("resources: I/O limits are set but the VM has no disks".into());
+    }
+    let mut limits: Vec<IoLimit> = Vec::new();
+    for disk in disks {
+        let (major, minor) = whole_disk_of(disk)?;
+        if !limits.iter().any(|x| (x.major, x.minor) == (major, minor)) {
+            limits.push(IoLimit {
+                major,
+                minor,
+                read_bps: l.read_bps,
+                write_bps: l.write_bps,
+                read_iops: l.read_iops,
+                write_iops: l.write_iops,
+            });
+        }
+    }
+    Ok(limits)
+}
+
+/// The whole-disk block device (major, minor) that `path` is on, or is.
+fn whole_disk_of(path: &Path) -> Result<(u32, u32), String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let dev = if meta.file_type().is_block_device() {
+        meta.rdev()
+    } else {
+        meta.dev()
+    };
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let sys = std::path::PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    if major == 0 || !sys.exists() {
+        return Err(format!(
+            "resources: I/O limits cannot apply to {}: it is on no block device (tmpfs, \
+             overlay or a network filesystem)",
+            path.display()
+        ));
+    }
+    if !sys.join("partition").exists() {
+        return Ok((major, minor));
+    }
+    // A partition: the limits go on its disk, the directory above it in sysfs.
+    let parent = std::fs::canonicalize(&sys)
+        .ok()
+        .and_then(|p| p.parent().map(|p| p.join("dev")))
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .ok_or_else(|| {
+            format!(
+                "{}: the disk of partition {major}:{minor} is not found",
+                path.display()
+            )
+        })?;
+    let (maj, min) = parent
+        .trim()
+        .split_once(':')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .ok_or_else(|| format!("{}: unreadable device number {parent:?}", path.display()))?;
+    Ok((maj, min))
 }
 
 #[cfg(test)]

@@ -546,3 +546,263 @@ fn a_guest_that_shut_down_while_vireod_was_away_is_stopped_and_its_policy_applie
         i.summary.state == "running" && i.summary.pid.is_some_and(|p| p != w2)
     });
 }
+
+#[test]
+fn a_full_disk_is_reported_and_corrupts_nothing() {
+    let (vireo, vireoctl) = require!("full_disk", binaries());
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        test_support::skip::missing("full_disk", "not root: cannot mount a small tmpfs");
+        return;
+    }
+    // The state dir on a 1 MiB tmpfs, unmounted when the test ends.
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let mut mount = None;
+    let mut d = Daemon::start_prepared("fulldisk", &vireo, &vireoctl, &[], |dir| {
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&state)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount a tmpfs on {}", state.display());
+        mount = Some(Unmount(state));
+    });
+    let _mount = mount;
+    d.define(&tiny("f0", "count", "", ""), false);
+    // Most of the room taken by a file (an admin removes it later), then definitions of
+    // ~64 KiB each (a long comment) until the disk is full.
+    let filler = d.dir.join("state/filler");
+    std::fs::write(&filler, vec![1u8; 512 << 10]).unwrap();
+    let padding = format!("# {}\n", "x".repeat(64 << 10));
+    let mut refused = None;
+    for i in 1..40 {
+        let text = tiny(&format!("f{i}"), "count", &padding, "");
+        let out = d.ctl(&[
+            "define",
+            d.definition(&format!("f{i}"), &text).to_str().unwrap(),
+        ]);
+        if !out.status.success() {
+            refused = Some((i, String::from_utf8_lossy(&out.stderr).to_string()));
+            break;
+        }
+    }
+    let (full_at, message) = refused.expect("1 MiB never filled up");
+    assert!(
+        message.contains("full") || message.contains("No space"),
+        "{message}"
+    );
+    // What was defined before is intact, the refused one is not half there.
+    let listed = d.ctl_ok(&["list"]);
+    assert!(listed.contains("f0"), "{listed}");
+    assert!(!listed.contains(&format!("f{full_at} ")), "{listed}");
+    let c = d.client();
+    let e = c
+        .json::<VmInfo>("GET", &format!("/v1/vms/f{full_at}"), None::<&()>)
+        .unwrap_err();
+    assert_eq!(code(e), ErrorCode::NotFound);
+    // Room again: it works again, and a new vireod opens the same database with all
+    // that was defined before the disk filled.
+    std::fs::remove_file(&filler).unwrap();
+    for i in 1..full_at {
+        d.ctl_ok(&["undefine", &format!("f{i}")]);
+    }
+    d.restart();
+    d.ctl_ok(&[
+        "define",
+        d.definition("f99", &tiny("f99", "count", "", ""))
+            .to_str()
+            .unwrap(),
+    ]);
+    let listed = d.ctl_ok(&["list"]);
+    assert!(listed.contains("f0") && listed.contains("f99"), "{listed}");
+    d.kill();
+}
+
+#[test]
+fn io_limits_go_on_the_block_devices_holding_the_disks() {
+    let Some(d) = setup("iolimits") else { return };
+    if d.cgroup_base.is_none() {
+        test_support::skip::missing("io_limits", "not root: no cgroups, no loop devices");
+        return;
+    }
+    // A loop device as the VM's disk: a block device of its own (7:N).
+    let img = d.dir.join("loop.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let out = std::process::Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "losetup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.0])
+                .status();
+        }
+    }
+    let dev = Detach(String::from_utf8(out.stdout).unwrap().trim().to_string());
+    let rdev = std::os::unix::fs::MetadataExt::rdev(&std::fs::metadata(&dev.0).unwrap());
+    let id = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+    d.define(
+        &tiny(
+            "io1",
+            "count",
+            "",
+            &format!(
+                "disks = [\"path={}\"]\n[resources]\nio_read_bps = \"1M\"\nio_write_iops = 100\n",
+                dev.0
+            ),
+        ),
+        true,
+    );
+    let cgroup = d.info("io1").cgroup.expect("a cgroup");
+    // cgroup v2: one io.max line; v1: the throttle files, a line per limited device.
+    let lines = |files: &[&str]| -> Vec<String> {
+        files
+            .iter()
+            .flat_map(|f| {
+                cgroup_value(&cgroup, &[f])
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|l| l.starts_with(&format!("{id} ")))
+            .collect()
+    };
+    let v2 = cgroup.split(',').any(|dir| {
+        std::path::Path::new(dir.trim())
+            .join("cgroup.controllers")
+            .exists()
+    });
+    if v2 {
+        assert_eq!(
+            lines(&["io.max"]),
+            [format!("{id} rbps=1048576 wbps=max riops=max wiops=100")]
+        );
+    } else {
+        assert_eq!(
+            lines(&[
+                "blkio.throttle.read_bps_device",
+                "blkio.throttle.write_iops_device"
+            ]),
+            [format!("{id} 1048576"), format!("{id} 100")]
+        );
+    }
+    // Live: the read limit goes, the write limit stays.
+    d.ctl_ok(&["set", "io1", "--io-read-bps", "none"]);
+    if v2 {
+        assert_eq!(
+            lines(&["io.max"]),
+            [format!("{id} rbps=max wbps=max riops=max wiops=100")]
+        );
+    } else {
+        assert_eq!(
+            lines(&[
+                "blkio.throttle.read_bps_device",
+                "blkio.throttle.write_iops_device"
+            ]),
+            [format!("{id} 100")]
+        );
+    }
+    d.ctl_ok(&["destroy", "io1"]);
+
+    // A disk on no block device cannot be limited: the start is refused, saying why.
+    let shm = std::path::PathBuf::from(format!("/dev/shm/vireod-io-{}.img", std::process::id()));
+    std::fs::write(&shm, vec![0u8; 4096]).unwrap();
+    d.define(
+        &tiny(
+            "io2",
+            "count",
+            "",
+            &format!(
+                "disks = [\"path={}\"]\n[resources]\nio_write_bps = \"10M\"\n",
+                shm.display()
+            ),
+        ),
+        false,
+    );
+    let out = d.ctl(&["start", "io2"]);
+    let _ = std::fs::remove_file(&shm);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is on no block device"), "{stderr}");
+    assert_eq!(d.info("io2").summary.state, "stopped");
+}
+
+#[test]
+fn a_long_snapshot_shows_its_progress() {
+    let Some(d) = setup("progress") else { return };
+    // A 512 MiB disk: its copy takes a while unless the filesystem clones files.
+    let disk = d.dir.join("big.img");
+    let f = std::fs::File::create(&disk).unwrap();
+    f.set_len(512 << 20).unwrap();
+    drop(f);
+    let cloned = std::process::Command::new("cp")
+        .arg("--reflink=always")
+        .arg(&disk)
+        .arg(d.dir.join("probe.img"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    d.define(
+        &tiny(
+            "g1",
+            "count",
+            "",
+            &format!("disks = [\"path={}\"]\n", disk.display()),
+        ),
+        true,
+    );
+    let c = d.client();
+    let snap = std::thread::spawn(move || {
+        c.json::<manager_types::api::SnapshotInfo>(
+            "POST",
+            "/v1/vms/g1/snapshots",
+            Some(&manager_types::api::SnapshotRequest { name: "big".into() }),
+        )
+    });
+    let mut seen = Vec::new();
+    while !snap.is_finished() {
+        if let Some(p) = d.info("g1").progress {
+            seen.push(p);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let info = snap.join().unwrap().unwrap();
+    assert_eq!((info.name.as_str(), info.disks), ("big", 1));
+    assert!(
+        d.info("g1").progress.is_none(),
+        "progress ends with the operation"
+    );
+    if cloned {
+        eprintln!("the disk was cloned (reflink): no copy to show");
+        return;
+    }
+    let copy = seen
+        .iter()
+        .find(|p| p.what.starts_with("copying ") && p.what.ends_with("big.img"))
+        .unwrap_or_else(|| panic!("no disk copy in progress seen: {seen:?}"));
+    assert_eq!(copy.total_bytes, 512 << 20);
+    assert!(
+        seen.iter().all(|p| p.done_bytes <= p.total_bytes),
+        "{seen:?}"
+    );
+    d.ctl_ok(&["snapshot", "delete", "g1", "big"]);
+}

@@ -26,6 +26,10 @@ memory_high = "768M"
 io_weight = 50
 pids_max = 128
 nice = 5
+io_read_bps = "100M"
+io_write_bps = "50M"
+io_read_iops = 2000
+io_write_iops = 1000
 "#;
 
 fn parse(text: &str) -> Result<Definition, DefinitionError> {
@@ -59,6 +63,12 @@ fn a_full_definition_has_every_field() {
             io_weight: Some(50),
             pids_max: Some(128),
             nice: Some(5),
+            io_limits: IoLimits {
+                read_bps: Some(100 << 20),
+                write_bps: Some(50 << 20),
+                read_iops: Some(2000),
+                write_iops: Some(1000),
+            },
         }
     );
 }
@@ -99,6 +109,14 @@ fn errors_name_the_file_the_line_and_the_field() {
         text.starts_with("web1.toml:11:") && text.contains("machine.memory: "),
         "{text}"
     );
+
+    let text = error(&FULL.replace("io_write_iops = 1000", "io_write_iops = 0"));
+    assert!(
+        text.contains("resources.io_write_iops: a limit of 0 stops all I/O"),
+        "{text}"
+    );
+    let text = error(&FULL.replace("io_read_bps = \"100M\"", "io_read_bps = \"fast\""));
+    assert!(text.contains("resources.io_read_bps: "), "{text}");
 
     let text = error(&FULL.replace("nice = 5", "nice = 40"));
     assert!(text.contains("resources.nice: must be -20 to 19"), "{text}");

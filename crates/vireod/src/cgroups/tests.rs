@@ -144,6 +144,8 @@ fn full() -> Resources {
         io_weight: Some(150),
         pids_max: Some(64),
         nice: Some(5),
+        // Applied through the IoLimit list the manager makes from it.
+        io_limits: Default::default(),
     }
 }
 

@@ -16,16 +16,71 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use manager_types::api::{ApiError, ErrorCode, SnapshotInfo, VmInfo};
+use manager_types::api::{ApiError, ErrorCode, Progress, SnapshotInfo, VmInfo};
 use manager_types::definition::valid_name;
 
-use super::{Boot, Manager, internal, parse_stored, vmm_call};
+use super::{Boot, Manager, Slot, internal, lock, parse_stored, vmm_call};
 use crate::process;
 use crate::store::{SnapshotRecord, VmState};
 
 /// The state and memory file names in a snapshot's directory.
 const STATE_FILE: &str = "vmstate";
 const MEMORY_FILE: &str = "memory";
+
+/// A file being written by a long operation, for `GET /v1/vms/NAME`'s `progress`.
+pub(super) struct Tracked {
+    what: String,
+    file: PathBuf,
+    total: u64,
+}
+
+impl Tracked {
+    /// How far it is: the bytes the file holds so far.
+    pub(super) fn now(&self) -> Progress {
+        use std::os::unix::fs::MetadataExt;
+        let done = std::fs::metadata(&self.file)
+            .map_or(0, |m| m.len().min(m.blocks() * 512))
+            .min(self.total);
+        Progress {
+            what: self.what.clone(),
+            done_bytes: done,
+            total_bytes: self.total,
+        }
+    }
+}
+
+/// Shows `what` (writing `file`, `total` bytes in the end) on the slot until dropped.
+struct Tracking<'a>(&'a Slot);
+
+impl<'a> Tracking<'a> {
+    fn start(slot: &'a Slot, what: String, file: PathBuf, total: u64) -> Self {
+        *lock(&slot.progress) = Some(Tracked { what, file, total });
+        Self(slot)
+    }
+}
+
+impl Drop for Tracking<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.progress) = None;
+    }
+}
+
+/// Copy `from` to `to` (see [`copy_file`]), shown as progress on `slot`.
+fn tracked_copy(slot: &Slot, from: &Path, to: &Path) -> Result<(), ApiError> {
+    let total = std::fs::metadata(from).map_or(0, |m| m.len());
+    let _t = Tracking::start(
+        slot,
+        format!("copying {}", from.display()),
+        copy_tmp(to),
+        total,
+    );
+    copy_file(from, to)
+}
+
+/// Where [`copy_file`] writes before renaming.
+fn copy_tmp(to: &Path) -> PathBuf {
+    to.with_extension("vireo-copy")
+}
 
 fn info(s: &SnapshotRecord) -> SnapshotInfo {
     SnapshotInfo {
@@ -81,11 +136,19 @@ impl Manager {
                 "snapshot_path": partial.join(STATE_FILE),
                 "mem_file_path": partial.join(MEMORY_FILE),
             });
-            vmm_call(&api, "PUT", "/snapshot/create", &body.to_string())?;
+            {
+                let _t = Tracking::start(
+                    &slot,
+                    "writing the memory".into(),
+                    partial.join(MEMORY_FILE),
+                    def.vm.memory_bytes,
+                );
+                vmm_call(&api, "PUT", "/snapshot/create", &body.to_string())?;
+            }
             let mut disks = Vec::new();
             for (i, disk) in def.vm.disks.iter().filter(|d| !d.readonly).enumerate() {
                 let copy = format!("disk-{i}");
-                copy_file(&disk.path, &partial.join(&copy))?;
+                tracked_copy(&slot, &disk.path, &partial.join(&copy))?;
                 disks.push((copy, disk.path.display().to_string()));
             }
             Ok::<_, ApiError>(disks)
@@ -164,7 +227,7 @@ impl Manager {
             }
         }
         for (copy, path) in &record.disks {
-            copy_file(&dir.join(copy), Path::new(path))?;
+            tracked_copy(&slot, &dir.join(copy), Path::new(path))?;
         }
         slot.restarts.store(0, std::sync::atomic::Ordering::Relaxed);
         self.boot_locked(
@@ -205,7 +268,7 @@ fn copy_file(from: &Path, to: &Path) -> Result<(), ApiError> {
             to.display()
         ))
     };
-    let tmp = to.with_extension("vireo-copy");
+    let tmp = copy_tmp(to);
     let result = (|| {
         let src = std::fs::File::open(from)?;
         let dst = std::fs::File::create(&tmp)?;

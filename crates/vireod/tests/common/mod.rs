@@ -65,9 +65,21 @@ impl Daemon {
 
     /// With extra vireod flags.
     pub fn start_with(tag: &str, vireo: &Path, vireoctl: &Path, extra: &[&str]) -> Self {
+        Self::start_prepared(tag, vireo, vireoctl, extra, |_| {})
+    }
+
+    /// With `prepare(dir)` run before vireod starts (e.g. a mount on `dir/state`).
+    pub fn start_prepared(
+        tag: &str,
+        vireo: &Path,
+        vireoctl: &Path,
+        extra: &[&str],
+        prepare: impl FnOnce(&Path),
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("vireod-it-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        prepare(&dir);
         let cgroup_base = is_root().then(|| format!("vireo-test-{tag}-{}", std::process::id()));
         let mut d = Self {
             socket: dir.join("vireod.sock"),
