@@ -14,7 +14,9 @@
 #   --timeout SECONDS   deadline of one run, boot included (default 1200); never hangs
 #   --cpus N            L1 vCPUs (default 2)      --memory MIB   L1 memory (default 6144)
 #   --retries N         runs whose L1 locked up or panicked are retried N times (default 1);
-#                       every retry is reported on stderr, never hidden
+#                       every retry is reported on stderr, never hidden. A retry resumes:
+#                       libtest suites run through scripts/lib/retry-failed-tests.sh skip
+#                       the tests that passed in the L1 that died ($NESTED_SKIP)
 #   --keep-logs DIR     keep the L1 console log and the command's output in DIR
 #
 # The command's stdout and stderr (merged) stream to stdout. Environment: HOME, PATH,
@@ -231,6 +233,10 @@ run_once() { # <out dir> <command...>; sets RUN_STATUS and RUN_VERDICT (ok|deadl
                 HOME | PATH | TERM | USER | CI | RUST_* | CARGO_* | VIREO_* | NESTED_*) printf 'export %s=%q\n' "$v" "${!v}" ;;
             esac
         done
+        # scripts/lib/retry-failed-tests.sh records each test that passes here, and skips
+        # those that passed in a try whose L1 died.
+        printf 'export NESTED_PASSED_LOG=%q\n' "$out/passed"
+        printf 'export NESTED_SKIP=%q\n' "$SKIP_TESTS"
         echo "set +e"
         printf 'exec'
         printf ' %q' "$@"
@@ -291,6 +297,7 @@ keep() { # <out dir>
 }
 
 try=0
+SKIP_TESTS=
 while :; do
     out=$(mktemp -d "${TMPDIR:-/tmp}/vireo-nested-run.XXXXXX")
     chmod 755 "$out"
@@ -316,6 +323,7 @@ while :; do
         broken)
             log "the L1 locked up or died after $RUN_SECONDS s (try $((try + 1)) of $((retries + 1))):"
             grep -E -m 5 "$L1_BROKEN" "$out/console.log" | sed 's/^/nested-host:   | /' >&2 || true
+            SKIP_TESTS=$(printf '%s\n' $SKIP_TESTS $(cat "$out/passed" 2>/dev/null) | sort -u | tr '\n' ' ')
             rm -rf "$out"
             if ((try >= retries)); then
                 exit 126

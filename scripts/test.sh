@@ -78,7 +78,7 @@ if [[ $probe == *kvm=complete* ]]; then
 elif command -v qemu-system-x86_64 >/dev/null; then
     echo "   this host's KVM is incomplete: running them in the nested test host"
     scripts/nested-host.sh --prepare >/dev/null
-    scripts/nested-host.sh --timeout "${VIREO_L4_TIMEOUT:-1500}" -- "${layer4[@]}"
+    scripts/nested-host.sh --timeout "${VIREO_L4_TIMEOUT:-1500}" --retries 3 -- "${layer4[@]}"
 else
     why="layer 4: this host's KVM is incomplete and qemu-system-x86_64 (the nested host) is not installed"
     [[ ${CI:-} == true ]] && { echo "$why" >&2; exit 1; }

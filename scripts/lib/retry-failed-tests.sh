@@ -4,11 +4,31 @@
 # L2 guest can stall on QEMU's software CPU). A test that fails twice fails the run; one
 # that passes on its second run is reported as a RETRY line, never hidden.
 #   scripts/lib/retry-failed-tests.sh TEST_EXECUTABLE [LIBTEST ARGS...]
+# In the nested host (scripts/nested-host.sh), each test that passes is appended to
+# $NESTED_PASSED_LOG as it passes, and the tests named in $NESTED_SKIP (those that passed
+# in a try whose L1 died) are skipped: a new L1 resumes where the last one died.
 set -uo pipefail
 bin=$1
 shift
 log=$(mktemp "${TMPDIR:-/tmp}/vireo-tests.XXXXXX")
-"$bin" "$@" 2>&1 | tee "$log"
+skips=()
+for t in ${NESTED_SKIP:-}; do skips+=(--skip "$t"); done
+if ((${#skips[@]})); then
+    echo "RESUME: $(basename "$bin"): skipping what passed in the previous L1: ${NESTED_SKIP}"
+    skips+=(--exact)
+fi
+# Each line as it comes; a test's "ok" ends its "test NAME ... " line or comes on a line of
+# its own (after output its child processes wrote to stderr).
+record() {
+    awk -v passed="${NESTED_PASSED_LOG:-}" '
+        { print; fflush() }
+        /^test [^ ]+ \.\.\. / { current = $2 }
+        current != "" && (/ \.\.\. ok$/ || /^ok$/) {
+            if (passed != "") { print current >> passed; fflush(passed) }
+            current = ""
+        }'
+}
+"$bin" "$@" "${skips[@]}" 2>&1 | record | tee "$log"
 status=${PIPESTATUS[0]}
 if ((status == 0)); then
     rm -f "$log"
@@ -25,7 +45,7 @@ for a in "$@"; do [[ $a == --test-threads=* ]] || args+=("$a"); done
 rc=0
 for t in "${failed[@]}"; do
     echo "RETRY $t: failed once; running it again alone"
-    if "$bin" "${args[@]}" --exact "$t" --test-threads=1; then
+    if "$bin" "${args[@]}" --exact "$t" --test-threads=1 2>&1 | record; then
         echo "RETRY $t: passed on its second run (counted as a flake)"
     else
         echo "RETRY $t: failed again"
