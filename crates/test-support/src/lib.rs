@@ -7,7 +7,9 @@
 //!   packet socket tests use to see a TAP's host side.
 //! - [`virtq`]: the driver side of a split virtqueue in guest memory (descriptor table,
 //!   avail ring, used ring), for tests that play the guest.
+//! - [`host`]: the Debian guest image's directory and pseudo-terminals.
 
+pub mod host;
 pub mod netns;
 pub mod skip;
 pub mod virtq;

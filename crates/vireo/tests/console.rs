@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -54,21 +54,7 @@ fn termios(fd: i32) -> libc::termios {
 
 #[test]
 fn terminal_is_raw_while_the_vm_runs_and_restored_after() {
-    let (mut master, mut slave) = (-1, -1);
-    // SAFETY: openpty writes two new fds into `master` and `slave`; the name, termios and
-    // window-size arguments may be null.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: both fds were just opened by openpty and are owned here from now on.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let (master, slave) = test_support::host::openpty();
     let before = termios(slave.as_raw_fd());
     assert_ne!(
         before.c_lflag & libc::ICANON,

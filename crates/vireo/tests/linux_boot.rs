@@ -10,7 +10,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,16 +23,9 @@ const E820_LINES: [&str; 2] = [
     "BIOS-e820: [mem 0x0000000000100000-0x0000000007ffffff] usable",
 ];
 
-/// Build (or find in its cache) the Debian guest; its directory.
+/// The Debian guest's directory.
 fn guest_dir() -> PathBuf {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/guest-image.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run scripts/guest-image.sh");
-    assert!(out.status.success(), "scripts/guest-image.sh failed");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    test_support::host::guest_image_dir()
 }
 
 /// A `vireo` whose stdout is collected as it comes.

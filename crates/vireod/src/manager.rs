@@ -627,13 +627,7 @@ impl Manager {
                 if let Some(calls) = load.take() {
                     for (method, path, body) in &calls {
                         if let Err(e) = vmm_call(&api, method, path, body) {
-                            let _ = process::pidfd_signal(&pidfd, libc::SIGKILL);
-                            let status = child
-                                .take()
-                                .and_then(|mut c| c.wait().ok())
-                                .map(process::describe);
-                            self.drop_cgroup(name);
-                            slot.console.disconnect();
+                            let status = self.abandon(slot, &pidfd, child.take());
                             return Err((e, status));
                         }
                     }
@@ -644,13 +638,7 @@ impl Manager {
                 }
             }
             if Instant::now() > deadline {
-                let _ = process::pidfd_signal(&pidfd, libc::SIGKILL);
-                let status = child
-                    .take()
-                    .and_then(|mut c| c.wait().ok())
-                    .map(process::describe);
-                self.drop_cgroup(name);
-                slot.console.disconnect();
+                let status = self.abandon(slot, &pidfd, child.take());
                 return Err((
                     internal(format!(
                         "vireo for '{name}' did not answer within {} s: killed",
@@ -679,6 +667,16 @@ impl Manager {
             },
             child,
         })
+    }
+
+    /// Kill a `vireo` that `launch` gives up on and undo what was set up for it; how it
+    /// ended, when it was this vireod's child.
+    fn abandon(&self, slot: &Slot, pidfd: &OwnedFd, child: Option<Child>) -> Option<String> {
+        let _ = process::pidfd_signal(pidfd, libc::SIGKILL);
+        let status = child.and_then(|mut c| c.wait().ok()).map(process::describe);
+        self.drop_cgroup(&slot.name);
+        slot.console.disconnect();
+        status
     }
 
     fn make_cgroup(

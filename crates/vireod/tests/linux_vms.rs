@@ -9,33 +9,21 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Viewer, binaries, wait_for};
+use common::{Daemon, Viewer, binaries, cgroup_value, wait_for};
 
 /// How long a boot to the shell may take (the nested host: ~5-10 s).
 const BOOT_SECS: u64 = 180;
 /// How long one shell command may take.
 const COMMAND_SECS: u64 = 120;
 
-/// The guest image's directory (built or taken from its cache by scripts/guest-image.sh).
+/// The guest image's directory.
 fn guest_dir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/guest-image.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/guest-image.sh");
-        assert!(out.status.success(), "scripts/guest-image.sh failed");
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-    .clone()
+    test_support::host::guest_image_dir()
 }
 
 /// A vireod for `test`, failing unless this host's KVM is complete; not root is a skip
@@ -170,21 +158,7 @@ struct PtyConsole {
 
 impl PtyConsole {
     fn start(d: &Daemon, name: &str) -> Self {
-        let (mut master, mut slave) = (0, 0);
-        // SAFETY: openpty writes two fds into the given ints; null name, termios, winsize.
-        let rc = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-        // SAFETY: both fds were just returned by openpty and are owned by nobody else.
-        let (master, slave) =
-            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let (master, slave) = test_support::host::openpty();
         let child = Command::new(&d.vireoctl)
             .arg("--socket")
             .arg(&d.socket)
@@ -293,7 +267,7 @@ fn linux_vm_console_balloon_cpu_quota_and_graceful_shutdown() {
     }
     d.ctl_ok(&["set", "deb1", "--cpu-quota", "10%"]);
     let cgroup = d.info("deb1").cgroup.expect("a cgroup");
-    let max = cgroup_file(&cgroup, &["cpu.max", "cpu.cfs_quota_us"]);
+    let max = cgroup_value(&cgroup, &["cpu.max", "cpu.cfs_quota_us"]);
     assert!(max.starts_with("10000"), "cpu quota {max:?} in {cgroup}");
     let throttled = sh.busy_loop_cs(n);
     d.ctl_ok(&["set", "deb1", "--cpu-quota", "none"]);
@@ -302,7 +276,7 @@ fn linux_vm_console_balloon_cpu_quota_and_graceful_shutdown() {
         throttled >= 3 * free_run,
         "a 10% quota should slow the guest's loop: {free_run} cs -> {throttled} cs"
     );
-    let throttled_periods = cgroup_file(&cgroup, &["cpu.stat"]);
+    let throttled_periods = cgroup_value(&cgroup, &["cpu.stat"]);
     assert!(
         throttled_periods
             .lines()
@@ -400,16 +374,4 @@ fn wait_child(child: &mut std::process::Child, secs: u64) -> std::process::ExitS
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// The first of `files` found in the cgroup dirs `cgroup` lists (comma-separated).
-fn cgroup_file(cgroup: &str, files: &[&str]) -> String {
-    for dir in cgroup.split(',') {
-        for f in files {
-            if let Ok(v) = std::fs::read_to_string(std::path::Path::new(dir.trim()).join(f)) {
-                return v.trim().to_string();
-            }
-        }
-    }
-    String::new()
 }

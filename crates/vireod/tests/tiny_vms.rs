@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Daemon, binaries, kvm, pids_mentioning, tiny, wait_for};
+use common::{Daemon, binaries, cgroup_value, kvm, pids_mentioning, tiny, wait_for};
 use manager_types::api::{ErrorCode, SetRequest, ShutdownRequest, VmInfo, VmSummary};
 use test_support::require;
 
@@ -363,18 +363,6 @@ fn pause_resume_and_resources_set_live_and_in_the_definition() {
         .json::<manager_types::api::SetResult>("PATCH", "/v1/vms/s1/resources", Some(&req))
         .unwrap_err();
     assert_eq!(code(e), ErrorCode::Conflict);
-}
-
-/// The first of `files` in the cgroup dirs `describe` lists (comma-separated).
-fn cgroup_value(cgroup: &str, files: &[&str]) -> String {
-    for dir in cgroup.split(',') {
-        for f in files {
-            if let Ok(v) = std::fs::read_to_string(std::path::Path::new(dir.trim()).join(f)) {
-                return v.trim().to_string();
-            }
-        }
-    }
-    String::new()
 }
 
 #[test]

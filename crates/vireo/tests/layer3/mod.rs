@@ -22,7 +22,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use test_support::skip;
@@ -74,18 +74,7 @@ pub fn exclusive() -> MutexGuard<'static, ()> {
 /// Build (or find in its cache) the Debian guest; its directory. The script runs once
 /// per test binary.
 pub fn guest_dir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/guest-image.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/guest-image.sh");
-        assert!(out.status.success(), "scripts/guest-image.sh failed");
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-    .clone()
+    test_support::host::guest_image_dir()
 }
 
 /// A scratch directory, removed when dropped (kept if `VIREO_L3_KEEP` is set).

@@ -361,3 +361,15 @@ pub fn tiny(name: &str, guest: &str, top: &str, after: &str) -> String {
         test_guests::path(guest).display()
     )
 }
+
+/// The first of `files` in the cgroup dirs `describe` lists (comma-separated).
+pub fn cgroup_value(cgroup: &str, files: &[&str]) -> String {
+    for dir in cgroup.split(',') {
+        for f in files {
+            if let Ok(v) = std::fs::read_to_string(std::path::Path::new(dir.trim()).join(f)) {
+                return v.trim().to_string();
+            }
+        }
+    }
+    String::new()
+}
