@@ -196,30 +196,20 @@ pub struct SnapshotRecord {
     pub size_bytes: u64,
 }
 
-fn snapshot_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(SnapshotRecord, String)> {
+fn snapshot_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRecord> {
     let disks: String = row.get("disks")?;
-    Ok((
-        SnapshotRecord {
-            vm: row.get("vm")?,
-            name: row.get("name")?,
-            created_at: row.get("created_at")?,
-            vm_state: VmState::Paused,
-            disks: disks
-                .lines()
-                .filter_map(|l| l.split_once('\t'))
-                .map(|(copy, path)| (copy.to_string(), path.to_string()))
-                .collect(),
-            size_bytes: row.get::<_, i64>("size_bytes")?.max(0) as u64,
-        },
-        row.get("vm_state")?,
-    ))
-}
-
-fn snapshot_with_state(
-    (mut r, state): (SnapshotRecord, String),
-) -> Result<SnapshotRecord, StoreError> {
-    r.vm_state = state.parse()?;
-    Ok(r)
+    Ok(SnapshotRecord {
+        vm: row.get("vm")?,
+        name: row.get("name")?,
+        created_at: row.get("created_at")?,
+        vm_state: row.get("vm_state")?,
+        disks: disks
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(copy, path)| (copy.to_string(), path.to_string()))
+            .collect(),
+        size_bytes: row.get::<_, i64>("size_bytes")?.max(0) as u64,
+    })
 }
 
 /// An entry of the event log, as the API shows it.
@@ -236,28 +226,30 @@ fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(VmRecord, String)> {
-    let state: String = row.get("state")?;
-    Ok((
-        VmRecord {
-            name: row.get("name")?,
-            definition: row.get("definition")?,
-            state: VmState::Stopped,
-            autostart: row.get::<_, i64>("autostart")? != 0,
-            pid: row.get("pid")?,
-            api_socket: row.get("api_socket")?,
-            exit_status: row.get("exit_status")?,
-            last_console: row.get("last_console")?,
-            created_at: row.get("created_at")?,
-            updated_at: row.get("updated_at")?,
-        },
-        state,
-    ))
+/// A stored state reads as a [`VmState`]; an unknown one is a conversion error carrying
+/// [`StoreError::BadState`].
+impl rusqlite::types::FromSql for VmState {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|e: StoreError| rusqlite::types::FromSqlError::Other(Box::new(e)))
+    }
 }
 
-fn with_state((mut r, state): (VmRecord, String)) -> Result<VmRecord, StoreError> {
-    r.state = state.parse()?;
-    Ok(r)
+fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<VmRecord> {
+    Ok(VmRecord {
+        name: row.get("name")?,
+        definition: row.get("definition")?,
+        state: row.get("state")?,
+        autostart: row.get::<_, i64>("autostart")? != 0,
+        pid: row.get("pid")?,
+        api_socket: row.get("api_socket")?,
+        exit_status: row.get("exit_status")?,
+        last_console: row.get("last_console")?,
+        created_at: row.get("created_at")?,
+        updated_at: row.get("updated_at")?,
+    })
 }
 
 fn log_event(tx: &Transaction<'_>, vm: &str, kind: &str, detail: &str) -> Result<(), StoreError> {
@@ -463,18 +455,17 @@ impl Store {
 
     /// VM `name`, if defined.
     pub fn get(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
-        self.conn
+        Ok(self
+            .conn
             .query_row("SELECT * FROM vms WHERE name = ?1", [name], record)
-            .optional()?
-            .map(with_state)
-            .transpose()
+            .optional()?)
     }
 
     /// Every VM, by name.
     pub fn list(&self) -> Result<Vec<VmRecord>, StoreError> {
         let mut stmt = self.conn.prepare("SELECT * FROM vms ORDER BY name")?;
         let rows = stmt.query_map([], record)?;
-        rows.map(|r| with_state(r?)).collect()
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Record an event that changes no VM row (a restart by policy, a resource change).
@@ -531,20 +522,19 @@ impl Store {
             .conn
             .prepare("SELECT * FROM snapshots WHERE vm = ?1 ORDER BY created_at, name")?;
         let rows = stmt.query_map([vm], snapshot_row)?;
-        rows.map(|r| snapshot_with_state(r?)).collect()
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Snapshot `name` of VM `vm`, if there is one.
     pub fn snapshot(&self, vm: &str, name: &str) -> Result<Option<SnapshotRecord>, StoreError> {
-        self.conn
+        Ok(self
+            .conn
             .query_row(
                 "SELECT * FROM snapshots WHERE vm = ?1 AND name = ?2",
                 [vm, name],
                 snapshot_row,
             )
-            .optional()?
-            .map(snapshot_with_state)
-            .transpose()
+            .optional()?)
     }
 
     /// Forget snapshot `name` of VM `vm` (its files are the caller's to remove).

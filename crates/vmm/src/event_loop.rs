@@ -478,23 +478,7 @@ mod tests {
         ))])
         .unwrap();
         host.write_all(b"ls\n").unwrap();
-
-        // The guest reads the receive buffer register until the three bytes are there.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut got = Vec::new();
-        while got.len() < 3 && Instant::now() < deadline {
-            let mut dev = serial.lock().unwrap();
-            let mut lsr = [0u8];
-            crate::bus::BusDevice::read(&mut *dev, 5, &mut lsr);
-            if lsr[0] & 1 == 1 {
-                let mut byte = [0u8];
-                crate::bus::BusDevice::read(&mut *dev, 0, &mut byte);
-                got.push(byte[0]);
-            } else {
-                drop(dev);
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+        let got = guest_reads(&serial, 3);
         event_loop.stop();
         assert_eq!(got, b"ls\n");
     }

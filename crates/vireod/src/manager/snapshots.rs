@@ -19,9 +19,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use manager_types::api::{ApiError, ErrorCode, Progress, SnapshotInfo, VmInfo};
 use manager_types::definition::valid_name;
 
-use super::{Boot, Manager, Slot, internal, lock, parse_stored, vmm_call};
+use super::{Boot, Manager, Slot, internal, lock, parse_stored, store_error, vmm_call};
 use crate::process;
-use crate::store::{SnapshotRecord, VmState};
+use crate::store::{SnapshotRecord, StoreError, VmState};
 
 /// The state and memory file names in a snapshot's directory.
 const STATE_FILE: &str = "vmstate";
@@ -99,7 +99,7 @@ impl Manager {
 
     /// Take snapshot `snap` of running or paused VM `name`.
     pub fn snapshot_create(&self, name: &str, snap: &str) -> Result<SnapshotInfo, ApiError> {
-        let rec = self.record(name)?;
+        self.record(name)?;
         if !valid_name(snap) {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
@@ -108,14 +108,16 @@ impl Manager {
         }
         let slot = self.slot(name);
         let _op = Self::begin(&slot)?;
+        // Refused before anything is paused or written (the store refuses it again).
         if self.store(|s| s.snapshot(name, snap))?.is_some() {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!("VM '{name}' has a snapshot named '{snap}' already"),
-            ));
+            return Err(store_error(StoreError::SnapshotExists(
+                name.into(),
+                snap.into(),
+            )));
         }
         let (api, _) = Self::running(&slot)?;
-        let state = self.record(name)?.state;
+        let rec = self.record(name)?;
+        let state = rec.state;
         if !matches!(state, VmState::Running | VmState::Paused) {
             return Err(super::conflict(format!("VM '{name}' is {state}")));
         }
@@ -195,12 +197,8 @@ impl Manager {
     }
 
     fn snapshot_record(&self, name: &str, snap: &str) -> Result<SnapshotRecord, ApiError> {
-        self.store(|s| s.snapshot(name, snap))?.ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::NotFound,
-                format!("VM '{name}' has no snapshot named '{snap}'"),
-            )
-        })
+        self.store(|s| s.snapshot(name, snap))?
+            .ok_or_else(|| store_error(StoreError::NoSnapshot(name.into(), snap.into())))
     }
 
     /// Give VM `name` back the guest of snapshot `snap`: its `vireo` (if any) killed, the
@@ -247,7 +245,6 @@ impl Manager {
         self.record(name)?;
         let slot = self.slot(name);
         let _op = Self::begin(&slot)?;
-        self.snapshot_record(name, snap)?;
         self.store(|s| s.remove_snapshot(name, snap))?;
         if let Err(e) = std::fs::remove_dir_all(self.snapshot_dir(name, snap))
             && e.kind() != std::io::ErrorKind::NotFound

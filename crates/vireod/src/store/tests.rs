@@ -217,6 +217,16 @@ fn states_round_trip_and_unknown_ones_are_refused() {
         "melted".parse::<VmState>(),
         Err(StoreError::BadState(_))
     ));
+    // A row holding one is refused when read, saying which.
+    let mut store = Store::open(&temp_db("badstate")).unwrap();
+    store.define("m", DEF, false).unwrap();
+    store
+        .conn
+        .execute("UPDATE vms SET state = 'melted' WHERE name = 'm'", [])
+        .unwrap();
+    let e = store.get("m").unwrap_err().to_string();
+    assert!(e.contains("unknown VM state 'melted'"), "{e}");
+    assert!(store.list().is_err());
 }
 
 /// A change that fails half-way leaves nothing behind: the transaction is rolled back.
