@@ -115,6 +115,7 @@ pub(crate) struct Shared {
     /// The statistics buffer the worker held when it prepared the last snapshot.
     pub held_stats_at_snapshot: Mutex<Option<u16>>,
     pub counters: Counters,
+    pub metrics: Arc<crate::metrics::BalloonMetrics>,
 }
 
 impl Shared {
@@ -202,6 +203,7 @@ impl Balloon {
             warned_ignored: AtomicBool::new(false),
             held_stats_at_snapshot: Mutex::new(None),
             counters: Counters::default(),
+            metrics: Arc::default(),
         });
         let handle = BalloonHandle {
             shared: shared.clone(),
@@ -243,6 +245,45 @@ impl Balloon {
             w.stop();
         }
         *self.shared.interrupt() = None;
+    }
+}
+
+impl Balloon {
+    fn start(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        self.stop_worker();
+        let acked = ctx.acked_features & self.features;
+        let layout = QueueLayout::new(acked);
+        for index in layout.indices() {
+            if !ctx.queues.get(index).is_some_and(|q| q.ready()) {
+                return Err(ActivateError::QueueNotReady(index));
+            }
+        }
+        let mut worker =
+            BalloonWorker::new(&self.handle(), acked).map_err(ActivateError::Worker)?;
+        if let Some(head) = self.restored_held_stats.take() {
+            let size = layout
+                .stats()
+                .and_then(|i| ctx.queues.get(i))
+                .map(|q| q.size());
+            match size {
+                Some(size) if head < size => worker.hold_stats_buffer(head),
+                _ => log::warn!(
+                    "{}: the snapshot's statistics buffer {head} does not fit the statistics queue; dropped",
+                    self.name
+                ),
+            }
+        }
+        *self.shared.interrupt() = Some(ctx.interrupt.clone());
+        match WorkerThread::spawn(&self.name, worker, ctx) {
+            Ok(t) => {
+                self.worker = Some(t);
+                Ok(())
+            }
+            Err(e) => {
+                *self.shared.interrupt() = None;
+                Err(ActivateError::Worker(e))
+            }
+        }
     }
 }
 
@@ -297,40 +338,9 @@ impl VirtioDevice for Balloon {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        self.stop_worker();
-        let acked = ctx.acked_features & self.features;
-        let layout = QueueLayout::new(acked);
-        for index in layout.indices() {
-            if !ctx.queues.get(index).is_some_and(|q| q.ready()) {
-                return Err(ActivateError::QueueNotReady(index));
-            }
-        }
-        let mut worker =
-            BalloonWorker::new(&self.handle(), acked).map_err(ActivateError::Worker)?;
-        if let Some(head) = self.restored_held_stats.take() {
-            let size = layout
-                .stats()
-                .and_then(|i| ctx.queues.get(i))
-                .map(|q| q.size());
-            match size {
-                Some(size) if head < size => worker.hold_stats_buffer(head),
-                _ => log::warn!(
-                    "{}: the snapshot's statistics buffer {head} does not fit the statistics queue; dropped",
-                    self.name
-                ),
-            }
-        }
-        *self.shared.interrupt() = Some(ctx.interrupt.clone());
-        match WorkerThread::spawn(&self.name, worker, ctx) {
-            Ok(t) => {
-                self.worker = Some(t);
-                Ok(())
-            }
-            Err(e) => {
-                *self.shared.interrupt() = None;
-                Err(ActivateError::Worker(e))
-            }
-        }
+        let metrics = self.shared.metrics.clone();
+        self.start(ctx)
+            .inspect_err(|_| metrics.activate_fails.inc())
     }
 
     fn pause(&mut self) {
@@ -484,6 +494,11 @@ impl BalloonHandle {
     pub(crate) fn set_stats_interval_ms(&self, ms: u64) -> Result<(), BalloonError> {
         self.shared.stats_interval_ms.store(ms, Ordering::SeqCst);
         self.shared.control.write(1).map_err(BalloonError::EventFd)
+    }
+
+    /// Its counters in Firecracker's `balloon` group.
+    pub fn metrics(&self) -> Arc<crate::metrics::BalloonMetrics> {
+        self.shared.metrics.clone()
     }
 
     /// What the balloon has done so far.

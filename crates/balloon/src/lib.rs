@@ -25,8 +25,10 @@
 
 pub mod device;
 pub mod memory;
+pub mod metrics;
 pub mod stats;
 pub mod worker;
 
 pub use device::{Balloon, BalloonCounters, BalloonError, BalloonHandle, BalloonState};
+pub use metrics::{BalloonMetrics, BalloonValues};
 pub use stats::BalloonStats;

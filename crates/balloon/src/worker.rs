@@ -157,19 +157,25 @@ impl BalloonWorker {
         }
     }
 
-    fn release<M: GuestMemory>(&self, mem: &M, addr: GuestAddress, len: u64) {
+    /// Give `len` bytes at `addr` back to the host; whether it was done.
+    fn release<M: GuestMemory>(&self, mem: &M, addr: GuestAddress, len: u64) -> bool {
         match memory::release(mem, addr, len) {
             Ok(calls) => {
                 let c = &self.shared.counters;
                 c.released_bytes.fetch_add(len, Ordering::Relaxed);
                 c.madvise_calls.fetch_add(calls as u64, Ordering::Relaxed);
+                true
             }
-            Err(e) => self.ignore(e),
+            Err(e) => {
+                self.ignore(e);
+                false
+            }
         }
     }
 
     /// Release the pages listed in one inflate chain (le32 page frame numbers).
     fn inflate<M: GuestMemory>(&self, mem: &M, chain: DescriptorChain<&M>) -> u32 {
+        self.shared.metrics.inflate_count.inc();
         let Ok(mut reader) = Reader::new(mem, chain) else {
             self.ignore("inflate chain with buffers outside guest memory");
             return 0;
@@ -205,6 +211,7 @@ impl BalloonWorker {
     /// Count the pages of one deflate chain: the host has nothing to do, a page the
     /// guest touches again is faulted in.
     fn deflate<M: GuestMemory>(&self, mem: &M, chain: DescriptorChain<&M>) -> u32 {
+        self.shared.metrics.deflate_count.inc();
         match Reader::new(mem, chain) {
             Ok(reader) => {
                 let pages = (reader.available_bytes() / 4) as u64;
@@ -221,6 +228,7 @@ impl BalloonWorker {
     /// Release the free ranges of one reporting chain, each descriptor one range
     /// (shrunk to whole 4 KiB pages).
     fn report<M: GuestMemory>(&self, mem: &M, chain: DescriptorChain<&M>) -> u32 {
+        self.shared.metrics.free_page_report_count.inc();
         let mask = BALLOON_PAGE_SIZE - 1;
         for desc in chain {
             let addr = desc.addr().0;
@@ -229,10 +237,15 @@ impl BalloonWorker {
                 addr.checked_add(u64::from(desc.len())).map(|e| e & !mask),
             ) else {
                 self.ignore(format_args!("reported range at {addr:#x} overflows"));
+                self.shared.metrics.free_page_report_fails.inc();
                 continue;
             };
             if end > start {
-                self.release(mem, GuestAddress(start), end - start);
+                if self.release(mem, GuestAddress(start), end - start) {
+                    self.shared.metrics.free_page_report_freed.add(end - start);
+                } else {
+                    self.shared.metrics.free_page_report_fails.inc();
+                }
             }
         }
         0
@@ -242,11 +255,13 @@ impl BalloonWorker {
     fn read_stats<M: GuestMemory>(&self, mem: &M, chain: DescriptorChain<&M>) {
         let Ok(mut reader) = Reader::new(mem, chain) else {
             self.ignore("statistics buffer outside guest memory");
+            self.shared.metrics.stats_update_fails.inc();
             return;
         };
         let mut buf = vec![0u8; reader.available_bytes().min(MAX_RECORDS * RECORD_SIZE)];
         if io::Read::read_exact(&mut reader, &mut buf).is_err() {
             self.ignore("unreadable statistics buffer");
+            self.shared.metrics.stats_update_fails.inc();
             return;
         }
         let parsed = stats::parse(&buf, SystemTime::now());
@@ -263,6 +278,7 @@ impl BalloonWorker {
                 .counters
                 .stats_updates
                 .fetch_add(1, Ordering::Relaxed);
+            self.shared.metrics.stats_updates_count.inc();
         }
     }
 
@@ -342,7 +358,8 @@ impl DeviceWorker for BalloonWorker {
         let Some(queue) = queues.get_mut(index) else {
             return Ok(());
         };
-        match kind {
+        let metrics = self.shared.metrics.clone();
+        let result = match kind {
             // Served as they are taken: nothing is left in flight for a snapshot.
             QueueKind::Inflate => {
                 serve_queue(queue, index, mem, interrupt, |c| self.inflate(mem, c))
@@ -354,7 +371,8 @@ impl DeviceWorker for BalloonWorker {
                 serve_queue(queue, index, mem, interrupt, |c| self.report(mem, c))
             }
             QueueKind::Stats => self.take_stats(queue, index, mem, interrupt),
-        }
+        };
+        result.inspect_err(|_| metrics.event_fails.inc())
     }
 
     /// Inflate, deflate and reporting chains are finished as they are taken; the held

@@ -22,6 +22,7 @@ use virtio_devices::worker::WorkerThread;
 use virtio_queue::QueueT;
 
 use crate::disk::BlockError;
+use crate::metrics::BlockMetrics;
 use crate::request::{MAX_DWZ_SECTORS, MAX_DWZ_SEGMENTS, SECTOR_SIZE};
 use crate::worker::{BlockWorker, Engine, OpenedDisk};
 
@@ -72,6 +73,7 @@ pub struct Block {
     running: Option<WorkerThread<BlockWorker>>,
     /// The interrupt line while running, for configuration changes.
     interrupt: Option<Arc<dyn Interrupt>>,
+    metrics: Arc<BlockMetrics>,
 }
 
 impl Block {
@@ -83,6 +85,7 @@ impl Block {
     /// A device around an already opened worker.
     pub fn from_worker(worker: BlockWorker, name: &str) -> Self {
         let capacity = worker.capacity_sectors();
+        let metrics = worker.metrics().clone();
         Self {
             name: name.to_string(),
             features: device_features(worker.readonly()),
@@ -93,7 +96,29 @@ impl Block {
             idle: Some(worker),
             running: None,
             interrupt: None,
+            metrics,
         }
+    }
+
+    /// The disk's counters.
+    pub fn metrics(&self) -> Arc<BlockMetrics> {
+        self.metrics.clone()
+    }
+
+    fn start(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if !ctx.queues.first().is_some_and(|q| q.ready()) {
+            return Err(ActivateError::QueueNotReady(0));
+        }
+        let Some(worker) = self.idle.take() else {
+            return Err(ActivateError::Backend(
+                "the disk is lost (an earlier start failed)".into(),
+            ));
+        };
+        let interrupt = ctx.interrupt.clone();
+        let thread = WorkerThread::spawn(&self.name, worker, ctx).map_err(ActivateError::Worker)?;
+        self.running = Some(thread);
+        self.interrupt = Some(interrupt);
+        Ok(())
     }
 
     /// Serve the guest from the image at `path` (a `format` image) from now on, opened
@@ -111,6 +136,12 @@ impl Block {
         path: &Path,
         format: api::DiskFormat,
     ) -> Result<u64, BlockError> {
+        self.metrics.update_count.inc();
+        self.swap_disk(path, format)
+            .inspect_err(|_| self.metrics.update_fails.inc())
+    }
+
+    fn swap_disk(&mut self, path: &Path, format: api::DiskFormat) -> Result<u64, BlockError> {
         let disk = OpenedDisk::open(path, format, self.readonly)?;
         if !disk.fits(self.engine) {
             return Err(BlockError::IoUringNeedsRaw);
@@ -147,6 +178,12 @@ impl Block {
     /// where a request held back by the old limits is looked at again at once, or on
     /// the idle one.
     pub fn set_rate_limit(&mut self, limit: &api::RateLimit) -> Result<(), BlockError> {
+        self.metrics.update_count.inc();
+        self.apply_rate_limit(limit)
+            .inspect_err(|_| self.metrics.update_fails.inc())
+    }
+
+    fn apply_rate_limit(&mut self, limit: &api::RateLimit) -> Result<(), BlockError> {
         let limit = *limit;
         let result = if let Some(thread) = &self.running {
             thread
@@ -247,20 +284,19 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data);
     }
 
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Nothing in a virtio-blk configuration space is writable without `CONFIG_WCE`.
+        log::debug!(
+            "{}: configuration write at {offset} ({} bytes) ignored",
+            self.name,
+            data.len()
+        );
+        self.metrics.cfg_fails.inc();
+    }
+
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if !ctx.queues.first().is_some_and(|q| q.ready()) {
-            return Err(ActivateError::QueueNotReady(0));
-        }
-        let Some(worker) = self.idle.take() else {
-            return Err(ActivateError::Backend(
-                "the disk is lost (an earlier start failed)".into(),
-            ));
-        };
-        let interrupt = ctx.interrupt.clone();
-        let thread = WorkerThread::spawn(&self.name, worker, ctx).map_err(ActivateError::Worker)?;
-        self.running = Some(thread);
-        self.interrupt = Some(interrupt);
-        Ok(())
+        self.start(ctx)
+            .inspect_err(|_| self.metrics.activate_fails.inc())
     }
 
     fn pause(&mut self) {

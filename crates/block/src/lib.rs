@@ -6,6 +6,7 @@
 //! - `uring`: the io_uring engine for raw images (several requests in flight).
 //! - [`worker`]: [`BlockWorker`], the [`virtio_devices::device::DeviceWorker`] that
 //!   serves the request queue, with rate limiting.
+//! - [`metrics`]: the disk's counters (Firecracker's `block` group).
 //! - [`device`]: [`Block`], the [`virtio_devices::device::VirtioDevice`] (features,
 //!   configuration space, activation, reset).
 //!
@@ -20,12 +21,14 @@
 
 pub mod device;
 pub mod disk;
+pub mod metrics;
 pub mod request;
 mod uring;
 pub mod worker;
 
 pub use device::{Block, CONFIG_SIZE, QUEUE_SIZE, SEG_MAX};
 pub use disk::BlockError;
+pub use metrics::{BlockMetrics, BlockValues};
 pub use request::{Request, RequestError, RequestKind, parse_request};
 pub use worker::{BlockWorker, Engine, OpenedDisk};
 

@@ -9,6 +9,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
 
 use io_uring::{IoUring, opcode, squeue, types};
 use vm_memory::GuestAddress;
@@ -29,6 +30,18 @@ pub(crate) struct Meta {
     /// bitmap when the request completes, whatever its status (the kernel writes them
     /// from raw host addresses, which vm-memory does not see).
     pub dirty: Vec<Buffer>,
+    /// What it does, for the disk's counters.
+    pub op: Op,
+    /// When it was submitted.
+    pub started: Instant,
+}
+
+/// The kind of a request in flight, with the bytes it moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Read(u64),
+    Write(u64),
+    Flush,
 }
 
 struct InFlight {

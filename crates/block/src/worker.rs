@@ -12,6 +12,8 @@
 
 use std::os::fd::RawFd;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
 
 use rate_limiter::RateLimiter;
 use virtio_devices::device::{DeviceWorker, Interrupt, WorkerError, notify_if_needed, pop_chain};
@@ -19,8 +21,9 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 use crate::disk::{self, BlockError, Image};
+use crate::metrics::BlockMetrics;
 use crate::request::{Buffer, ID_BYTES, Request, RequestKind, SECTOR_SHIFT, parse_request, status};
-use crate::uring::{Completion, Meta, Uring};
+use crate::uring::{Completion, Meta, Op, Uring};
 
 /// How requests reach the host kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +52,7 @@ pub struct BlockWorker {
     serial: [u8; ID_BYTES],
     uring: Option<Uring>,
     limiter: RateLimiter,
+    metrics: Arc<BlockMetrics>,
 }
 
 /// An image opened for a device that already runs, to hand to its worker
@@ -113,7 +117,13 @@ impl BlockWorker {
             serial,
             uring,
             limiter,
+            metrics: Arc::default(),
         })
+    }
+
+    /// The disk's counters.
+    pub fn metrics(&self) -> &Arc<BlockMetrics> {
+        &self.metrics
     }
 
     /// Disk size in 512-byte sectors.
@@ -277,7 +287,13 @@ impl BlockWorker {
         used: &mut usize,
     ) -> Result<bool, WorkerError> {
         loop {
-            if self.limiter.is_blocked() || self.uring.as_ref().is_some_and(|u| !u.has_room()) {
+            if self.limiter.is_blocked() {
+                self.count_remaining(queue, mem);
+                return Ok(true);
+            }
+            if self.uring.as_ref().is_some_and(|u| !u.has_room()) {
+                self.metrics.io_engine_throttled_events.inc();
+                self.count_remaining(queue, mem);
                 return Ok(true);
             }
             let Some(chain) = pop_chain(queue, mem)? else {
@@ -288,6 +304,7 @@ impl BlockWorker {
                 Ok(r) => r,
                 Err(e) => {
                     log::debug!("virtio-blk: request {head}: {e}");
+                    self.metrics.invalid_reqs_count.inc();
                     let len = match e.status() {
                         Some((addr, code)) => u32::from(mem.write_obj(code, addr).is_ok()),
                         None => 0,
@@ -299,12 +316,43 @@ impl BlockWorker {
             };
             if !self.limiter.consume(1, req.data_len()) {
                 queue.go_to_previous_position();
+                self.metrics.rate_limiter_throttled_events.inc();
+                self.count_remaining(queue, mem);
                 return Ok(true);
             }
             if let Some(len) = self.execute(mem, head, req) {
                 queue.add_used(mem, head, len).map_err(ring_err)?;
                 *used += 1;
             }
+        }
+    }
+
+    /// Count the requests the driver made available that wait (serving stopped).
+    fn count_remaining<M: GuestMemory>(&self, queue: &Queue, mem: &M) {
+        if let Some(n) = waiting(queue, mem) {
+            self.metrics.remaining_reqs_count.add(u64::from(n));
+        }
+    }
+
+    /// Count a finished read, write or flush.
+    fn count(&self, op: Op, ok: bool, started: Instant) {
+        let m = &self.metrics;
+        if !ok {
+            m.execute_fails.inc();
+            return;
+        }
+        match op {
+            Op::Read(bytes) => {
+                m.read_count.inc();
+                m.read_bytes.add(bytes);
+                m.read_agg.record_since(started);
+            }
+            Op::Write(bytes) => {
+                m.write_count.inc();
+                m.write_bytes.add(bytes);
+                m.write_agg.record_since(started);
+            }
+            Op::Flush => {}
         }
     }
 
@@ -319,7 +367,9 @@ impl BlockWorker {
             kind,
             RequestKind::Write { .. } | RequestKind::Discard(_) | RequestKind::WriteZeroes(_)
         );
+        let started = Instant::now();
         let (code, len) = if write_kind && self.readonly {
+            self.metrics.invalid_reqs_count.inc();
             (status::IOERR, 1)
         } else {
             match kind {
@@ -331,30 +381,41 @@ impl BlockWorker {
                     }
                     let r = disk::guest_slices(mem, &buffers, Permissions::Write)
                         .and_then(|s| self.image.read(&s, sector << SECTOR_SHIFT));
+                    self.count(Op::Read(data), r.is_ok(), started);
                     answer(r, len)
                 }
                 RequestKind::Write { sector, buffers } => {
+                    let data = buffers.iter().map(|b| u64::from(b.len)).sum::<u64>();
                     if self.uring.is_some() {
                         return self.submit_rw(mem, head, status_addr, sector, buffers, 1, true);
                     }
                     let r = disk::guest_slices(mem, &buffers, Permissions::Read)
                         .and_then(|s| self.image.write(&s, sector << SECTOR_SHIFT));
+                    self.count(Op::Write(data), r.is_ok(), started);
                     answer(r, 1)
                 }
                 RequestKind::Flush => {
+                    self.metrics.flush_count.inc();
                     if let (Some(u), Some(fd)) = (&mut self.uring, self.image.raw_fd()) {
                         let meta = Meta {
                             head,
                             status: status_addr,
                             used_len: 1,
                             dirty: Vec::new(),
+                            op: Op::Flush,
+                            started,
                         };
                         match u.flush(fd, meta) {
                             Ok(()) => return None,
-                            Err(e) => answer(Err(e), 1),
+                            Err(e) => {
+                                self.metrics.execute_fails.inc();
+                                answer(Err(e), 1)
+                            }
                         }
                     } else {
-                        answer(self.image.flush(), 1)
+                        let r = self.image.flush();
+                        self.count(Op::Flush, r.is_ok(), started);
+                        answer(r, 1)
                     }
                 }
                 RequestKind::GetId { buffers } => {
@@ -363,10 +424,12 @@ impl BlockWorker {
                 }
                 RequestKind::Discard(ranges) => {
                     let r = ranges.iter().try_for_each(|r| self.image.discard(r));
+                    self.count(Op::Flush, r.is_ok(), started);
                     answer(r, 1)
                 }
                 RequestKind::WriteZeroes(ranges) => {
                     let r = ranges.iter().try_for_each(|r| self.image.write_zeroes(r));
+                    self.count(Op::Flush, r.is_ok(), started);
                     answer(r, 1)
                 }
             }
@@ -404,11 +467,18 @@ impl BlockWorker {
                 disk::mark_dirty(&slices);
             }
             let (iovs, _guards) = disk::iovecs(&slices);
+            let bytes = buffers.iter().map(|b| u64::from(b.len)).sum::<u64>();
             let meta = Meta {
                 head,
                 status: status_addr,
                 used_len,
                 dirty: if write { Vec::new() } else { buffers },
+                op: if write {
+                    Op::Write(bytes)
+                } else {
+                    Op::Read(bytes)
+                },
+                started: Instant::now(),
             };
             // SAFETY: the iovecs point into guest memory, which stays mapped while this
             // worker exists: `quiesce` (reset) and `Uring`'s drop wait for every request
@@ -419,6 +489,7 @@ impl BlockWorker {
             Ok(()) => None,
             Err(e) => {
                 log::warn!("virtio-blk: cannot submit request {head}: {e}");
+                self.metrics.execute_fails.inc();
                 let _ = mem.write_obj(status::IOERR, status_addr);
                 Some(1)
             }
@@ -439,6 +510,7 @@ impl BlockWorker {
                 disk::mark_dirty(&slices);
             }
             let _ = mem.write_obj(c.status, c.meta.status);
+            self.count(c.meta.op, c.status == status::OK, c.meta.started);
             let len = if c.status == status::OK {
                 c.meta.used_len
             } else {
@@ -448,6 +520,14 @@ impl BlockWorker {
         }
         Ok(n)
     }
+}
+
+/// Requests in the avail ring not taken yet (`None` if the ring cannot be read).
+fn waiting<M: GuestMemory>(queue: &Queue, mem: &M) -> Option<u16> {
+    let avail = queue
+        .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+        .ok()?;
+    Some(avail.0.wrapping_sub(queue.next_avail()))
 }
 
 /// Status and used length for a finished synchronous operation.
@@ -488,7 +568,14 @@ impl DeviceWorker for BlockWorker {
         interrupt: &dyn Interrupt,
     ) -> Result<(), WorkerError> {
         match queues.get_mut(index) {
-            Some(q) if index == 0 => self.serve(q, mem, interrupt, 0),
+            Some(q) if index == 0 => {
+                self.metrics.queue_event_count.inc();
+                if waiting(q, mem) == Some(0) {
+                    self.metrics.no_avail_buffer.inc();
+                }
+                self.serve(q, mem, interrupt, 0)
+                    .inspect_err(|_| self.metrics.event_fails.inc())
+            }
             _ => Ok(()),
         }
     }
@@ -526,17 +613,19 @@ impl DeviceWorker for BlockWorker {
         let Some(queue) = queues.get_mut(0) else {
             return Ok(());
         };
-        match self.extras().get(index).map(|(e, _)| *e) {
+        let result = match self.extras().get(index).map(|(e, _)| *e) {
             Some(Extra::Completions) => {
                 let done = self.uring.as_mut().map(Uring::reap).unwrap_or_default();
-                let used = self.complete(done, queue, mem)?;
-                self.serve(queue, mem, interrupt, used)
+                self.complete(done, queue, mem)
+                    .and_then(|used| self.serve(queue, mem, interrupt, used))
             }
             Some(Extra::Timer) => {
+                self.metrics.rate_limiter_event_count.inc();
                 self.limiter.on_timer();
                 self.serve(queue, mem, interrupt, 0)
             }
             None => Ok(()),
-        }
+        };
+        result.inspect_err(|_| self.metrics.event_fails.inc())
     }
 }

@@ -253,6 +253,54 @@ pub struct VmStats {
     /// (Firecracker's `GET /balloon/statistics` body), when it has a balloon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<serde_json::Value>,
+    /// Each disk's totals since its `vireo` started.
+    #[serde(default)]
+    pub disks: Vec<DiskStats>,
+    /// Each NIC's totals since its `vireo` started.
+    #[serde(default)]
+    pub nics: Vec<NicStats>,
+}
+
+/// One disk's figures (from Firecracker's `block_ID` metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStats {
+    /// The drive's id.
+    pub id: String,
+    /// Bytes the guest read.
+    pub read_bytes: u64,
+    /// Bytes the guest wrote.
+    pub write_bytes: u64,
+    /// Read requests.
+    pub reads: u64,
+    /// Write requests.
+    pub writes: u64,
+    /// Flush requests.
+    pub flushes: u64,
+    /// Requests that failed (host I/O errors, malformed requests).
+    pub errors: u64,
+    /// Times the I/O limits held requests back.
+    pub throttled: u64,
+}
+
+/// One NIC's figures (from Firecracker's `net_ID` metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicStats {
+    /// The interface's id.
+    pub id: String,
+    /// Bytes delivered to the guest.
+    pub rx_bytes: u64,
+    /// Bytes the guest sent.
+    pub tx_bytes: u64,
+    /// Frames delivered to the guest.
+    pub rx_packets: u64,
+    /// Frames the guest sent.
+    pub tx_packets: u64,
+    /// Frames that could not be delivered to the guest.
+    pub rx_dropped: u64,
+    /// Frames from the guest that were malformed or refused by the host.
+    pub tx_dropped: u64,
+    /// Times the rate limiters held frames back.
+    pub throttled: u64,
 }
 
 /// `POST /v1/vms/{name}/snapshots`.

@@ -68,8 +68,8 @@ fn run(a: &mut NetWorker<Tap>, b: &mut NetWorker<Tap>, frame_len: usize, secs: f
         b_rx.add_chain(&[(0x200_0000 + i * 0x1000, RX_BUF, WRITE)]);
     }
     let (mut a_seen, mut b_seen) = (0u16, 0u16);
-    let rx0 = NetMetrics::get(&b.metrics().rx_frames);
-    let tx0 = NetMetrics::get(&a.metrics().tx_frames);
+    let rx0 = b.metrics().rx_packets_count.get();
+    let tx0 = a.metrics().tx_packets_count.get();
     let start = Instant::now();
     let limit = Duration::from_secs_f64(secs);
     while start.elapsed() < limit {
@@ -94,8 +94,8 @@ fn run(a: &mut NetWorker<Tap>, b: &mut NetWorker<Tap>, frame_len: usize, secs: f
         }
     }
     let t = start.elapsed().as_secs_f64();
-    let rx = NetMetrics::get(&b.metrics().rx_frames) - rx0;
-    let tx = NetMetrics::get(&a.metrics().tx_frames) - tx0;
+    let rx = b.metrics().rx_packets_count.get() - rx0;
+    let tx = a.metrics().tx_packets_count.get() - tx0;
     println!(
         "frame {frame_len:>5} B: tx {:>8.0} pps, rx {:>8.0} pps, {:>6.3} Gb/s received \
          ({tx} sent, {rx} received in {t:.2} s)",

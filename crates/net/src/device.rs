@@ -7,7 +7,6 @@
 //! multi-queue.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use rate_limiter::RateLimiter;
 use virtio_bindings::virtio_net;
@@ -64,37 +63,67 @@ pub enum NetError {
     Unavailable(String),
 }
 
-/// Counters of one NIC, shared between the device and its worker.
-#[derive(Debug, Default)]
-pub struct NetMetrics {
-    /// Frames delivered to the guest.
-    pub rx_frames: AtomicU64,
-    /// Bytes delivered to the guest (frames only, no headers).
-    pub rx_bytes: AtomicU64,
-    /// Frames from the backend dropped (too large for the guest's buffers, runt).
-    pub rx_dropped: AtomicU64,
-    /// Receive chains answered empty because they were malformed.
-    pub rx_malformed: AtomicU64,
-    /// Frames sent to the backend.
-    pub tx_frames: AtomicU64,
-    /// Bytes sent to the backend (frames only, no headers).
-    pub tx_bytes: AtomicU64,
-    /// Transmit chains dropped because they were malformed.
-    pub tx_malformed: AtomicU64,
-    /// Frames the backend refused with an error other than "try again".
-    pub tx_errors: AtomicU64,
-}
-
-impl NetMetrics {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+virtio_devices::metrics_group!(
+    /// Counters of one NIC, shared between the device and its worker, under the names
+    /// of Firecracker's `net` metrics group.
+    NetMetrics => NetValues {
+        /// Activations that failed.
+        activate_fails,
+        /// Configuration-space writes refused (the space is read-only).
+        cfg_fails,
+        /// Times a received frame waited because the rx ring was empty.
+        no_rx_avail_buffer,
+        /// Transmit notifications that found no frame.
+        no_tx_avail_buffer,
+        /// Events the worker could not serve (a queue or the backend broke).
+        event_fails,
+        /// Notifications of the rx queue.
+        rx_queue_event_count,
+        /// Timer events of the rx rate limiter.
+        rx_event_rate_limiter_count,
+        /// Times the rx rate limiter held a frame back.
+        rx_rate_limiter_throttled,
+        /// Readiness events of the TAP (or other backend).
+        rx_tap_event_count,
+        /// Bytes delivered to the guest (frames only, no headers).
+        rx_bytes_count,
+        /// Frames delivered to the guest.
+        rx_packets_count,
+        /// Frames dropped on the way in (runt, too large for the guest's buffers) and
+        /// rx chains answered empty because they were malformed.
+        rx_fails,
+        /// Frames read from the backend.
+        rx_count,
+        /// Reads from the backend that failed.
+        tap_read_fails,
+        /// Frames the backend refused with an error other than "try again".
+        tap_write_fails,
+        /// Bytes sent to the backend (frames only, no headers).
+        tx_bytes_count,
+        /// Transmit chains dropped because they were malformed.
+        tx_malformed_frames,
+        /// Frames that could not be sent (the backend refused them).
+        tx_fails,
+        /// Frames written to the backend.
+        tx_count,
+        /// Frames sent.
+        tx_packets_count,
+        /// Notifications of the tx queue.
+        tx_queue_event_count,
+        /// Timer events of the tx rate limiter.
+        tx_rate_limiter_event_count,
+        /// Times the tx rate limiter held a frame back.
+        tx_rate_limiter_throttled,
+        /// Frames whose source MAC is not the NIC's (counted, still sent).
+        tx_spoofed_mac_count,
+        /// Times transmission stopped with a frame waiting (limiter or a full backend).
+        tx_remaining_reqs_count,
     }
-
-    /// The current value of a counter.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    latency {
+        /// Time of each write to the backend.
+        tap_write_agg,
     }
-}
+);
 
 /// A locally administered unicast MAC derived from `name` (FNV-1a), stable across runs.
 pub fn local_mac(name: &str) -> [u8; 6] {
@@ -250,6 +279,34 @@ impl<B: NetBackend> Net<B> {
         }
     }
 
+    fn start(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        for i in [RX_QUEUE, TX_QUEUE] {
+            if !ctx.queues.get(i).is_some_and(|q| {
+                use virtio_queue::QueueT;
+                q.ready()
+            }) {
+                return Err(ActivateError::QueueNotReady(i));
+            }
+        }
+        let Some(parts) = self.idle.take() else {
+            return Err(ActivateError::Backend(format!(
+                "{}: the backend was lost when its worker failed",
+                self.id
+            )));
+        };
+        let mut worker = match start_worker(parts, ctx.acked_features, self.metrics.clone()) {
+            Ok(worker) => worker,
+            Err((parts, e)) => {
+                self.idle = Some(parts);
+                return Err(e);
+            }
+        };
+        worker.set_mac(self.mac());
+        let thread = WorkerThread::spawn(&self.id, worker, ctx).map_err(ActivateError::Worker)?;
+        self.worker = Some(thread);
+        Ok(())
+    }
+
     fn gone(&self) -> NetError {
         NetError::Unavailable(format!(
             "{}: the worker thread has ended or lost the backend",
@@ -275,31 +332,19 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         read_config_bytes(&self.config, offset, data);
     }
 
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // The MAC and status are read-only without `CTRL_MAC_ADDR`, which is not offered.
+        log::debug!(
+            "{}: configuration write at {offset} ({} bytes) ignored",
+            self.id,
+            data.len()
+        );
+        self.metrics.cfg_fails.inc();
+    }
+
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        for i in [RX_QUEUE, TX_QUEUE] {
-            if !ctx.queues.get(i).is_some_and(|q| {
-                use virtio_queue::QueueT;
-                q.ready()
-            }) {
-                return Err(ActivateError::QueueNotReady(i));
-            }
-        }
-        let Some(parts) = self.idle.take() else {
-            return Err(ActivateError::Backend(format!(
-                "{}: the backend was lost when its worker failed",
-                self.id
-            )));
-        };
-        let worker = match start_worker(parts, ctx.acked_features, self.metrics.clone()) {
-            Ok(worker) => worker,
-            Err((parts, e)) => {
-                self.idle = Some(parts);
-                return Err(e);
-            }
-        };
-        let thread = WorkerThread::spawn(&self.id, worker, ctx).map_err(ActivateError::Worker)?;
-        self.worker = Some(thread);
-        Ok(())
+        self.start(ctx)
+            .inspect_err(|_| self.metrics.activate_fails.inc())
     }
 
     fn pause(&mut self) {

@@ -94,6 +94,8 @@ pub struct NetWorker<B: NetBackend> {
     tx_buf: Vec<u8>,
     tx_pending: Option<TxFrame>,
     tx_wait_writable: bool,
+    /// The NIC's MAC, if it has one of its own: frames sent from another are counted.
+    mac: Option<[u8; 6]>,
     metrics: Arc<NetMetrics>,
 }
 
@@ -160,8 +162,14 @@ impl<B: NetBackend> NetWorker<B> {
             tx_buf: vec![0; MAX_BUFFER_LEN],
             tx_pending: None,
             tx_wait_writable: false,
+            mac: None,
             metrics,
         }
+    }
+
+    /// Count the frames the guest sends from a source address other than `mac`.
+    pub fn set_mac(&mut self, mac: [u8; 6]) {
+        self.mac = Some(mac);
     }
 
     /// Take back the backend and the rx and tx limiters (after the thread stopped).
@@ -265,7 +273,7 @@ impl<B: NetBackend> NetWorker<B> {
                 None => match self.read_frame()? {
                     None => return Ok(()),
                     Some(n) if n < NET_HDR_LEN => {
-                        NetMetrics::add(&self.metrics.rx_dropped, 1);
+                        self.metrics.rx_fails.inc();
                         continue;
                     }
                     Some(n) => {
@@ -276,18 +284,20 @@ impl<B: NetBackend> NetWorker<B> {
             };
             match self.gather_rx_chains(queue, mem, len, used)? {
                 Room::Wait => {
+                    self.metrics.no_rx_avail_buffer.inc();
                     self.rx_stalled = true;
                     return Ok(());
                 }
                 Room::Never => {
                     log::debug!("virtio-net: {len}-byte frame does not fit the rx buffers");
-                    NetMetrics::add(&self.metrics.rx_dropped, 1);
+                    self.metrics.rx_fails.inc();
                     self.rx_pending = None;
                     continue;
                 }
                 Room::Fits => {}
             }
             if !self.rx_limiter.consume(1, (len - NET_HDR_LEN) as u64) {
+                self.metrics.rx_rate_limiter_throttled.inc();
                 self.rx_stalled = true;
                 return Ok(());
             }
@@ -305,10 +315,16 @@ impl<B: NetBackend> NetWorker<B> {
                 .backend
                 .read_frame(&mut [IoSliceMut::new(&mut self.rx_buf)])
             {
-                Ok(n) => return Ok(Some(n.min(self.rx_buf.len()))),
+                Ok(n) => {
+                    self.metrics.rx_count.inc();
+                    return Ok(Some(n.min(self.rx_buf.len())));
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(WorkerError::new(format!("virtio-net backend read: {e}"))),
+                Err(e) => {
+                    self.metrics.tap_read_fails.inc();
+                    return Err(WorkerError::new(format!("virtio-net backend read: {e}")));
+                }
             }
         }
     }
@@ -352,7 +368,7 @@ impl<B: NetBackend> NetWorker<B> {
                     }
                     Err((head, why)) => {
                         log::debug!("virtio-net: rx chain {head} answered empty: {why}");
-                        NetMetrics::add(&self.metrics.rx_malformed, 1);
+                        self.metrics.rx_fails.inc();
                         queue.add_used(mem, head, 0).map_err(ring_err(RX_QUEUE))?;
                         *used = true;
                     }
@@ -414,8 +430,8 @@ impl<B: NetBackend> NetWorker<B> {
                 .add_used(mem, chain.head, written as u32)
                 .map_err(ring_err(RX_QUEUE))?;
         }
-        NetMetrics::add(&self.metrics.rx_frames, 1);
-        NetMetrics::add(&self.metrics.rx_bytes, (len - NET_HDR_LEN) as u64);
+        self.metrics.rx_packets_count.inc();
+        self.metrics.rx_bytes_count.add((len - NET_HDR_LEN) as u64);
         Ok(())
     }
 
@@ -447,6 +463,7 @@ impl<B: NetBackend> NetWorker<B> {
     ) -> Result<(), WorkerError> {
         if self.tx_pending.is_some() {
             let Some(head) = self.send_pending() else {
+                self.metrics.tx_remaining_reqs_count.inc();
                 return Ok(());
             };
             queue.add_used(mem, head, 0).map_err(ring_err(TX_QUEUE))?;
@@ -461,7 +478,7 @@ impl<B: NetBackend> NetWorker<B> {
                 match gather_tx_chain(mem, chain, &mut self.tx_buf) {
                     Err(why) => {
                         log::debug!("virtio-net: tx chain {head} dropped: {why}");
-                        NetMetrics::add(&self.metrics.tx_malformed, 1);
+                        self.metrics.tx_malformed_frames.inc();
                     }
                     Ok(len) => {
                         self.tx_pending = Some(TxFrame {
@@ -471,6 +488,7 @@ impl<B: NetBackend> NetWorker<B> {
                         });
                         if self.send_pending().is_none() {
                             // Kept for when the backend is writable or the timer fires.
+                            self.metrics.tx_remaining_reqs_count.inc();
                             return Ok(());
                         }
                     }
@@ -491,16 +509,28 @@ impl<B: NetBackend> NetWorker<B> {
         let payload = (frame.len - NET_HDR_LEN) as u64;
         if !frame.admitted {
             if !self.tx_limiter.consume(1, payload) {
+                self.metrics.tx_rate_limiter_throttled.inc();
                 return None;
             }
             frame.admitted = true;
         }
         let data = self.tx_buf.get(..frame.len)?;
+        if let Some(mac) = self.mac
+            && data
+                .get(NET_HDR_LEN + 6..NET_HDR_LEN + 12)
+                .is_some_and(|src| src != mac)
+        {
+            self.metrics.tx_spoofed_mac_count.inc();
+        }
         loop {
-            match self.backend.write_frame(&[IoSlice::new(data)]) {
+            let started = std::time::Instant::now();
+            let written = self.backend.write_frame(&[IoSlice::new(data)]);
+            self.metrics.tap_write_agg.record_since(started);
+            match written {
                 Ok(_) => {
-                    NetMetrics::add(&self.metrics.tx_frames, 1);
-                    NetMetrics::add(&self.metrics.tx_bytes, payload);
+                    self.metrics.tx_count.inc();
+                    self.metrics.tx_packets_count.inc();
+                    self.metrics.tx_bytes_count.add(payload);
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -510,7 +540,8 @@ impl<B: NetBackend> NetWorker<B> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     log::debug!("virtio-net: backend refused a frame: {e}");
-                    NetMetrics::add(&self.metrics.tx_errors, 1);
+                    self.metrics.tap_write_fails.inc();
+                    self.metrics.tx_fails.inc();
                     break;
                 }
             }
@@ -615,15 +646,43 @@ impl<B: NetBackend> DeviceWorker for NetWorker<B> {
         mem: &M,
         interrupt: &dyn Interrupt,
     ) -> Result<(), WorkerError> {
-        match index {
-            RX_QUEUE => self.process_rx(queues, mem, interrupt)?,
-            TX_QUEUE => self.process_tx(queues, mem, interrupt)?,
-            _ => {}
-        }
-        self.update_interest()
+        let result = match index {
+            RX_QUEUE => {
+                self.metrics.rx_queue_event_count.inc();
+                self.process_rx(queues, mem, interrupt)
+            }
+            TX_QUEUE => {
+                self.metrics.tx_queue_event_count.inc();
+                if let Some(q) = queues.get(TX_QUEUE)
+                    && q.ready()
+                    && q.avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+                        .is_ok_and(|a| a.0 == q.next_avail())
+                {
+                    self.metrics.no_tx_avail_buffer.inc();
+                }
+                self.process_tx(queues, mem, interrupt)
+            }
+            _ => Ok(()),
+        };
+        result
+            .and_then(|()| self.update_interest())
+            .inspect_err(|_| self.metrics.event_fails.inc())
     }
 
     fn process_extra<M: GuestMemory>(
+        &mut self,
+        index: usize,
+        queues: &mut [&mut Queue],
+        mem: &M,
+        interrupt: &dyn Interrupt,
+    ) -> Result<(), WorkerError> {
+        self.serve_extra(index, queues, mem, interrupt)
+            .inspect_err(|_| self.metrics.event_fails.inc())
+    }
+}
+
+impl<B: NetBackend> NetWorker<B> {
+    fn serve_extra<M: GuestMemory>(
         &mut self,
         index: usize,
         queues: &mut [&mut Queue],
@@ -651,14 +710,17 @@ impl<B: NetBackend> DeviceWorker for NetWorker<B> {
                     self.process_tx(queues, mem, interrupt)?;
                 }
                 if ready.contains(EventSet::IN) {
+                    self.metrics.rx_tap_event_count.inc();
                     self.process_rx(queues, mem, interrupt)?;
                 }
             }
             Some(Extra::RxTimer) => {
+                self.metrics.rx_event_rate_limiter_count.inc();
                 self.rx_limiter.on_timer();
                 self.process_rx(queues, mem, interrupt)?;
             }
             Some(Extra::TxTimer) => {
+                self.metrics.tx_rate_limiter_event_count.inc();
                 self.tx_limiter.on_timer();
                 self.process_tx(queues, mem, interrupt)?;
             }

@@ -113,8 +113,8 @@ impl Served for NetServed {
         *self.idle() = Some(worker.into_parts());
         log::debug!(
             "vhost-user-net: {} frames sent, {} received so far",
-            NetMetrics::get(&self.metrics.tx_frames),
-            NetMetrics::get(&self.metrics.rx_frames)
+            self.metrics.tx_packets_count.get(),
+            self.metrics.rx_packets_count.get()
         );
     }
 }

@@ -96,7 +96,7 @@ impl Served for RngServed {
     }
 
     fn new_worker(&self, _acked_features: u64) -> io::Result<RngWorker> {
-        Ok(RngWorker)
+        Ok(RngWorker::default())
     }
 }
 

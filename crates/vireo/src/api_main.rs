@@ -102,6 +102,7 @@ pub fn run(opts: ApiOptions) -> ExitCode {
         None => None,
     };
     let _socket = SocketFile(opts.api_sock.clone());
+    controller.metrics.mark_api_ready();
     if opts.config_file.is_some()
         && let Err(e) = controller.handle(api::action::VmmAction::InstanceStart)
     {

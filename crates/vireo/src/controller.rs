@@ -18,7 +18,7 @@ use api::firecracker::{
 use vmm::builder::Vmm;
 use vmm::snapshot_vm::{RestoreOptions, SnapshotKind};
 
-use crate::metrics::{BalloonValues, Metrics, VmValues};
+use crate::metrics::{Metrics, Operation};
 
 /// The API's view of the machine.
 pub struct Controller {
@@ -98,31 +98,37 @@ impl Controller {
 
     /// Answer one action.
     pub fn handle(&mut self, action: VmmAction) -> ActionResult {
+        let timed = match &action {
+            VmmAction::Pause => Some(Operation::Pause),
+            VmmAction::Resume => Some(Operation::Resume),
+            VmmAction::LoadSnapshot(_) => Some(Operation::LoadSnapshot),
+            VmmAction::CreateSnapshot(p) if p.snapshot_type == SnapshotType::Diff => {
+                Some(Operation::DiffSnapshot)
+            }
+            VmmAction::CreateSnapshot(_) => Some(Operation::FullSnapshot),
+            _ => None,
+        };
+        let counted = action.clone();
+        let started = Instant::now();
         let result = self.dispatch(action);
-        self.metrics.count_request(result.is_err());
+        if let (Some(op), Ok(_)) = (timed, &result) {
+            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.metrics.set_latency(op, us);
+        }
+        self.metrics.count_request(&counted, result.is_err());
+        if counted == VmmAction::InstanceStart && result.is_ok() {
+            // As Firecracker: a first line once the VM runs.
+            if let Err(e) = self.flush_metrics() {
+                log::warn!("metrics: {e}");
+            }
+        }
         result
     }
 
     /// Write a metrics line now.
     pub fn flush_metrics(&mut self) -> Result<(), String> {
-        let vm = VmValues {
-            state: self.state(),
-            uptime_ms: self
-                .started_at
-                .map_or(0, |t| t.elapsed().as_millis() as u64),
-            balloon: self.vmm.as_ref().and_then(Vmm::balloon).map(|b| {
-                let c = b.counters();
-                BalloonValues {
-                    target_mib: b.target_mib(),
-                    actual_mib: b.actual_mib(),
-                    inflated_pages: c.inflated_pages,
-                    deflated_pages: c.deflated_pages,
-                    released_bytes: c.released_bytes,
-                    stats_updates: c.stats_updates,
-                }
-            }),
-        };
-        self.metrics.flush(&self.id, &vm)
+        let vm = self.vmm.as_ref().map(Vmm::metrics);
+        self.metrics.flush(&self.id, vm)
     }
 
     fn dispatch(&mut self, action: VmmAction) -> ActionResult {
@@ -224,7 +230,6 @@ impl Controller {
                 };
                 let result = if pause { vmm.pause() } else { vmm.resume() };
                 result.map_err(|e| ActionError::Internal(e.to_string()))?;
-                self.metrics.count_pause(pause);
                 Ok(VmmData::Empty)
             }
         }

@@ -33,6 +33,7 @@ pub(crate) const EXIT_BUILD_FAILED: u8 = 1;
 const EXIT_GUEST_CRASHED: u8 = 2;
 
 fn main() -> ExitCode {
+    metrics::install_panic_counter();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -418,10 +418,34 @@ fn instance_start_pause_resume_and_post_boot_refusals() {
         "keyboard buffer is full",
     );
     ok(c.put("/actions", r#"{"action_type": "FlushMetrics"}"#));
-    let line = std::fs::read_to_string(vm.path("metrics")).unwrap();
-    let first: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
-    assert_eq!(first["vmm"]["state"], "Running");
-    assert!(first["api_server"]["requests"].as_u64().unwrap() > 10);
+    let text = std::fs::read_to_string(vm.path("metrics")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "one line at InstanceStart, one flushed: {text}"
+    );
+    // InstanceStart refused (no boot source), then accepted.
+    assert_eq!(lines[0]["put_api_requests"]["actions_count"], 2);
+    assert_eq!(lines[0]["put_api_requests"]["actions_fails"], 1);
+    let flushed = &lines[1];
+    // InstanceStart again (refused) and three SendCtrlAltDel (the last refused).
+    assert_eq!(flushed["put_api_requests"]["actions_count"], 4);
+    assert_eq!(flushed["put_api_requests"]["actions_fails"], 2);
+    assert!(flushed["patch_api_requests"]["drive_count"].as_u64() == Some(1));
+    assert!(
+        flushed["vcpu"]["exit_io_out"].as_u64().unwrap() > 0,
+        "the guest writes its debug port: {flushed}"
+    );
+    assert!(
+        flushed["api_server"]["process_startup_time_us"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
 
     // Pause: the counting guest prints nothing more; resume: it goes on.
     let size = || std::fs::metadata(&serial).map_or(0, |m| m.len());

@@ -194,7 +194,51 @@ pub fn stats(s: &VmStats) -> String {
             let _ = writeln!(out, "balloon.{k:<16} {v}");
         }
     }
+    for d in &s.disks {
+        let _ = writeln!(
+            out,
+            "disk.{}  read {} in {} requests, written {} in {}, {} flushes, {} errors, {} throttled",
+            d.id,
+            bytes(d.read_bytes),
+            d.reads,
+            bytes(d.write_bytes),
+            d.writes,
+            d.flushes,
+            d.errors,
+            d.throttled
+        );
+    }
+    for n in &s.nics {
+        let _ = writeln!(
+            out,
+            "nic.{}  rx {} in {} frames ({} dropped), tx {} in {} frames ({} dropped), {} throttled",
+            n.id,
+            bytes(n.rx_bytes),
+            n.rx_packets,
+            n.rx_dropped,
+            bytes(n.tx_bytes),
+            n.tx_packets,
+            n.tx_dropped,
+            n.throttled
+        );
+    }
     out
+}
+
+/// A byte count in the largest binary unit that keeps it at least 1.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// One event for `vireoctl events`.
@@ -207,6 +251,34 @@ pub fn event_line(e: &Event) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_show_each_disk_and_nic() {
+        let s = VmStats {
+            disks: vec![manager_types::api::DiskStats {
+                id: "root".into(),
+                read_bytes: 3 << 20,
+                reads: 12,
+                ..Default::default()
+            }],
+            nics: vec![manager_types::api::NicStats {
+                id: "eth0".into(),
+                tx_bytes: 900,
+                tx_packets: 3,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = stats(&s);
+        assert!(
+            text.contains("disk.root  read 3.0 MiB in 12 requests"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nic.eth0  rx 0 B in 0 frames (0 dropped), tx 900 B in 3 frames"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn durations_read_short() {

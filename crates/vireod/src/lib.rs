@@ -14,6 +14,7 @@
 
 pub mod cgroups;
 pub mod console;
+pub mod device_counters;
 pub mod edit;
 pub mod manager;
 pub mod metrics;

@@ -35,6 +35,7 @@ use manager_types::{Definition, Resources, RestartPolicy};
 
 use crate::cgroups::{self, Cgroups, VmCgroup};
 use crate::console::Console;
+use crate::device_counters;
 use crate::process::{self, VmPaths, VmmProcess};
 use crate::store::{Store, StoreError, VmRecord, VmState};
 
@@ -106,18 +107,20 @@ enum Boot<'a> {
 /// The API calls that load a snapshot into a `vireo` started without a configuration,
 /// its console on `console` (vireod's, not the one saved with it).
 fn snapshot_load(
-    console: &Path,
+    paths: &process::VmPaths,
     state: &Path,
     memory: &Path,
     resume: bool,
 ) -> Vec<(&'static str, &'static str, String)> {
-    let serial = serde_json::json!({ "socket": console });
+    let metrics = serde_json::json!({ "metrics_path": paths.metrics_file() });
+    let serial = serde_json::json!({ "socket": paths.console_socket() });
     let load = serde_json::json!({
         "snapshot_path": state,
         "mem_backend": { "backend_type": "File", "backend_path": memory },
         "resume_vm": resume,
     });
     vec![
+        ("PUT", "/metrics", metrics.to_string()),
         ("PUT", "/serial", serial.to_string()),
         ("PUT", "/snapshot/load", load.to_string()),
     ]
@@ -524,12 +527,24 @@ impl Manager {
         let fail = |what: String| (internal(what), None);
         std::fs::create_dir_all(&paths.dir)
             .map_err(|e| fail(format!("cannot create {}: {e}", paths.dir.display())))?;
-        for stale in [paths.api_socket(), paths.console_socket()] {
+        for stale in [
+            paths.api_socket(),
+            paths.console_socket(),
+            paths.metrics_file(),
+        ] {
             let _ = std::fs::remove_file(stale);
         }
         let mut vm = def.vm.clone();
         vm.serial = api::SerialConfig::Socket(paths.console_socket());
         let json = api::firecracker::FullVmConfig::from_vm_config(&vm)
+            .map(|mut c| {
+                c.metrics = Some(api::firecracker::Metrics {
+                    metrics_path: paths.metrics_file().display().to_string(),
+                    emit_id: None,
+                    properties: None,
+                });
+                c
+            })
             .and_then(|c| serde_json::to_string_pretty(&c).map_err(|e| e.to_string()))
             .map_err(|e| {
                 (
@@ -595,12 +610,7 @@ impl Manager {
                 resume,
             } => (
                 if *resume { "Running" } else { "Paused" },
-                Some(snapshot_load(
-                    &paths.console_socket(),
-                    state,
-                    memory,
-                    *resume,
-                )),
+                Some(snapshot_load(&paths, state, memory, *resume)),
             ),
         };
         loop {
@@ -1071,6 +1081,21 @@ impl Manager {
             && reply.status == 200
         {
             stats.balloon = serde_json::from_str(&reply.body).ok();
+        }
+        // A VM whose vireo cannot flush (an older one) still has what it wrote before.
+        let flush = r#"{"action_type": "FlushMetrics"}"#;
+        match api.call("PUT", "/actions", Some(flush)) {
+            Ok(reply) if reply.status == 204 => {}
+            Ok(reply) => log::debug!("{name}: FlushMetrics: {} {}", reply.status, reply.body),
+            Err(e) => log::debug!("{name}: FlushMetrics: {e}"),
+        }
+        let metrics = self.paths(name).metrics_file();
+        match device_counters::read(&metrics, device_counters::COMPACT_AT) {
+            Ok(totals) => {
+                stats.disks = totals.disks();
+                stats.nics = totals.nics();
+            }
+            Err(e) => log::warn!("{name}: {e}"),
         }
         Ok(stats)
     }

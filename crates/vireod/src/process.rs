@@ -290,6 +290,10 @@ impl VmPaths {
     pub fn config_file(&self) -> PathBuf {
         self.dir.join("config.json")
     }
+    /// Where `vireo` writes its metrics lines (Firecracker's format).
+    pub fn metrics_file(&self) -> PathBuf {
+        self.dir.join("metrics.json")
+    }
     /// `vireo`'s stdout and stderr.
     pub fn vmm_log(&self) -> PathBuf {
         self.dir.join("vireo.log")

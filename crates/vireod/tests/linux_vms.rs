@@ -211,9 +211,26 @@ impl PtyConsole {
 #[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]
 fn linux_vm_console_balloon_cpu_quota_and_graceful_shutdown() {
     let Some(d) = setup("l4-life") else { return };
-    let file = d.definition("deb1", &linux("deb1", ""));
+    // A data disk and a NIC, for their counters in `vireoctl stats`.
+    let data = d.dir.join("data.img");
+    std::fs::File::create(&data)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let devices = format!(
+        "disks = [\"path={},id=data\"]\nnets = [\"tap=vl4life0,id=eth0\"]\n",
+        data.display()
+    );
+    let file = d.definition("deb1", &(linux("deb1", "") + &devices));
     d.ctl_ok(&["define", file.to_str().unwrap()]);
     assert_eq!(d.ctl_ok(&["start", "deb1"]).trim(), "deb1: running");
+    // vireo created the TAP; the host side must be up for the guest's frames to go out
+    // (a TAP that is down refuses them, which the counters show as dropped).
+    let up = Command::new("ip")
+        .args(["link", "set", "vl4life0", "up"])
+        .status()
+        .expect("ip");
+    assert!(up.success(), "ip link set vl4life0 up: {up}");
 
     // A viewer for the commands; its history holds the whole boot.
     let mut sh = Shell::attach(d.console("deb1", 1 << 16));
@@ -256,6 +273,36 @@ fn linux_vm_console_balloon_cpu_quota_and_graceful_shutdown() {
         stats.contains("balloon.actual_mib") && stats.contains("balloon.free_memory")
     });
     d.ctl_ok(&["set", "deb1", "--balloon", "0"]);
+
+    // Per-device counters: 4 MiB read from the data disk, ARP requests sent on the NIC
+    // (no one answers them).
+    sh.run("dd if=/dev/vda of=/dev/null bs=1M count=4 2>/dev/null");
+    sh.run("ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up");
+    sh.status("ping -c 2 -W 1 10.77.0.1", COMMAND_SECS);
+    let stats: manager_types::api::VmStats = d
+        .client()
+        .json("GET", "/v1/vms/deb1/stats", None::<&()>)
+        .unwrap();
+    eprintln!("disks {:?}\nnics {:?}", stats.disks, stats.nics);
+    let disk = stats
+        .disks
+        .iter()
+        .find(|x| x.id == "data")
+        .expect("the data disk's counters");
+    assert!(disk.read_bytes >= 4 << 20, "{disk:?}");
+    assert!(disk.reads > 0 && disk.errors == 0, "{disk:?}");
+    let nic = stats
+        .nics
+        .iter()
+        .find(|x| x.id == "eth0")
+        .expect("the NIC's counters");
+    assert!(nic.tx_packets >= 1 && nic.tx_bytes >= 42, "{nic:?}");
+    assert_eq!(nic.tx_dropped, 0, "{nic:?}");
+    let text = d.ctl_ok(&["stats", "deb1"]);
+    assert!(
+        text.contains("disk.data  read ") && text.contains("nic.eth0  rx "),
+        "{text}"
+    );
 
     // The CPU quota: the same busy loop, unthrottled then at 10% of a CPU. The loop is
     // sized to take at least a second unthrottled.

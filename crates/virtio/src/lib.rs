@@ -6,12 +6,14 @@
 //! - [`worker`]: the thread that runs an activated device's worker.
 //! - [`mmio`]: the virtio-mmio transport (version 2).
 //! - [`rng`]: the entropy device.
+//! - [`metrics`]: device counters and the group macro.
 //! - `testing` (feature `test-utils`): guest memory, a counting interrupt and an MMIO
 //!   driver for device tests.
 //!
 //! Devices never touch KVM; the VMM wires the transport's eventfds to KVM.
 
 pub mod device;
+pub mod metrics;
 pub mod mmio;
 pub mod rng;
 #[cfg(any(test, feature = "test-utils"))]

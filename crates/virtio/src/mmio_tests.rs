@@ -108,7 +108,9 @@ fn status_bits_cannot_be_cleared_without_reset() {
 #[test]
 fn rng_request_through_the_transport() {
     let mem = guest_memory(1 << 20);
-    let mut t = MmioTransport::new(Box::new(Rng::new("rng-test")), mem.clone()).unwrap();
+    let rng = Rng::new("rng-test");
+    let metrics = rng.metrics();
+    let mut t = MmioTransport::new(Box::new(rng), mem.clone()).unwrap();
     let vq = MockSplitQueue::create(mem.as_ref(), GuestAddress(0x1_0000), 16);
     let buf = GuestAddress(0x8_0000);
     mem.write_slice(&[0u8; 64], buf).unwrap();
@@ -143,6 +145,12 @@ fn rng_request_through_the_transport() {
     let mut data = [0u8; 64];
     mem.read_slice(&mut data, buf).unwrap();
     assert_ne!(data, [0u8; 64], "random bytes were written");
+    let counted = metrics.take();
+    assert_eq!(
+        (counted.entropy_bytes, counted.entropy_event_count),
+        (64, 1)
+    );
+    assert_eq!(counted.host_rng_fails + counted.entropy_event_fails, 0);
     wait_for("the interrupt", || t.interrupt_evt().read().is_ok());
     let mut d = MmioDriver(&mut t);
     assert_eq!(d.read(0x60), INT_USED_RING);

@@ -8,7 +8,9 @@ use crate::device::{
     ActivateContext, ActivateError, DeviceWorker, Interrupt, VirtioDevice, WorkerError,
     device_type, features, serve_queue,
 };
+use crate::metrics::EntropyMetrics;
 use crate::worker::WorkerThread;
+use std::sync::Arc;
 
 /// Queue size offered to the driver.
 pub const QUEUE_SIZE: u16 = 256;
@@ -19,6 +21,7 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub struct Rng {
     worker: Option<WorkerThread<RngWorker>>,
     id: String,
+    metrics: Arc<EntropyMetrics>,
 }
 
 impl Rng {
@@ -27,7 +30,13 @@ impl Rng {
         Self {
             worker: None,
             id: id.to_string(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Its counters.
+    pub fn metrics(&self) -> Arc<EntropyMetrics> {
+        self.metrics.clone()
     }
 }
 
@@ -49,8 +58,13 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let thread =
-            WorkerThread::spawn(&self.id, RngWorker, ctx).map_err(ActivateError::Worker)?;
+        let worker = RngWorker {
+            metrics: self.metrics.clone(),
+        };
+        let thread = WorkerThread::spawn(&self.id, worker, ctx).map_err(|e| {
+            self.metrics.activate_fails.inc();
+            ActivateError::Worker(e)
+        })?;
         self.worker = Some(thread);
         Ok(())
     }
@@ -84,12 +98,15 @@ impl VirtioDevice for Rng {
 }
 
 /// Serves the request queue: fills each chain's writable buffers with random bytes.
-pub struct RngWorker;
+#[derive(Default)]
+pub struct RngWorker {
+    metrics: Arc<EntropyMetrics>,
+}
 
 impl RngWorker {
     /// Fill one chain; returns the number of bytes written (0 for a chain whose buffers
     /// are outside guest memory: the driver gets nothing, the device goes on).
-    pub fn fill<M: GuestMemory>(mem: &M, chain: DescriptorChain<&M>) -> u32 {
+    pub fn fill<M: GuestMemory>(&self, mem: &M, chain: DescriptorChain<&M>) -> u32 {
         let Ok(mut writer) = Writer::new(mem, chain) else {
             log::debug!("virtio-rng: chain with bad buffers answered empty");
             return 0;
@@ -99,6 +116,7 @@ impl RngWorker {
         while left > 0 {
             let n = left.min(buf.len());
             if getrandom(&mut buf[..n]).is_err() {
+                self.metrics.host_rng_fails.inc();
                 break;
             }
             if std::io::Write::write_all(&mut writer, &buf[..n]).is_err() {
@@ -106,7 +124,9 @@ impl RngWorker {
             }
             left -= n;
         }
-        writer.bytes_written() as u32
+        let n = writer.bytes_written();
+        self.metrics.entropy_bytes.add(n as u64);
+        n as u32
     }
 }
 
@@ -140,6 +160,9 @@ impl DeviceWorker for RngWorker {
         let Some(queue) = queues.get_mut(index) else {
             return Ok(());
         };
-        serve_queue(queue, index, mem, interrupt, |chain| Self::fill(mem, chain))
+        self.metrics.entropy_event_count.inc();
+        let metrics = self.metrics.clone();
+        serve_queue(queue, index, mem, interrupt, |chain| self.fill(mem, chain))
+            .inspect_err(|_| metrics.entropy_event_fails.inc())
     }
 }

@@ -30,6 +30,7 @@ use crate::event_loop::{EventLoop, EventLoopError, SerialInput, SerialSocket, St
 use crate::kvm::{KvmContext, KvmError};
 use crate::loader::{self, LoaderError};
 use crate::memory::{self, GuestMemory, MemoryError};
+use crate::metrics::VmMetrics;
 use crate::stop::{ResetTrigger, StopReason, StopSignal};
 use crate::vcpu::{BootState, UnhandledLog, Vcpu, VcpuError, VcpuHandle};
 use crate::vm::{self, VmError};
@@ -145,6 +146,11 @@ impl Vmm {
     /// The balloon's control handle, if the VM has one.
     pub fn balloon(&self) -> Option<&BalloonHandle> {
         self.parts.balloon.as_ref()
+    }
+
+    /// The counters of the vCPUs and every device.
+    pub fn metrics(&self) -> &VmMetrics {
+        &self.parts.metrics
     }
 
     /// Press and release Ctrl+Alt+Del on the guest's i8042 keyboard (Firecracker's
@@ -311,6 +317,7 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
         entry: vm_memory::Address::raw_value(&kernel.entry),
     };
     let unhandled = Arc::new(UnhandledLog::default());
+    let metrics = legacy.with_metrics(models.metrics);
     let vcpus = (0..config.vcpus)
         .map(|index| {
             Vcpu::new(
@@ -321,6 +328,10 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
                 unhandled.clone(),
                 stop.clone(),
             )
+            .map(|mut vcpu| {
+                vcpu.set_metrics(metrics.vcpu.clone());
+                vcpu
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
 
@@ -332,6 +343,7 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
         Parts {
             virtio,
             balloon,
+            metrics,
             stop,
             legacy,
             msr_indices,
@@ -347,6 +359,7 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
 pub(crate) struct Parts {
     pub(crate) virtio: VirtioDevices,
     pub(crate) balloon: Option<BalloonHandle>,
+    pub(crate) metrics: VmMetrics,
     pub(crate) stop: Arc<StopSignal>,
     pub(crate) legacy: LegacyDevices,
     pub(crate) msr_indices: Arc<[u32]>,
@@ -410,6 +423,17 @@ pub(crate) struct LegacyDevices {
 }
 
 impl LegacyDevices {
+    /// `devices`' counters with the UART's and the i8042's.
+    pub(crate) fn with_metrics(&self, mut devices: VmMetrics) -> VmMetrics {
+        if let Ok(serial) = self.serial.lock() {
+            devices.uart = serial.metrics();
+        }
+        if let Ok(i8042) = self.i8042.lock() {
+            devices.i8042 = i8042.metrics();
+        }
+        devices
+    }
+
     /// The UART and the i8042 (interrupts wired through irqfds), RTC, PCI config and
     /// POST ports and ACPI PM device on a new PIO bus; with the registers of `state` if
     /// given.

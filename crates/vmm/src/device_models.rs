@@ -12,6 +12,8 @@ use virtio_devices::device::VirtioDevice;
 use virtio_devices::rng::Rng;
 use vsock::Vsock;
 
+use crate::metrics::VmMetrics;
+
 /// Why a device model could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceModelError {
@@ -54,6 +56,8 @@ pub struct DeviceModels {
     pub devices: Vec<Box<dyn VirtioDevice>>,
     /// The balloon's control handle.
     pub balloon: Option<BalloonHandle>,
+    /// The devices' counters (the VM's own parts are filled in by the builder).
+    pub metrics: VmMetrics,
 }
 
 /// Build every device model `config` asks for.
@@ -65,6 +69,7 @@ pub fn build(config: &VmConfig) -> Result<DeviceModels, DeviceModelError> {
             path: cfg.path.display().to_string(),
             source,
         })?;
+        models.metrics.block.push((name, device.metrics()));
         models.devices.push(Box::new(device));
     }
     for (i, cfg) in config.nets.iter().enumerate() {
@@ -73,6 +78,7 @@ pub fn build(config: &VmConfig) -> Result<DeviceModels, DeviceModelError> {
             tap: cfg.tap.clone(),
             source,
         })?;
+        models.metrics.net.push((name, device.metrics()));
         models.devices.push(Box::new(device));
     }
     if let Some(cfg) = &config.vsock {
@@ -80,10 +86,13 @@ pub fn build(config: &VmConfig) -> Result<DeviceModels, DeviceModelError> {
             socket: cfg.socket.clone(),
             source,
         })?;
+        models.metrics.vsock = Some(device.metrics());
         models.devices.push(Box::new(device));
     }
     if config.rng {
-        models.devices.push(Box::new(Rng::new("virtio-rng")));
+        let device = Rng::new("virtio-rng");
+        models.metrics.entropy = Some(device.metrics());
+        models.devices.push(Box::new(device));
     }
     if let Some(cfg) = &config.balloon {
         if cfg.amount_mib.saturating_mul(1 << 20) > config.memory_bytes {
@@ -95,6 +104,7 @@ pub fn build(config: &VmConfig) -> Result<DeviceModels, DeviceModelError> {
         let (device, handle) = Balloon::new(cfg, "virtio-balloon")
             .map_err(|e| DeviceModelError::Balloon(e.to_string()))?;
         models.devices.push(Box::new(device));
+        models.metrics.balloon = Some(handle.metrics());
         models.balloon = Some(handle);
     }
     Ok(models)

@@ -15,6 +15,7 @@ pub mod kvm;
 pub mod kvm_probe;
 pub mod loader;
 pub mod memory;
+pub mod metrics;
 pub mod snapshot;
 pub mod snapshot_vm;
 pub mod stop;

@@ -417,6 +417,7 @@ pub fn restore(
     }
     let mmio = Arc::new(mmio);
     let unhandled = Arc::new(UnhandledLog::default());
+    let metrics = legacy.with_metrics(models.metrics);
     let vcpus = snapshot
         .vcpus
         .iter()
@@ -428,6 +429,10 @@ pub fn restore(
                 unhandled.clone(),
                 stop.clone(),
             )
+            .map(|mut vcpu| {
+                vcpu.set_metrics(metrics.vcpu.clone());
+                vcpu
+            })
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(BuildError::from)?;
@@ -440,6 +445,7 @@ pub fn restore(
         Parts {
             virtio,
             balloon: models.balloon,
+            metrics,
             stop,
             legacy,
             msr_indices,

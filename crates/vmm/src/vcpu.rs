@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, kvm_run};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -21,6 +22,7 @@ use vmm_sys_util::signal::{Killable, register_signal_handler};
 use crate::arch::x86_64::cpuid::{self, VcpuTopology};
 use crate::arch::x86_64::{interrupts, msr, regs};
 use crate::bus::Bus;
+use crate::metrics::VcpuMetrics;
 use crate::snapshot::cpu::{CpuStateError, VcpuState};
 pub use crate::stop::{StopReason, StopSignal};
 
@@ -128,6 +130,7 @@ pub struct Vcpu {
     mmio: Arc<Bus>,
     unhandled: Arc<UnhandledLog>,
     stop: Arc<StopSignal>,
+    metrics: Arc<VcpuMetrics>,
 }
 
 /// Boot state shared by every vCPU.
@@ -209,6 +212,7 @@ impl Vcpu {
             mmio: buses.1,
             unhandled,
             stop,
+            metrics: Arc::default(),
         })
     }
 
@@ -236,6 +240,7 @@ impl Vcpu {
             mmio: buses.1,
             unhandled,
             stop,
+            metrics: Arc::default(),
         })
     }
 
@@ -326,34 +331,60 @@ impl Vcpu {
         KVM_RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
     }
 
+    /// Count this vCPU's exits into `metrics` (shared by the VM's vCPUs).
+    pub fn set_metrics(&mut self, metrics: Arc<VcpuMetrics>) {
+        self.metrics = metrics;
+    }
+
     /// One KVM_RUN and the handling of its exit; `Some` when the VM must stop.
     fn run_once(&mut self) -> Option<StopReason> {
+        let stop = self.run_and_serve();
+        if matches!(stop, Some(StopReason::VcpuError { .. })) {
+            self.metrics.failures.inc();
+        }
+        stop
+    }
+
+    fn run_and_serve(&mut self) -> Option<StopReason> {
         let index = self.index;
+        let m = &self.metrics;
         match self.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
+                let started = Instant::now();
+                m.exit_io_in.inc();
                 if !self.pio.read(u64::from(port), data) {
                     data.fill(0xff);
                     self.unhandled.report(true, u64::from(port), false, data.len());
                 }
+                m.exit_io_in_agg.record_since(started);
                 None
             }
             Ok(VcpuExit::IoOut(port, data)) => {
+                let started = Instant::now();
+                m.exit_io_out.inc();
                 if !self.pio.write(u64::from(port), data) {
                     self.unhandled.report(true, u64::from(port), true, data.len());
                 }
+                m.exit_io_out_agg.record_since(started);
                 None
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
+                let started = Instant::now();
+                m.exit_mmio_read.inc();
                 if !self.mmio.read(addr, data) {
                     data.fill(0xff);
                     self.unhandled.report(false, addr, false, data.len());
                 }
+                m.exit_mmio_read_agg.record_since(started);
                 None
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
+                let started = Instant::now();
+                m.exit_mmio_write.inc();
                 if !self.mmio.write(addr, data) {
                     self.unhandled.report(false, addr, true, data.len());
                 }
+                m.exit_mmio_write_agg.record_since(started);
                 None
             }
             Ok(VcpuExit::Shutdown) => Some(StopReason::TripleFault {

@@ -14,8 +14,10 @@
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::time::Instant;
 
+use crate::metrics::VsockMetrics;
 use crate::packet::{HOST_CID, Header, PacketError, TYPE_STREAM, op, shutdown};
 use crate::unix::send_nosignal;
 
@@ -85,6 +87,8 @@ pub type Pending = (u16, u32, usize);
 #[derive(Debug)]
 pub struct Connection {
     stream: UnixStream,
+    /// The device's counters (the muxer sets them when it takes the connection).
+    metrics: Arc<VsockMetrics>,
     state: State,
     local_port: u32,
     peer_port: u32,
@@ -121,6 +125,7 @@ pub struct Connection {
 impl Connection {
     fn with_state(stream: UnixStream, state: State) -> Self {
         Self {
+            metrics: Arc::default(),
             stream,
             state,
             local_port: 0,
@@ -150,6 +155,12 @@ impl Connection {
     }
 
     /// A connection a host process opened on the device's socket.
+    /// Count into `metrics`.
+    pub fn set_metrics(&mut self, metrics: Arc<VsockMetrics>) {
+        self.metrics = metrics;
+    }
+
+    /// A connection the host opened on the device's socket.
     pub fn new_host(stream: UnixStream) -> Self {
         Self::with_state(stream, State::ReadingConnect { line: Vec::new() })
     }
@@ -323,7 +334,10 @@ impl Connection {
             match send_nosignal(&self.stream, data) {
                 Ok(n) => sent = n.min(data.len()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Verdict::Reset,
+                Err(_) => {
+                    self.metrics.tx_write_fails.inc();
+                    return Verdict::Reset;
+                }
             }
             self.account_forwarded(sent);
         }
@@ -347,7 +361,10 @@ impl Connection {
                 Ok(0) => break,
                 Ok(n) => n.min(front.len()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => return Verdict::Reset,
+                Err(_) => {
+                    self.metrics.tx_flush_fails.inc();
+                    return Verdict::Reset;
+                }
             };
             self.tx_buf.drain(..n);
             let own = n.min(self.tx_own);
@@ -394,6 +411,7 @@ impl Connection {
                     return if e.kind() == io::ErrorKind::WouldBlock {
                         Verdict::Keep
                     } else {
+                        self.metrics.rx_read_fails.inc();
                         Verdict::Reset
                     };
                 }

@@ -15,6 +15,7 @@
 //! again.
 
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT, Writer};
 use vm_memory::GuestMemory;
@@ -25,6 +26,7 @@ use virtio_devices::device::{
 };
 use virtio_devices::worker::WorkerThread;
 
+use crate::metrics::VsockMetrics;
 use crate::muxer::Muxer;
 use crate::packet;
 use crate::unix::{HostListener, UnixError};
@@ -98,6 +100,7 @@ pub struct Vsock {
     /// Restored from a snapshot of a running device: the next activation (the
     /// transport's, during the restore) sends the driver a transport reset.
     reset_on_activate: bool,
+    metrics: Arc<VsockMetrics>,
 }
 
 impl Vsock {
@@ -105,7 +108,8 @@ impl Vsock {
     /// the guest driver starts the device. `name` names its worker thread.
     pub fn new(cfg: &api::VsockConfig, name: &str) -> Result<Self, VsockError> {
         let cid = check_cid(cfg.cid)?;
-        let worker = VsockWorker::bind(cid, &cfg.socket)?;
+        let mut worker = VsockWorker::bind(cid, &cfg.socket)?;
+        let metrics = worker.muxer().metrics().clone();
         Ok(Self {
             name: name.to_string(),
             cid,
@@ -113,7 +117,40 @@ impl Vsock {
             idle: Some(worker),
             running: None,
             reset_on_activate: false,
+            metrics,
         })
+    }
+
+    /// The device's counters.
+    pub fn metrics(&self) -> Arc<VsockMetrics> {
+        self.metrics.clone()
+    }
+
+    /// A worker on the device's socket again, counting into the same metrics.
+    fn rebind(&self) -> Result<VsockWorker, VsockError> {
+        let mut worker = VsockWorker::bind(self.cid, &self.socket)?;
+        worker.muxer().set_metrics(self.metrics.clone());
+        Ok(worker)
+    }
+
+    fn start(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        for q in [RX_QUEUE, TX_QUEUE] {
+            if !ctx.queues.get(q).is_some_and(|q| q.ready()) {
+                return Err(ActivateError::QueueNotReady(q));
+            }
+        }
+        let mut worker = match self.idle.take() {
+            Some(w) => w,
+            None => self
+                .rebind()
+                .map_err(|e| ActivateError::Backend(e.to_string()))?,
+        };
+        if std::mem::take(&mut self.reset_on_activate) {
+            worker.queue_transport_reset();
+        }
+        let thread = WorkerThread::spawn(&self.name, worker, ctx).map_err(ActivateError::Worker)?;
+        self.running = Some(thread);
+        Ok(())
     }
 
     /// The guest's context id.
@@ -139,23 +176,17 @@ impl VirtioDevice for Vsock {
         virtio_devices::device::read_config_bytes(&config_space(self.cid), offset, data);
     }
 
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::debug!(
+            "vsock: configuration write at {offset} ({} bytes) ignored",
+            data.len()
+        );
+        self.metrics.cfg_fails.inc();
+    }
+
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        for q in [RX_QUEUE, TX_QUEUE] {
-            if !ctx.queues.get(q).is_some_and(|q| q.ready()) {
-                return Err(ActivateError::QueueNotReady(q));
-            }
-        }
-        let mut worker = match self.idle.take() {
-            Some(w) => w,
-            None => VsockWorker::bind(self.cid, &self.socket)
-                .map_err(|e| ActivateError::Backend(e.to_string()))?,
-        };
-        if std::mem::take(&mut self.reset_on_activate) {
-            worker.queue_transport_reset();
-        }
-        let thread = WorkerThread::spawn(&self.name, worker, ctx).map_err(ActivateError::Worker)?;
-        self.running = Some(thread);
-        Ok(())
+        self.start(ctx)
+            .inspect_err(|_| self.metrics.activate_fails.inc())
     }
 
     fn pause(&mut self) {
@@ -206,7 +237,7 @@ impl VirtioDevice for Vsock {
                 }
                 None => {
                     // The thread died with the worker: bind the socket again.
-                    match VsockWorker::bind(self.cid, &self.socket) {
+                    match self.rebind() {
                         Ok(w) => self.idle = Some(w),
                         Err(e) => {
                             log::error!("{}: cannot rebuild after reset: {e}", self.name);
@@ -340,7 +371,14 @@ impl VsockWorker {
                 };
                 let head = chain.head_index();
                 match packet::read_tx(mem, chain) {
-                    Ok((hdr, payload)) => self.muxer.handle_guest_packet(&hdr, payload),
+                    Ok((hdr, payload)) => {
+                        let m = self.muxer.metrics();
+                        m.tx_packets_count.inc();
+                        if let Ok(data) = &payload {
+                            m.tx_bytes_count.add(data.len() as u64);
+                        }
+                        self.muxer.handle_guest_packet(&hdr, payload)
+                    }
                     Err(e) => log::debug!("vsock: dropped tx chain: {e}"),
                 }
                 tx.add_used(mem, head, 0).map_err(ring)?;
@@ -412,11 +450,27 @@ impl DeviceWorker for VsockWorker {
         mem: &M,
         interrupt: &dyn Interrupt,
     ) -> Result<(), WorkerError> {
-        self.send_events(queues, mem, interrupt)?;
-        if index == EVENT_QUEUE {
-            return Ok(());
-        }
-        self.service(queues, mem, interrupt)
+        let m = self.muxer.metrics().clone();
+        let fails = match index {
+            RX_QUEUE => {
+                m.rx_queue_event_count.inc();
+                &m.rx_queue_event_fails
+            }
+            TX_QUEUE => {
+                m.tx_queue_event_count.inc();
+                &m.tx_queue_event_fails
+            }
+            _ => &m.ev_queue_event_fails,
+        };
+        self.send_events(queues, mem, interrupt)
+            .and_then(|()| {
+                if index == EVENT_QUEUE {
+                    Ok(())
+                } else {
+                    self.service(queues, mem, interrupt)
+                }
+            })
+            .inspect_err(|_| fails.inc())
     }
 
     fn process_extra<M: GuestMemory>(
@@ -426,9 +480,13 @@ impl DeviceWorker for VsockWorker {
         mem: &M,
         interrupt: &dyn Interrupt,
     ) -> Result<(), WorkerError> {
-        self.send_events(queues, mem, interrupt)?;
-        self.muxer.handle_host_events();
-        self.service(queues, mem, interrupt)
+        let m = self.muxer.metrics().clone();
+        self.send_events(queues, mem, interrupt)
+            .and_then(|()| {
+                self.muxer.handle_host_events();
+                self.service(queues, mem, interrupt)
+            })
+            .inspect_err(|_| m.muxer_event_fails.inc())
     }
 }
 

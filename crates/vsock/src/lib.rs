@@ -26,6 +26,7 @@
 
 pub mod connection;
 pub mod device;
+pub mod metrics;
 pub mod muxer;
 pub mod packet;
 pub mod unix;
@@ -34,3 +35,4 @@ pub mod unix;
 mod tests;
 
 pub use device::{Vsock, VsockError, VsockWorker};
+pub use metrics::{VsockMetrics, VsockValues};

@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
@@ -21,6 +22,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use virtio_devices::device::{WorkerError, pop_chain};
 
 use crate::connection::{Connection, State, Verdict};
+use crate::metrics::VsockMetrics;
 use crate::packet::{self, HOST_CID, Header, PacketError, TYPE_STREAM, op};
 use crate::unix::{HostListener, connect_nonblocking};
 
@@ -59,6 +61,7 @@ pub struct Muxer {
     timer: TimerFd,
     timer_armed: bool,
     request_timeout: Duration,
+    metrics: Arc<VsockMetrics>,
 }
 
 impl Muxer {
@@ -91,7 +94,18 @@ impl Muxer {
             timer,
             timer_armed: false,
             request_timeout: REQUEST_TIMEOUT,
+            metrics: Arc::default(),
         })
+    }
+
+    /// Count into `metrics` from now on.
+    pub fn set_metrics(&mut self, metrics: Arc<VsockMetrics>) {
+        self.metrics = metrics;
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<VsockMetrics> {
+        &self.metrics
     }
 
     /// Change the connection limit (tests use a small one).
@@ -145,6 +159,10 @@ impl Muxer {
         let Some(conn) = self.conns.remove(&token) else {
             return;
         };
+        self.metrics.conns_removed.inc();
+        if reset {
+            self.metrics.conns_killed.inc();
+        }
         if self.by_key.get(&conn.key()) == Some(&token) {
             self.by_key.remove(&conn.key());
         }
@@ -187,6 +205,7 @@ impl Muxer {
             Ok(()) => conn.registered = Some(want),
             Err(e) => {
                 log::warn!("vsock: epoll modify: {e}");
+                self.metrics.conn_event_fails.inc();
                 self.remove(token, true);
             }
         }
@@ -202,8 +221,11 @@ impl Muxer {
             .ctl(ControlOperation::Add, conn.stream().as_raw_fd(), ev)
         {
             log::warn!("vsock: epoll add: {e}");
+            self.metrics.conn_event_fails.inc();
             return None;
         }
+        self.metrics.conns_added.inc();
+        conn.set_metrics(self.metrics.clone());
         conn.registered = Some(want);
         self.conns.insert(token, conn);
         Some(token)
@@ -481,6 +503,11 @@ impl Muxer {
                 None => self.write_reset(mem, chain),
                 Some(token) => self.write_conn_packet(mem, chain, token),
             };
+            if len > 0 {
+                self.metrics.rx_packets_count.inc();
+                let payload = (len as usize).saturating_sub(packet::HDR_SIZE);
+                self.metrics.rx_bytes_count.add(payload as u64);
+            }
             queue.add_used(mem, head, len).map_err(ring)?;
             used += 1;
         }

@@ -7,6 +7,7 @@ mod harness;
 mod images;
 mod limits;
 mod malicious;
+mod metrics;
 mod prop;
 mod requests;
 mod transport;

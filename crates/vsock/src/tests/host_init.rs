@@ -45,6 +45,13 @@ fn host_connect_relays_both_ways() {
     assert_eq!(pkts[0].0.fwd_cnt, 10);
     assert!(h.irq.used_count() > 0, "the guest was interrupted");
     assert_eq!(h.connections(), 1);
+
+    // The counters: REQUEST, "hello guest" and "!" went to the guest; RESPONSE and
+    // "hello host" came from it.
+    let m = h.worker.muxer().metrics().take();
+    assert_eq!((m.conns_added, m.conns_removed), (1, 0));
+    assert_eq!((m.rx_packets_count, m.rx_bytes_count), (3, 12));
+    assert_eq!((m.tx_packets_count, m.tx_bytes_count), (2, 10));
 }
 
 /// A vhost-user frontend starts the rings one at a time and the worker runs from the

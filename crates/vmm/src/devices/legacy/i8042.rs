@@ -300,9 +300,15 @@ pub struct I8042<T: Trigger> {
     logged_commands: ByteSet,
     logged_keyboard: ByteSet,
     logged_overflow: bool,
+    metrics: std::sync::Arc<crate::metrics::I8042Metrics>,
 }
 
 impl<T: Trigger> I8042<T> {
+    /// Its counters.
+    pub fn metrics(&self) -> std::sync::Arc<crate::metrics::I8042Metrics> {
+        self.metrics.clone()
+    }
+
     /// A controller in its power-on state that fires `reset` when the guest pulses the CPU
     /// reset line. It raises no interrupt until given one with [`I8042::with_interrupt`].
     pub fn new(reset: T) -> Self {
@@ -321,6 +327,7 @@ impl<T: Trigger> I8042<T> {
             logged_commands: ByteSet::default(),
             logged_keyboard: ByteSet::default(),
             logged_overflow: false,
+            metrics: Default::default(),
         };
         // The power-on state is valid by construction.
         let _ = dev.restore(&I8042State::default());
@@ -551,7 +558,9 @@ impl<T: Trigger> I8042<T> {
     }
 
     fn fire_reset(&self) {
+        self.metrics.reset_count.inc();
         if let Err(e) = self.reset.trigger() {
+            self.metrics.error_count.inc();
             log::error!("i8042: cannot signal the reset: {e:?}");
         }
     }
@@ -641,10 +650,14 @@ impl<T: Trigger + Send> BusDevice for I8042<T> {
         if data.is_empty() {
             return;
         }
+        self.metrics.read_count.inc();
         let value = match offset {
             DATA => self.read_data(),
             COMMAND => self.status(),
-            _ => 0xff,
+            _ => {
+                self.metrics.missed_read_count.inc();
+                0xff
+            }
         };
         data.fill(value);
     }
@@ -653,10 +666,11 @@ impl<T: Trigger + Send> BusDevice for I8042<T> {
         let Some(&value) = data.first() else {
             return;
         };
+        self.metrics.write_count.inc();
         match offset {
             DATA => self.write_data(value),
             COMMAND => self.write_command(value),
-            _ => {}
+            _ => self.metrics.missed_write_count.inc(),
         }
     }
 }

@@ -14,6 +14,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::trigger::EventFdTrigger;
 use crate::bus::BusDevice;
+use crate::metrics::UartMetrics;
+use std::sync::Arc;
 
 /// I/O port base of COM1.
 pub const COM1_BASE: u64 = 0x3f8;
@@ -22,15 +24,30 @@ pub const COM1_LEN: u64 = 8;
 /// ISA interrupt line of COM1.
 pub const COM1_IRQ: u32 = 4;
 
-/// Events from the UART model that the VMM acts on.
+/// Events from the UART model that the VMM acts on (and counts).
 pub struct SerialHostEvents {
     input_ready: EventFd,
+    metrics: Arc<UartMetrics>,
+}
+
+impl SerialHostEvents {
+    fn new(input_ready: EventFd) -> Self {
+        Self {
+            input_ready,
+            metrics: Arc::default(),
+        }
+    }
 }
 
 impl SerialEvents for SerialHostEvents {
-    fn buffer_read(&self) {}
-    fn out_byte(&self) {}
+    fn buffer_read(&self) {
+        self.metrics.read_count.inc();
+    }
+    fn out_byte(&self) {
+        self.metrics.write_count.inc();
+    }
     fn tx_lost_byte(&self) {
+        self.metrics.missed_write_count.inc();
         log::warn!("serial: the console output failed; a byte was lost");
     }
     fn in_buffer_empty(&self) {
@@ -54,10 +71,15 @@ impl SerialDevice {
         Self {
             serial: Serial::with_events(
                 EventFdTrigger::new(interrupt),
-                SerialHostEvents { input_ready },
+                SerialHostEvents::new(input_ready),
                 out,
             ),
         }
+    }
+
+    /// Its counters.
+    pub fn metrics(&self) -> Arc<UartMetrics> {
+        self.serial.events().metrics.clone()
     }
 
     /// A UART as [`SerialDevice::new`], with the registers and receive FIFO of a snapshot.
@@ -71,7 +93,7 @@ impl SerialDevice {
         let serial = Serial::from_state(
             &state.to_superio(),
             EventFdTrigger::new(interrupt),
-            SerialHostEvents { input_ready },
+            SerialHostEvents::new(input_ready),
             out,
         )
         .map_err(|e| io::Error::other(format!("serial state: {e:?}")))?;
@@ -149,18 +171,23 @@ impl SerialSnapshot {
 
 impl BusDevice for SerialDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if let (Some(first), Ok(offset)) = (data.first_mut(), u8::try_from(offset)) {
-            *first = self.serial.read(offset);
+        match (data.first_mut(), u8::try_from(offset)) {
+            (Some(first), Ok(offset)) if u64::from(offset) < COM1_LEN => {
+                *first = self.serial.read(offset);
+            }
+            _ => self.serial.events().metrics.missed_read_count.inc(),
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Some(&value), Ok(offset)) = (data.first(), u8::try_from(offset)) {
             if let Err(e) = self.serial.write(offset, value) {
+                self.serial.events().metrics.error_count.inc();
                 log::warn!("serial: write at offset {offset} failed: {e:?}");
             }
             if offset == 0 {
                 // Console output should reach the terminal as the guest writes it.
+                self.serial.events().metrics.flush_count.inc();
                 let _ = self.serial.writer_mut().flush();
             }
         }
@@ -205,6 +232,9 @@ mod tests {
             dev.write(0, &[*b]);
         }
         assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
+        let counted = dev.metrics().take();
+        assert_eq!((counted.write_count, counted.flush_count), (3, 3));
+        assert_eq!(counted.missed_write_count, 0);
     }
 
     #[test]
