@@ -15,6 +15,11 @@ targets=("$@")
 if ((${#targets[@]} == 0)); then
     mapfile -t targets < <(cargo fuzz list)
 fi
+# Build them all first, unfiltered: a target that no longer compiles fails here with the
+# compiler's message (the run's filter below would hide it).
+for t in "${targets[@]}"; do
+    cargo fuzz build "$t" -s none || { echo "fuzz target $t does not build"; exit 1; }
+done
 for t in "${targets[@]}"; do
     echo "== fuzz $t (${seconds}s)"
     # With pipefail the pipeline fails exactly when cargo fuzz does (the filter never

@@ -11,11 +11,13 @@
 #   scripts/nested-host.sh --prepare        build (or check) the cached L1 kernel+initramfs
 #
 # Options:
-#   --timeout SECONDS   deadline of one run, boot included (default 1200); never hangs
+#   --timeout SECONDS   deadline of the whole run, boots and retries included (default
+#                       1200); never hangs
 #   --cpus N            L1 vCPUs (default 2)      --memory MIB   L1 memory (default 6144)
-#   --retries N         runs whose L1 locked up or panicked are retried N times (default 1);
+#   --retries N         runs whose L1 locked up, froze (no heartbeat for 150 s) or panicked
+#                       are retried N times (default 1);
 #                       every retry is reported on stderr, never hidden. A retry resumes:
-#                       libtest suites run through scripts/lib/retry-failed-tests.sh skip
+#                       libtest suites run through scripts/lib/each-test.sh skip
 #                       the tests that passed in the L1 that died ($NESTED_SKIP)
 #   --keep-logs DIR     keep the L1 console log and the command's output in DIR
 #
@@ -26,7 +28,7 @@
 #
 # Exit status: the command's own; 124 the deadline passed; 125 the nested host could not
 # start (no QEMU, no SVM in `-cpu max`, kvm-amd did not load; the reason is on stderr);
-# 126 the L1 locked up or panicked on every try.
+# 126 the L1 locked up, froze or panicked on every try.
 #
 # Cache: ${VIREO_NESTED_DIR:-$HOME/.cache/vireo/nested-host} (vmlinuz, l1.cpio.gz, manifest),
 # built from Debian's linux-image-amd64 and busybox-static like scripts/guest-image.sh.
@@ -148,6 +150,8 @@ mount -o bind /out "/newroot$OUTDIR"
 ip link set lo up
 hostname nested-host
 echo "NESTED-HOST: ready $(cut -d' ' -f1 /proc/uptime) s after boot"
+# A heartbeat: an L1 that stops printing it has frozen (scripts/nested-host.sh stops it).
+(while sleep 15; do echo "NESTED-HOST: alive $(cut -d' ' -f1 /proc/uptime)"; done) &
 chroot /newroot /bin/bash "$OUTDIR/run.sh" >"/out/output" 2>&1
 echo $? >/out/status
 echo "NESTED-HOST: command exited $(cat /out/status)"
@@ -215,10 +219,12 @@ command -v "$QEMU" >/dev/null || die "$QEMU is not installed (scripts/install-qe
 [[ $EUID == 0 ]] || die "the nested host runs commands as root and shares / read-only: run it as root"
 
 # Lines of the L1 console that mean it is wedged or dead: stop it at once.
+# An L1 can also freeze without a word (seen in CI): no heartbeat for this long stops it.
+FROZEN_AFTER=150
 L1_BROKEN='soft lockup|hard LOCKUP|rcu_(sched|preempt) (self-)?detected stall|detected stalls on CPUs|Kernel panic|general protection fault|BUG: unable to handle'
 
 run_once() { # <out dir> <command...>; sets RUN_STATUS and RUN_VERDICT (ok|deadline|broken|nostart)
-    local out=$1 qpid tpid deadline started=$SECONDS
+    local out=$1 qpid tpid started=$SECONDS
     shift
     {
         printf 'OUTDIR=%q\n' "$out"
@@ -233,7 +239,7 @@ run_once() { # <out dir> <command...>; sets RUN_STATUS and RUN_VERDICT (ok|deadl
                 HOME | PATH | TERM | USER | CI | RUST_* | CARGO_* | VIREO_* | NESTED_*) printf 'export %s=%q\n' "$v" "${!v}" ;;
             esac
         done
-        # scripts/lib/retry-failed-tests.sh records each test that passes here, and skips
+        # scripts/lib/each-test.sh records each test that passes here, and skips
         # those that passed in a try whose L1 died.
         printf 'export NESTED_PASSED_LOG=%q\n' "$out/passed"
         printf 'export NESTED_SKIP=%q\n' "$SKIP_TESTS"
@@ -244,26 +250,38 @@ run_once() { # <out dir> <command...>; sets RUN_STATUS and RUN_VERDICT (ok|deadl
     } >"$out/run.sh"
     : >"$out/output"
     rm -f "$out/status" "$out/l1-failed"
+    # No transparent huge pages in the L1: a CI run's L1 locked up with khugepaged stuck
+    # ("soft lockup ... [khugepaged]") while it collapsed an L2's memory on the software CPU.
     "$QEMU" -M q35 -accel tcg,thread=multi -cpu max -smp "$cpus" -m "$memory" \
         -display none -no-reboot -nodefaults -monitor none \
         -serial "file:$out/console.log" \
         -kernel "$NESTED_DIR/vmlinuz" -initrd "$NESTED_DIR/l1.cpio.gz" \
-        -append "console=ttyS0 quiet panic=-1 tsc=reliable" \
+        -append "console=ttyS0 quiet panic=-1 tsc=reliable transparent_hugepage=never" \
         -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
         -virtfs "local,path=$out,mount_tag=out,security_model=none,multidevs=remap" \
         </dev/null >"$out/qemu.log" 2>&1 &
     qpid=$!
     tail -F -n +1 --pid=$qpid "$out/output" 2>/dev/null &
     tpid=$!
-    deadline=$((SECONDS + timeout_s))
-    RUN_VERDICT=ok
+    RUN_VERDICT=ok BROKEN_WHY=
+    local beats=0 now_beats last_beat=$SECONDS
     while kill -0 $qpid 2>/dev/null; do
-        if ((SECONDS >= deadline)); then
+        if ((SECONDS >= DEADLINE)); then
             RUN_VERDICT=deadline
             break
         fi
         if grep -Eq "$L1_BROKEN" "$out/console.log" 2>/dev/null; then
             RUN_VERDICT=broken
+            BROKEN_WHY=$(grep -E -m 5 "$L1_BROKEN" "$out/console.log")
+            break
+        fi
+        # The L1's heartbeat (every 15 s from its init; the boot counts as one).
+        now_beats=$(grep -c "NESTED-HOST: \(ready\|alive\)" "$out/console.log" 2>/dev/null)
+        if ((now_beats != beats)); then
+            beats=$now_beats last_beat=$SECONDS
+        elif ((SECONDS - last_beat >= FROZEN_AFTER)); then
+            RUN_VERDICT=broken
+            BROKEN_WHY="no heartbeat from the L1 for $FROZEN_AFTER s (frozen)"
             break
         fi
         sleep 1
@@ -284,6 +302,7 @@ run_once() { # <out dir> <command...>; sets RUN_STATUS and RUN_VERDICT (ok|deadl
             NOSTART_WHY="the L1 did not come up: $(tail -n 5 "$out/qemu.log" "$out/console.log" 2>/dev/null | tr '\n' ' ')"
         else
             RUN_VERDICT=broken
+            BROKEN_WHY="QEMU ended without the command's status; the console's end: $(tail -n 5 "$out/console.log")"
         fi
     fi
     RUN_STATUS=$(cat "$out/status" 2>/dev/null || echo "")
@@ -298,6 +317,8 @@ keep() { # <out dir>
 
 try=0
 SKIP_TESTS=
+# One deadline for every try: a retry gets what the tries before it left.
+DEADLINE=$((SECONDS + timeout_s))
 while :; do
     out=$(mktemp -d "${TMPDIR:-/tmp}/vireo-nested-run.XXXXXX")
     chmod 755 "$out"
@@ -316,20 +337,28 @@ while :; do
             ;;
         deadline)
             log "deadline of $timeout_s s passed; the L1 console's last lines:"
-            tail -n 20 "$out/console.log" | sed 's/^/nested-host:   | /' >&2
+            grep -v "NESTED-HOST: alive" "$out/console.log" | tail -n 20 | sed 's/^/nested-host:   | /' >&2
+            log "the command's last lines:"
+            tail -n 40 "$out/output" | sed 's/^/nested-host:   > /' >&2
             rm -rf "$out"
             exit 124
             ;;
         broken)
             log "the L1 locked up or died after $RUN_SECONDS s (try $((try + 1)) of $((retries + 1))):"
-            grep -E -m 5 "$L1_BROKEN" "$out/console.log" | sed 's/^/nested-host:   | /' >&2 || true
+            sed 's/^/nested-host:   | /' <<<"$BROKEN_WHY" >&2
+            log "the command's last lines:"
+            tail -n 30 "$out/output" | sed 's/^/nested-host:   > /' >&2
             SKIP_TESTS=$(printf '%s\n' $SKIP_TESTS $(cat "$out/passed" 2>/dev/null) | sort -u | tr '\n' ' ')
             rm -rf "$out"
             if ((try >= retries)); then
                 exit 126
             fi
+            if ((DEADLINE - SECONDS < 120)); then
+                log "no time left for a retry ($((DEADLINE - SECONDS)) s of the $timeout_s s deadline)"
+                exit 124
+            fi
             try=$((try + 1))
-            log "RETRY $try: running the command again in a new L1"
+            log "RETRY $try: running the command again in a new L1 ($((DEADLINE - SECONDS)) s left)"
             ;;
     esac
 done

@@ -57,6 +57,17 @@ echo "   KVM: $probe"
 stage "cargo test"
 cargo test --workspace
 
+# Every cargo-fuzz target of fuzz/ for a short while (scripts/fuzz.sh installs cargo-fuzz
+# if needed); a crash fails the run and leaves its input in fuzz/artifacts/.
+stage "fuzz (${FUZZ_SECONDS:-15} s per target)"
+FUZZ_SECONDS=${FUZZ_SECONDS:-15} scripts/fuzz.sh
+
+# Schema-driven requests against the API (schemathesis from PyPI, in a cached venv): no
+# 5xx, every status and body as docs/api/vireo-api.json says. ~15 s. Both before layer 4, the
+# longest stage, so that their failures come early.
+stage "API schema check (schemathesis)"
+scripts/api-fuzz.sh
+
 # Layer 4: the full Linux boots are the ignored tests of linux_guest.rs, and vireod's
 # with Linux guests those of linux_vms.rs (other ignored tests are ignored for a reason
 # of their own, see their #[ignore]). Both run in one nested host, one after the other.
@@ -70,28 +81,22 @@ l4m=$(executable vireod linux_vms)
 for b in "$l4" "$l4m"; do
     [[ -x $b ]] || { echo "cannot find a layer-4 test executable ($l4, $l4m)" >&2; exit 1; }
 done
-# Each executable through the retry script; the run fails if either failed.
-layer4=(bash -c 'rc=0; for b; do scripts/lib/retry-failed-tests.sh "$b" --ignored --test-threads=1 || rc=1; done; exit $rc' layer4 "$l4" "$l4m")
+# Each executable through scripts/lib/each-test.sh (each test alone, under a time limit,
+# a failed one run again); the run fails if either failed.
+layer4=(bash -c 'rc=0; for b; do scripts/lib/each-test.sh "$b" --ignored || rc=1; done; exit $rc' layer4 "$l4" "$l4m")
 if [[ $probe == *kvm=complete* ]]; then
     echo "   this host's KVM is complete: running them directly"
     "${layer4[@]}"
 elif command -v qemu-system-x86_64 >/dev/null; then
     echo "   this host's KVM is incomplete: running them in the nested test host"
     scripts/nested-host.sh --prepare >/dev/null
-    scripts/nested-host.sh --timeout "${VIREO_L4_TIMEOUT:-1500}" --retries 3 -- "${layer4[@]}"
+    # One deadline for all the tries (a retry resumes where the L1 died): 40 min, so CI's
+    # 90 min hold it after the ~20 min of the stages before.
+    scripts/nested-host.sh --timeout "${VIREO_L4_TIMEOUT:-2400}" --retries 3 -- "${layer4[@]}"
 else
     why="layer 4: this host's KVM is incomplete and qemu-system-x86_64 (the nested host) is not installed"
     [[ ${CI:-} == true ]] && { echo "$why" >&2; exit 1; }
     echo "linux_guest, linux_vms (all): $why" >>"$VIREO_SKIP_LOG"
 fi
 
-# Every cargo-fuzz target of fuzz/ for a short while (scripts/fuzz.sh installs cargo-fuzz
-# if needed); a crash fails the run and leaves its input in fuzz/artifacts/.
-stage "fuzz (${FUZZ_SECONDS:-15} s per target)"
-FUZZ_SECONDS=${FUZZ_SECONDS:-15} scripts/fuzz.sh
-
-# Schema-driven requests against the API (schemathesis from PyPI, in a cached venv): no
-# 5xx, every status and body as docs/api/vireo-api.json says. ~15 s.
-stage "API schema check (schemathesis)"
-scripts/api-fuzz.sh
 stage ""

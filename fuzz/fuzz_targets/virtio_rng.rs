@@ -4,5 +4,5 @@ use libfuzzer_sys::fuzz_target;
 use virtio_devices::rng::RngWorker;
 
 fuzz_target!(|data: &[u8]| {
-    vireo_fuzz::serve(&mut RngWorker, 1, data);
+    vireo_fuzz::serve(&mut RngWorker::default(), 1, data);
 });

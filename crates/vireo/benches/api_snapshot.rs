@@ -1,6 +1,9 @@
 //! Figures for the control API and snapshots, against the real `vireo` binary:
 //!
 //! - API round trip: `GET /machine-config` on one kept-alive connection, p50/p99/max;
+//! - metrics flush: `PUT /actions` `FlushMetrics` for a running `count` guest with a
+//!   disk (the whole round trip, a line of every group written), p50/p99, and the
+//!   line's size;
 //! - snapshot create: time of `PUT /snapshot/create` (Full) for a paused `count` guest of
 //!   128 MiB and 1 GiB, and the files' sizes (apparent and allocated: the memory file is
 //!   sparse, zero pages are holes);
@@ -65,6 +68,53 @@ fn api_latency(requests: usize) {
         percentile(&times, 0.99).as_secs_f64() * 1e6,
         times.last().unwrap().as_secs_f64() * 1e6
     );
+}
+
+fn metrics_flush(dir: &Path, requests: usize) {
+    let vm = Vireo::start("bench-metrics", &[]);
+    let mut c = vm.client();
+    let metrics = dir.join("metrics.json");
+    let disk = dir.join("metrics-disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    ok(c.put(
+        "/metrics",
+        &format!(r#"{{"metrics_path": "{}"}}"#, metrics.display()),
+    ));
+    ok(c.put(
+        "/drives/rootfs",
+        &format!(
+            r#"{{"drive_id": "rootfs", "path_on_host": "{}", "is_root_device": false}}"#,
+            disk.display()
+        ),
+    ));
+    let serial = dir.join("metrics-serial");
+    boot_count(&mut c, 128, serial.to_str().unwrap());
+    let flush = r#"{"action_type": "FlushMetrics"}"#;
+    for _ in 0..50 {
+        ok(c.put("/actions", flush));
+    }
+    let mut times = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let t = Instant::now();
+        ok(c.put("/actions", flush));
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let text = std::fs::read_to_string(&metrics).unwrap_or_default();
+    let line = text.lines().last().map_or(0, str::len);
+    println!(
+        "FlushMetrics round trip ({requests} requests): p50 {:.1} us, p99 {:.1} us; a line is {line} bytes",
+        percentile(&times, 0.5).as_secs_f64() * 1e6,
+        percentile(&times, 0.99).as_secs_f64() * 1e6,
+    );
+    drop(c);
+    drop(vm);
+    for f in [&metrics, &disk, &serial] {
+        let _ = std::fs::remove_file(f);
+    }
 }
 
 struct Round {
@@ -168,6 +218,7 @@ fn main() {
         dir.display()
     );
     api_latency(5000);
+    metrics_flush(&dir, 2000);
     println!(
         "{:>8} | {:>12} | {:>11} | {:>22} | {:>10} | {:>16}",
         "guest",
