@@ -28,6 +28,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("virtio_blk", "elf64.ld"),
     ("virtio_balloon", "elf64.ld"),
     ("kbd", "elf64.ld"),
+    ("boot_timer", "elf64.ld"),
 ];
 
 /// Files every guest depends on besides its own source and link script.

@@ -218,7 +218,7 @@ impl Server {
     }
 
     fn handle(&mut self, request: &http::Request) -> Response {
-        log::debug!("API: {} {}", request.method, request.path);
+        log::info!("{}", received_line(request));
         let action = match router::route(&request.method, &request.path, request.body.as_deref()) {
             Ok(action) => action,
             Err(e) => {
@@ -247,4 +247,63 @@ fn write_all(mut stream: &UnixStream, bytes: &[u8]) -> io::Result<()> {
     let result = stream.write_all(bytes);
     stream.set_nonblocking(true)?;
     result
+}
+
+/// Firecracker's line for a request, which log scrapers wait for: `The API server
+/// received a Put request on "/actions" with body "{...}".` (the method in its title
+/// case; no body for a GET, nor for `/mmds`, whose data may be secret).
+fn received_line(request: &http::Request) -> String {
+    let method = request.method.to_ascii_lowercase();
+    let mut title = method.clone();
+    if let Some(first) = title.get_mut(..1) {
+        first.make_ascii_uppercase();
+    }
+    let mut line = format!(
+        "The API server received a {title} request on {:?}",
+        request.path
+    );
+    if let Some(body) = &request.body
+        && method != "get"
+        && !request.path.starts_with("/mmds")
+    {
+        line.push_str(&format!(" with body {:?}", String::from_utf8_lossy(body)));
+    }
+    line.push('.');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, path: &str, body: Option<&str>) -> http::Request {
+        http::Request {
+            method: method.into(),
+            path: path.into(),
+            query: String::new(),
+            upgrade: String::new(),
+            body: body.map(|b| b.as_bytes().to_vec()),
+            keep_alive: true,
+        }
+    }
+
+    #[test]
+    fn requests_are_logged_in_firecrackers_words() {
+        assert_eq!(
+            received_line(&request("GET", "/machine-config", None)),
+            r#"The API server received a Get request on "/machine-config"."#
+        );
+        assert_eq!(
+            received_line(&request(
+                "PUT",
+                "/actions",
+                Some(r#"{"action_type": "InstanceStart"}"#)
+            )),
+            r#"The API server received a Put request on "/actions" with body "{\"action_type\": \"InstanceStart\"}"."#
+        );
+        assert_eq!(
+            received_line(&request("PATCH", "/mmds", Some(r#"{"secret": 1}"#))),
+            r#"The API server received a Patch request on "/mmds"."#
+        );
+    }
 }

@@ -106,6 +106,8 @@ impl FullVmConfig {
             rng,
             balloon,
             track_dirty_pages,
+            // A process flag (`--boot-timer`) in Firecracker, not part of its config.
+            boot_timer: _,
         } = config;
         let mut full = FullVmConfig::default();
         if !memory_bytes.is_multiple_of(1 << 20) {

@@ -92,6 +92,11 @@ pub struct VmConfig {
     pub balloon: Option<BalloonConfig>,
     /// KVM logs the pages the guest dirties, so a diff snapshot can write only those.
     pub track_dirty_pages: bool,
+    /// Firecracker's boot timer: a device in the first MMIO window (0xd000_0000) that
+    /// logs the time since the VM was built when the guest writes 123 to it (its init,
+    /// once booted); the virtio windows then start one page higher.
+    #[serde(default)]
+    pub boot_timer: bool,
 }
 
 impl VmConfig {
@@ -110,6 +115,7 @@ impl VmConfig {
             rng: false,
             balloon: None,
             track_dirty_pages: false,
+            boot_timer: false,
         }
     }
 

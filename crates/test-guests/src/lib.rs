@@ -184,7 +184,13 @@ pub const ALL: &[&str] = &[
     VIRTIO_BLK,
     VIRTIO_BALLOON,
     KBD,
+    BOOT_TIMER,
 ];
+
+/// Firecracker's boot-done signal, 64-bit ELF entry at 0x200000: writes the byte 123
+/// to 0xd0000000 (the boot timer of `--boot-timer`), prints
+/// [`expected::BOOT_TIMER`] and resets.
+pub const BOOT_TIMER: &str = "boot_timer";
 
 /// Guest-physical address of the u64 counter the [`COUNT`] guest increments.
 pub const COUNT_COUNTER_ADDR: u64 = 0x12000;
@@ -240,6 +246,9 @@ pub mod expected {
 
     /// [`PORTS`](crate::PORTS).
     pub const PORTS: &str = "ports ok\n";
+
+    /// [`BOOT_TIMER`](crate::BOOT_TIMER).
+    pub const BOOT_TIMER: &str = "boot timer signalled\n";
 
     /// [`ACPI_POWEROFF`](crate::ACPI_POWEROFF).
     pub const ACPI_POWEROFF: &str = "vireo-guest: powering off via ACPI S5\n";

@@ -1,5 +1,7 @@
 //! `vireo --api-sock PATH [--config-file FILE]` and `vireo --no-api --config-file FILE`:
 //! the VM configured through Firecracker's API (or a config file), on the main thread.
+//! With no arguments at all, as Firecracker, the API is served on
+//! [`DEFAULT_API_SOCK`]; Firecracker's other flags are taken too (`cli::FirecrackerArgs`).
 //!
 //! The `api` thread (crate `api-server`) parses requests and sends each as a
 //! [`api::action::VmmAction`]; this thread owns the [`Controller`] and waits in one epoll
@@ -18,7 +20,11 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::controller::Controller;
+use crate::metrics::StartReference;
 use crate::{EXIT_BUILD_FAILED, EXIT_OK, exit_code, report, signals, terminal};
+
+/// Where Firecracker serves its API when given no `--api-sock`.
+pub const DEFAULT_API_SOCK: &str = "/run/firecracker.socket";
 
 const API: u64 = 0;
 const SIGNAL: u64 = 1;
@@ -34,33 +40,54 @@ pub struct ApiOptions {
     pub id: String,
     /// Largest request body.
     pub payload_limit: usize,
+    /// Write metrics here from the start (`--metrics-path`).
+    pub metrics_path: Option<PathBuf>,
+    /// Firecracker's boot timer device (`--boot-timer`).
+    pub boot_timer: bool,
+    /// What the startup metrics count from (the jailer's `--start-time-us`...).
+    pub start: StartReference,
 }
 
 impl ApiOptions {
-    /// The options of a command line without a subcommand.
+    /// The options of a command line without a subcommand: the API on
+    /// [`DEFAULT_API_SOCK`] unless `--api-sock` or `--no-api` says otherwise.
     pub fn from_cli(cli: crate::cli::Cli) -> Self {
+        let fc = cli.firecracker;
+        let api_sock = match cli.api_sock {
+            Some(path) => Some(path),
+            None if cli.no_api => None,
+            None => Some(PathBuf::from(DEFAULT_API_SOCK)),
+        };
         Self {
-            api_sock: cli.api_sock,
+            api_sock,
             config_file: cli.config_file,
             id: cli.id,
             payload_limit: cli.http_api_max_payload_size,
+            metrics_path: fc.metrics_path,
+            boot_timer: fc.boot_timer,
+            start: StartReference {
+                wall_us: fc.start_time_us,
+                cpu_us: fc.start_time_cpu_us,
+                parent_cpu_us: fc.parent_cpu_time_us.unwrap_or(0),
+            },
         }
     }
 }
 
-/// The top-level flags go without a subcommand, and without one at least one of
-/// `--api-sock` and `--config-file` is needed.
+/// The API mode's flags go without a subcommand; those asking for what Vireo lacks
+/// (seccomp filters, MMDS data, PCI) are refused rather than ignored.
 pub fn check_flags(cli: &crate::cli::Cli) -> Result<(), String> {
-    let api_flags = cli.api_sock.is_some() || cli.config_file.is_some() || cli.no_api;
-    match (&cli.command, api_flags) {
-        (Some(_), true) => {
-            Err("--api-sock, --config-file and --no-api go without a subcommand".into())
-        }
-        (None, false) => Err(
-            "nothing to do: give a subcommand (see --help), --api-sock PATH or --config-file FILE"
+    let api_flags =
+        cli.api_sock.is_some() || cli.config_file.is_some() || cli.no_api || cli.firecracker.any();
+    if cli.command.is_some() && api_flags {
+        return Err(
+            "--api-sock, --config-file, --no-api and Firecracker's flags go without a subcommand"
                 .into(),
-        ),
-        _ => Ok(()),
+        );
+    }
+    match cli.firecracker.refusal() {
+        Some(refused) => Err(refused),
+        None => Ok(()),
     }
 }
 
@@ -83,6 +110,16 @@ impl Drop for SocketFile {
 /// Run until the guest stops (or, before it starts, until SIGTERM/SIGINT).
 pub fn run(opts: ApiOptions) -> ExitCode {
     let mut controller = Controller::new(opts.id);
+    controller.set_boot_timer(opts.boot_timer);
+    if let Some(path) = &opts.metrics_path {
+        let config = api::firecracker::Metrics {
+            metrics_path: path.to_string_lossy().into_owned(),
+            ..Default::default()
+        };
+        if let Err(e) = controller.metrics.configure(&config) {
+            return fail(format!("--metrics-path: {e}"));
+        }
+    }
     if let Some(path) = &opts.config_file {
         let loaded = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))
@@ -96,13 +133,16 @@ pub fn run(opts: ApiOptions) -> ExitCode {
     }
     let api = match &opts.api_sock {
         Some(path) => match api_server::start(path, opts.payload_limit) {
-            Ok(api) => Some(api),
+            Ok(api) => {
+                log::info!("API server started.");
+                Some(api)
+            }
             Err(e) => return fail(e),
         },
         None => None,
     };
     let _socket = SocketFile(opts.api_sock.clone());
-    controller.metrics.mark_api_ready();
+    controller.metrics.mark_api_ready(&opts.start);
     if opts.config_file.is_some()
         && let Err(e) = controller.handle(api::action::VmmAction::InstanceStart)
     {

@@ -7,15 +7,31 @@ use api::{BalloonConfig, DiskConfig, NetConfig, SerialConfig, VmConfig, VsockCon
 use clap::{Args, Parser, Subcommand};
 
 /// Vireo: a KVM virtual machine monitor. One process runs one VM.
+///
+/// Without a subcommand Vireo is a drop-in for Firecracker: it serves Firecracker's API on
+/// --api-sock (default /run/firecracker.socket) and takes Firecracker's flags.
 #[derive(Parser, Debug)]
 #[command(name = "vireo", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Log level on stderr: error, warn, info, debug or trace.
-    #[arg(long, global = true, default_value = "warn", env = "VIREO_LOG", value_parser = parse_level)]
-    pub log_level: log::LevelFilter,
+    /// Log level: off, error, warn (Warning), info, debug or trace, any case [default:
+    /// warn on stderr, info with --log-path].
+    #[arg(long, visible_alias = "level", global = true, env = "VIREO_LOG", value_parser = parse_level)]
+    pub log_level: Option<log::LevelFilter>,
+    /// Write the log to this file or named pipe (appended to) instead of stderr.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub log_path: Option<PathBuf>,
+    /// Log only what this module (a Rust path prefix, e.g. `api_server`) logs.
+    #[arg(long, global = true, value_name = "MODULE")]
+    pub module: Option<String>,
+    /// Put each line's level in it.
+    #[arg(long, global = true)]
+    pub show_level: bool,
+    /// Put each line's source file and line in it.
+    #[arg(long, global = true)]
+    pub show_log_origin: bool,
 
     /// Serve Firecracker's API on this Unix socket; the VM is configured and started
-    /// through it (no subcommand).
+    /// through it (no subcommand) [default: /run/firecracker.socket].
     #[arg(long, value_name = "PATH", conflicts_with = "no_api")]
     pub api_sock: Option<PathBuf>,
     /// Configure the VM from this JSON file (what `GET /vm/config` returns) and boot it
@@ -25,15 +41,122 @@ pub struct Cli {
     /// No API socket: boot from --config-file alone.
     #[arg(long, requires = "config_file")]
     pub no_api: bool,
-    /// The instance id `GET /` reports.
+    /// The instance id `GET /` reports and log lines carry.
     #[arg(long, default_value = "anonymous-instance", value_name = "ID")]
     pub id: String,
     /// Largest API request body, in bytes.
     #[arg(long, default_value_t = 51_200, value_name = "BYTES")]
     pub http_api_max_payload_size: usize,
 
+    /// Firecracker's other flags (no subcommand).
+    #[command(flatten)]
+    pub firecracker: FirecrackerArgs,
+
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// The flags Firecracker's launchers (its jailer, SDKs, Kata) pass, for the API mode.
+#[derive(Args, Debug, Default)]
+#[command(next_help_heading = "Firecracker's flags")]
+pub struct FirecrackerArgs {
+    /// Write metrics here (as `PUT /metrics` does): a JSON line per flush.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_path: Option<PathBuf>,
+    /// Firecracker's boot timer device at 0xd0000000 (the guest's init writes 123 there);
+    /// the boot time is logged at info level.
+    #[arg(long = "boot-timer", id = "fc_boot_timer")]
+    pub boot_timer: bool,
+    /// When the launcher started this process, in µs of CLOCK_MONOTONIC (the jailer
+    /// passes it): the API server's startup time is measured from it.
+    #[arg(long, value_name = "US")]
+    pub start_time_us: Option<u64>,
+    /// The process CPU time when the launcher started it, in µs.
+    #[arg(long, value_name = "US")]
+    pub start_time_cpu_us: Option<u64>,
+    /// CPU time the launcher spent before this process, in µs (added to the startup CPU
+    /// time).
+    #[arg(long, value_name = "US")]
+    pub parent_cpu_time_us: Option<u64>,
+    /// Run without seccomp filters (Vireo installs none yet: accepted, changes nothing).
+    #[arg(long, conflicts_with = "seccomp_filter")]
+    pub no_seccomp: bool,
+    /// Seccomp filters to install (refused: Vireo has no seccomp support yet, and running
+    /// unfiltered when filters were asked for would be wrong).
+    #[arg(long, value_name = "FILE")]
+    pub seccomp_filter: Option<PathBuf>,
+    /// MMDS data at start (refused: Vireo has no MMDS yet).
+    #[arg(long, value_name = "FILE")]
+    pub metadata: Option<PathBuf>,
+    /// Largest MMDS data store, in bytes (accepted; Vireo has no MMDS yet).
+    #[arg(long, value_name = "BYTES")]
+    pub mmds_size_limit: Option<usize>,
+    /// Firecracker's PCI transport (refused: Vireo's devices are virtio-mmio).
+    #[arg(long)]
+    pub enable_pci: bool,
+}
+
+impl FirecrackerArgs {
+    /// Whether any of these flags was given.
+    pub fn any(&self) -> bool {
+        self.metrics_path.is_some()
+            || self.boot_timer
+            || self.start_time_us.is_some()
+            || self.start_time_cpu_us.is_some()
+            || self.parent_cpu_time_us.is_some()
+            || self.no_seccomp
+            || self.seccomp_filter.is_some()
+            || self.metadata.is_some()
+            || self.mmds_size_limit.is_some()
+            || self.enable_pci
+    }
+
+    /// What Vireo cannot do of what these flags ask, as an error to exit with.
+    pub fn refusal(&self) -> Option<String> {
+        if self.seccomp_filter.is_some() {
+            return Some(
+                "--seccomp-filter: Vireo does not install seccomp filters yet; \
+                 run with --no-seccomp to go on without them"
+                    .into(),
+            );
+        }
+        if self.metadata.is_some() {
+            return Some("--metadata: Vireo has no MMDS (metadata service) yet".into());
+        }
+        if self.enable_pci {
+            return Some("--enable-pci: Vireo's devices are virtio-mmio; it has no PCI".into());
+        }
+        None
+    }
+}
+
+/// The logger the flags ask for: `None` keeps stderr in Vireo's own short format.
+pub fn logger_config(cli: &Cli) -> Option<api::firecracker::Logger> {
+    if cli.log_path.is_none() && cli.module.is_none() && !cli.show_level && !cli.show_log_origin {
+        return None;
+    }
+    Some(api::firecracker::Logger {
+        log_path: cli
+            .log_path
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned()),
+        level: Some(level_of(cli.log_level.unwrap_or(log::LevelFilter::Info))),
+        show_level: Some(cli.show_level),
+        show_log_origin: Some(cli.show_log_origin),
+        module: cli.module.clone(),
+    })
+}
+
+fn level_of(filter: log::LevelFilter) -> api::firecracker::LogLevel {
+    use api::firecracker::LogLevel;
+    match filter {
+        log::LevelFilter::Off => LogLevel::Off,
+        log::LevelFilter::Error => LogLevel::Error,
+        log::LevelFilter::Warn => LogLevel::Warning,
+        log::LevelFilter::Info => LogLevel::Info,
+        log::LevelFilter::Debug => LogLevel::Debug,
+        log::LevelFilter::Trace => LogLevel::Trace,
+    }
 }
 
 /// What to do.
@@ -98,8 +221,14 @@ pub struct SocketArg {
     pub socket: PathBuf,
 }
 
+/// A level as Vireo or Firecracker spells it (`Warning`), in any case.
 fn parse_level(text: &str) -> Result<log::LevelFilter, String> {
-    text.parse().map_err(|_| {
+    let level = if text.eq_ignore_ascii_case("warning") {
+        "warn"
+    } else {
+        text
+    };
+    level.parse().map_err(|_| {
         format!("invalid log level '{text}': expected off, error, warn, info, debug or trace")
     })
 }
@@ -147,6 +276,10 @@ pub struct RunArgs {
     /// A virtio-balloon: [size=MIB][,deflate_on_oom][,stats=SECONDS][,free_page_reporting].
     #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "")]
     pub balloon: Option<BalloonConfig>,
+    /// Firecracker's boot timer at 0xd0000000: the guest writes 123 there once booted and
+    /// Vireo logs the boot time (at info level: --log-level info).
+    #[arg(long)]
+    pub boot_timer: bool,
 }
 
 /// `vireo probe-kvm` options.
@@ -174,6 +307,7 @@ impl RunArgs {
             rng: self.rng,
             balloon: self.balloon,
             track_dirty_pages: false,
+            boot_timer: self.boot_timer,
         })
     }
 }
@@ -271,6 +405,78 @@ mod tests {
             "--no-api needs --config-file"
         );
         assert!(parse(&["--no-api", "--api-sock", "/a", "--config-file", "/c"]).is_err());
+    }
+
+    #[test]
+    fn firecrackers_log_flags() {
+        use api::firecracker::LogLevel;
+        // Its spellings, any case; none given: stderr keeps Vireo's own format.
+        for (text, level) in [
+            ("Warning", log::LevelFilter::Warn),
+            ("INFO", log::LevelFilter::Info),
+            ("off", log::LevelFilter::Off),
+        ] {
+            assert_eq!(parse(&["--level", text]).unwrap().log_level, Some(level));
+        }
+        assert!(logger_config(&parse(&["--level", "debug"]).unwrap()).is_none());
+        // A log path alone is at Info, as Firecracker's.
+        let config = logger_config(&parse(&["--log-path", "/l"]).unwrap()).unwrap();
+        assert_eq!(config.log_path.as_deref(), Some("/l"));
+        assert_eq!(config.level, Some(LogLevel::Info));
+        let cli = parse(&[
+            "--log-path",
+            "/l",
+            "--level",
+            "Trace",
+            "--show-level",
+            "--show-log-origin",
+            "--module",
+            "api_server",
+        ])
+        .unwrap();
+        let config = logger_config(&cli).unwrap();
+        assert_eq!(config.level, Some(LogLevel::Trace));
+        assert_eq!(
+            (config.show_level, config.show_log_origin),
+            (Some(true), Some(true))
+        );
+        assert_eq!(config.module.as_deref(), Some("api_server"));
+    }
+
+    #[test]
+    fn firecrackers_other_flags() {
+        let cli = parse(&[
+            "--boot-timer",
+            "--start-time-us",
+            "12",
+            "--start-time-cpu-us",
+            "3",
+            "--parent-cpu-time-us",
+            "4",
+            "--no-seccomp",
+            "--mmds-size-limit",
+            "1024",
+        ])
+        .unwrap();
+        let fc = &cli.firecracker;
+        assert!(fc.any() && fc.boot_timer && fc.no_seccomp);
+        assert_eq!(
+            (fc.start_time_us, fc.start_time_cpu_us),
+            (Some(12), Some(3))
+        );
+        assert!(fc.refusal().is_none());
+        assert!(!parse(&[]).unwrap().firecracker.any());
+        assert!(parse(&["--no-seccomp", "--seccomp-filter", "/f"]).is_err());
+        let refused = parse(&["--seccomp-filter", "/f"]).unwrap().firecracker;
+        assert!(refused.refusal().unwrap().contains("--no-seccomp"));
+        // `run` has a --boot-timer of its own.
+        let Some(Command::Run(args)) = parse(&["run", "--kernel", "/k", "--boot-timer"])
+            .unwrap()
+            .command
+        else {
+            panic!("not run")
+        };
+        assert!(args.boot_timer);
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct Controller {
     config: FullVmConfig,
     vmm: Option<Vmm>,
     started_at: Option<Instant>,
+    /// Firecracker's boot timer (`--boot-timer`, a process flag, not in the config).
+    boot_timer: bool,
     /// Metrics counters and destination.
     pub metrics: Metrics,
 }
@@ -44,8 +46,14 @@ impl Controller {
             config: FullVmConfig::default(),
             vmm: None,
             started_at: None,
+            boot_timer: false,
             metrics: Metrics::default(),
         }
+    }
+
+    /// Give the VM Firecracker's boot timer device when it starts.
+    pub fn set_boot_timer(&mut self, on: bool) {
+        self.boot_timer = on;
     }
 
     /// Take a whole configuration (`--config-file`), logger and metrics included.
@@ -236,7 +244,8 @@ impl Controller {
     }
 
     fn start(&mut self) -> Result<(), ActionError> {
-        let config = self.config.to_vm_config()?;
+        let mut config = self.config.to_vm_config()?;
+        config.boot_timer = self.boot_timer;
         crate::signals::warn_if_kvm_is_incomplete(self.console_on_stdio());
         let vmm = vmm::builder::build_and_boot(&config)
             .map_err(|e| ActionError::StartMicrovm(e.to_string()))?;

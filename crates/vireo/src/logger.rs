@@ -1,6 +1,9 @@
-//! The logger: `vireo[thread]: level: message` on stderr by default; `PUT /logger` (or the
-//! `logger` of a `--config-file`) sends it to a file or named pipe instead, with
-//! Firecracker's options: level, show_level, show_log_origin, module filter.
+//! The logger: `vireo[thread]: level: message` on stderr by default; `PUT /logger`, the
+//! `logger` of a `--config-file` or the flags `--log-path`, `--show-level`, ... send it
+//! to a file or named pipe instead, with Firecracker's options (level, show_level,
+//! show_log_origin, module filter) and in its shape, which log scrapers parse:
+//! `2026-12-04T12:00:00.123456789 [ID:THREAD:LEVEL:FILE:LINE] message` (the level and the
+//! origin only when asked for; the time is local).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -18,6 +21,13 @@ struct Destination {
 }
 
 static DESTINATION: Mutex<Option<Destination>> = Mutex::new(None);
+/// The instance id (`--id`) each configured line carries.
+static INSTANCE_ID: Mutex<String> = Mutex::new(String::new());
+
+/// Set the instance id the lines carry (Firecracker's `--id`).
+pub fn set_instance_id(id: &str) {
+    *INSTANCE_ID.lock().unwrap_or_else(|e| e.into_inner()) = id.to_string();
+}
 
 struct VireoLogger;
 
@@ -47,25 +57,19 @@ impl Log for VireoLogger {
         {
             return;
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let mut line = format!(
-            "{}.{:06} [vireo:{name}]",
-            now.as_secs(),
-            now.subsec_micros()
-        );
+        let id = INSTANCE_ID.lock().map(|id| id.clone()).unwrap_or_default();
+        let mut line = format!("{} [{id}:{name}", local_timestamp());
         if d.show_level {
-            line.push_str(&format!(" {}", record.level()));
+            line.push_str(&format!(":{}", record.level()));
         }
         if d.show_origin {
             line.push_str(&format!(
-                " {}:{}",
+                ":{}:{}",
                 record.file().unwrap_or("?"),
                 record.line().unwrap_or(0)
             ));
         }
-        line.push_str(&format!(" {}\n", record.args()));
+        line.push_str(&format!("] {}\n", record.args()));
         match d.out.as_mut() {
             // A full pipe drops the line rather than blocking the thread that logs.
             Some(file) => {
@@ -76,6 +80,31 @@ impl Log for VireoLogger {
     }
 
     fn flush(&self) {}
+}
+
+/// Now as local time, `YYYY-MM-DDTHH:MM:SS.nnnnnnnnn`.
+fn local_timestamp() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as libc::time_t;
+    // SAFETY: an all-zero `tm` is a valid value of this plain C struct.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: localtime_r reads `secs` and writes only into `tm`; both live across the
+    // call (the reentrant variant shares no static buffer between threads).
+    if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
+        return format!("{}.{:09}", now.as_secs(), now.subsec_nanos());
+    }
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        now.subsec_nanos()
+    )
 }
 
 /// Install the logger at `level`.

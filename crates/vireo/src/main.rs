@@ -47,9 +47,16 @@ fn main() -> ExitCode {
             };
         }
     };
-    logger::init(cli.log_level);
+    logger::init(cli.log_level.unwrap_or(log::LevelFilter::Warn));
+    logger::set_instance_id(&cli.id);
     if let Err(e) = api_main::check_flags(&cli) {
         eprintln!("vireo: {e}");
+        return ExitCode::from(EXIT_BUILD_FAILED);
+    }
+    if let Some(config) = cli::logger_config(&cli)
+        && let Err(e) = logger::configure(&config)
+    {
+        eprintln!("vireo: --log-path: {e}");
         return ExitCode::from(EXIT_BUILD_FAILED);
     }
     match cli.command {

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use api::action::VmmAction;
 use serde::Serialize;
 use virtio_devices::metrics::LatencyValues;
+use vmm::metrics::clock_us;
 
 /// How often metrics are written without being asked.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(60);
@@ -111,18 +112,6 @@ pub fn install_panic_counter() {
     }));
 }
 
-fn clock_us(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
-    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
-}
-
 /// CPU time this process has used, in microseconds.
 fn cpu_time_us() -> u64 {
     clock_us(libc::CLOCK_PROCESS_CPUTIME_ID)
@@ -139,6 +128,19 @@ fn process_age_us() -> Option<u64> {
     let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
     let started_us = start_ticks.checked_mul(1_000_000)? / hz.max(1);
     Some(clock_us(libc::CLOCK_BOOTTIME).saturating_sub(started_us))
+}
+
+/// Where the API server's startup times count from: a launcher (Firecracker's jailer)
+/// passes when it started the process (`--start-time-us`, CLOCK_MONOTONIC;
+/// `--start-time-cpu-us`) and the CPU time it spent itself (`--parent-cpu-time-us`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StartReference {
+    /// The launcher's start, µs of CLOCK_MONOTONIC; else the process's own start.
+    pub wall_us: Option<u64>,
+    /// The process CPU time at the launcher's start, µs; else zero.
+    pub cpu_us: Option<u64>,
+    /// CPU time the launcher spent, µs, added.
+    pub parent_cpu_us: u64,
 }
 
 /// The counters and the destination.
@@ -286,10 +288,16 @@ impl Metrics {
         Ok(())
     }
 
-    /// Record now as the moment the API is served: the process's age and CPU time so
-    /// far become `api_server`'s `process_startup_time_us` and `_cpu_us`.
-    pub fn mark_api_ready(&mut self) {
-        self.startup_us = (process_age_us().unwrap_or(0), cpu_time_us());
+    /// Record now as the moment the API is served: the time since `start` (by default
+    /// the process's age and CPU time) becomes `api_server`'s `process_startup_time_us`
+    /// and `_cpu_us`.
+    pub fn mark_api_ready(&mut self, start: &StartReference) {
+        let wall = match start.wall_us {
+            Some(t) => clock_us(libc::CLOCK_MONOTONIC).saturating_sub(t),
+            None => process_age_us().unwrap_or(0),
+        };
+        let cpu = cpu_time_us().saturating_sub(start.cpu_us.unwrap_or(0)) + start.parent_cpu_us;
+        self.startup_us = (wall, cpu);
     }
 
     /// Count one API request in its resource's counter, and its failure.
@@ -411,6 +419,36 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn startup_times_count_from_the_launchers_reference() {
+        let mut m = Metrics::default();
+        m.mark_api_ready(&StartReference::default());
+        let (own_wall, _) = m.startup_us;
+        assert!(
+            own_wall < 600_000_000,
+            "the test process's age: {own_wall} µs"
+        );
+
+        let now = clock_us(libc::CLOCK_MONOTONIC);
+        m.mark_api_ready(&StartReference {
+            wall_us: Some(now - 5_000_000),
+            cpu_us: Some(0),
+            parent_cpu_us: 1_000_000_000,
+        });
+        let (wall, cpu) = m.startup_us;
+        assert!((5_000_000..6_000_000).contains(&wall), "{wall}");
+        assert!(
+            cpu >= 1_000_000_000,
+            "the parent's CPU time is added: {cpu}"
+        );
+        // A reference in the future (a confused launcher) gives zero, not a wrap.
+        m.mark_api_ready(&StartReference {
+            wall_us: Some(now + 60_000_000),
+            ..StartReference::default()
+        });
+        assert_eq!(m.startup_us.0, 0);
+    }
 
     /// Firecracker's metrics line: each group and its fields (`name{}` a latency
     /// aggregate), as its documentation and its own schema test list them.

@@ -542,9 +542,6 @@ fn config_file_round_trip_and_no_api_boot() {
 
 #[test]
 fn flags_are_checked() {
-    let run = common::run(&[]);
-    assert_eq!(run.code(), Some(1));
-    assert!(run.stderr.contains("nothing to do"), "{}", run.stderr);
     let run = common::run(&["--no-api"]);
     assert_eq!(run.code(), Some(1), "{}", run.stderr);
     let run = common::run(&["--api-sock", "/tmp/x.sock", "probe-kvm"]);
@@ -554,6 +551,175 @@ fn flags_are_checked() {
         "{}",
         run.stderr
     );
+    let run = common::run(&["--metrics-path", "/tmp/m", "probe-kvm"]);
+    assert_eq!(run.code(), Some(1));
+    assert!(run.stderr.contains("Firecracker's flags"), "{}", run.stderr);
+    // What Vireo lacks is refused, not ignored, before anything starts.
+    for (flags, why) in [
+        (&["--seccomp-filter", "/f"][..], "does not install seccomp"),
+        (&["--metadata", "/m.json"][..], "no MMDS"),
+        (&["--enable-pci"][..], "no PCI"),
+        (&["--level", "loud"][..], "invalid log level"),
+    ] {
+        let run = common::run(&[&["--api-sock", "/tmp/never.sock"], flags].concat());
+        assert_eq!(run.code(), Some(1), "{flags:?}: {}", run.stderr);
+        assert!(run.stderr.contains(why), "{flags:?}: {}", run.stderr);
+        assert!(!std::path::Path::new("/tmp/never.sock").exists());
+    }
+}
+
+#[test]
+fn with_no_arguments_the_api_is_on_firecrackers_socket() {
+    let sock = std::path::Path::new("/run/firecracker.socket");
+    test_support::require!(
+        "with_no_arguments_the_api_is_on_firecrackers_socket",
+        !sock.exists() && std::path::Path::new("/run").is_dir(),
+        "{} is taken (or there is no /run)",
+        sock.display()
+    );
+    let mut child = common::vireo(&[]).spawn().expect("start vireo");
+    let start = std::time::Instant::now();
+    while !sock.exists() {
+        if start.elapsed() > std::time::Duration::from_secs(10)
+            || child.try_wait().unwrap().is_some()
+        {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("no socket: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let info = common::http::Client::connect(sock).get("/").json();
+    assert_eq!(info["id"], "anonymous-instance");
+    // SAFETY: kill(2) on the child we started and still own.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!sock.exists(), "the socket is removed at exit");
+}
+
+/// Microseconds of CLOCK_MONOTONIC, as Firecracker's jailer passes `--start-time-us`.
+fn monotonic_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`, which outlives the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0);
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+#[test]
+fn firecrackers_flags_log_measure_and_time_the_boot_as_firecracker_does() {
+    let dir = std::env::temp_dir().join(format!("vireo-fcflags-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (log, metrics, sock) = (
+        dir.join("fc.log"),
+        dir.join("fc.metrics"),
+        dir.join("api.sock"),
+    );
+    let started = (monotonic_us() - 3_000_000).to_string();
+    let child = common::vireo(&[
+        "--api-sock",
+        sock.to_str().unwrap(),
+        "--id",
+        "fc-flags",
+        "--log-path",
+        log.to_str().unwrap(),
+        "--level",
+        "Info",
+        "--show-level",
+        "--show-log-origin",
+        "--metrics-path",
+        metrics.to_str().unwrap(),
+        "--start-time-us",
+        &started,
+        "--start-time-cpu-us",
+        "0",
+        "--parent-cpu-time-us",
+        "2000000",
+        "--boot-timer",
+        "--no-seccomp",
+        "--mmds-size-limit",
+        "51200",
+        "--http-api-max-payload-size",
+        "51200",
+    ])
+    .spawn()
+    .expect("start vireo");
+    let start = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "no socket"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mut c = common::http::Client::connect(&sock);
+    assert_eq!(c.get("/").json()["id"], "fc-flags");
+    let kernel = test_guests::path(test_guests::BOOT_TIMER);
+    ok(c.put(
+        "/boot-source",
+        &format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display()),
+    ));
+    ok(c.put(
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 32}"#,
+    ));
+    ok(c.put(
+        "/serial",
+        &format!(
+            r#"{{"serial_out_path": "{}"}}"#,
+            dir.join("serial").display()
+        ),
+    ));
+    ok(c.put("/actions", r#"{"action_type": "InstanceStart"}"#));
+    // The guest signals the boot timer and resets: the process ends on its own.
+    let run = common::finish(child, std::time::Duration::from_secs(30));
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("serial")).unwrap(),
+        test_guests::expected::BOOT_TIMER
+    );
+
+    // Firecracker's line shape: local time to the nanosecond, [ID:THREAD:LEVEL:FILE:LINE].
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let first = logged.lines().next().expect("a log line");
+    let (stamp, rest) = first.split_once(' ').unwrap();
+    let shape: String = stamp
+        .chars()
+        .map(|ch| if ch.is_ascii_digit() { '9' } else { ch })
+        .collect();
+    assert_eq!(shape, "9999-99-99T99:99:99.999999999", "{first}");
+    assert!(
+        rest.starts_with("[fc-flags:main:INFO:crates/vireo/src/"),
+        "{first}"
+    );
+    for line in [
+        "] API server started.",
+        r#"] The API server received a Get request on "/"."#,
+        r#"] The API server received a Put request on "/actions" with body "{\"action_type\": \"InstanceStart\"}"."#,
+        "] Guest-boot-time = ",
+    ] {
+        assert!(logged.contains(line), "no {line:?} in:\n{logged}");
+    }
+
+    // The startup times count from the launcher's reference: 3 s before, and the
+    // parent's 2 s of CPU added.
+    let written = std::fs::read_to_string(&metrics).unwrap();
+    let line: serde_json::Value =
+        serde_json::from_str(written.lines().next().expect("a metrics line")).unwrap();
+    let api = &line["api_server"];
+    assert!(
+        api["process_startup_time_us"].as_u64().unwrap() >= 3_000_000,
+        "{api}"
+    );
+    assert!(
+        api["process_startup_time_cpu_us"].as_u64().unwrap() >= 2_000_000,
+        "{api}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -494,7 +494,25 @@ fn vsock_moves_a_mebibyte_each_way() {
 fn api_boot_with_entropy_and_a_balloon_that_inflates_and_deflates() {
     require_complete_kvm();
     let dir = TempDir::new("l4-balloon");
-    let (mut vm, mut api) = ApiVm::start(&dir, None);
+    // Started as Firecracker's launchers start it: its log flags, and its boot timer,
+    // which moves the virtio windows one page up (Linux must find them there).
+    let log = dir.join("firecracker.log");
+    let (mut vm, mut api) = ApiVm::start_with(
+        &dir,
+        None,
+        None,
+        &[
+            "--id",
+            "l4-balloon",
+            "--log-path",
+            log.to_str().unwrap(),
+            "--level",
+            "Info",
+            "--show-level",
+            "--boot-timer",
+            "--no-seccomp",
+        ],
+    );
     api.boot(
         &Spec {
             memory: "512".into(),
@@ -520,6 +538,16 @@ fn api_boot_with_entropy_and_a_balloon_that_inflates_and_deflates() {
         vm.sh("dd if=/dev/hwrng bs=64 count=4 2>/dev/null | wc -c"),
         "256"
     );
+    // What Firecracker's guest init does once booted: 123 to the boot timer.
+    vm.sh("devmem 0xd0000000 8 123");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    for line in [
+        "[l4-balloon:main:INFO] API server started.",
+        r#":INFO] The API server received a Put request on "/actions" with body"#,
+        ":INFO] Guest-boot-time = ",
+    ] {
+        assert!(logged.contains(line), "no {line:?} in the log:\n{logged}");
+    }
 
     let before = vm.meminfo_kib("MemTotal");
     api.ok("PATCH", "/balloon", r#"{"amount_mib": 128}"#);

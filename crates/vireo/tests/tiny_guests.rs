@@ -258,3 +258,42 @@ fn probe_kvm_and_the_start_up_notice_agree() {
         other => panic!("kvm={other}: {line}"),
     }
 }
+
+/// The numbers of `Guest-boot-time = US us MS ms, CPU_US CPU us CPU_MS CPU ms`.
+fn boot_time_figures(line: &str) -> Vec<u64> {
+    line.split("Guest-boot-time = ")
+        .nth(1)
+        .unwrap_or("")
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_boot_timer_logs_the_guests_boot_time_in_firecrackers_words() {
+    let run = run_guest(
+        test_guests::BOOT_TIMER,
+        &["--boot-timer", "--log-level", "info"],
+    );
+    assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
+    assert_eq!(run.stdout, expected::BOOT_TIMER, "stderr: {}", run.stderr);
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("Guest-boot-time = "))
+        .unwrap_or_else(|| panic!("no boot time logged: {}", run.stderr));
+    let figures = boot_time_figures(line);
+    assert_eq!(figures.len(), 4, "{line}");
+    let (us, ms, cpu_us, cpu_ms) = (figures[0], figures[1], figures[2], figures[3]);
+    assert!(
+        us > 0 && ms == us / 1000 && cpu_ms == cpu_us / 1000,
+        "{line}"
+    );
+
+    // Without the device the write goes nowhere: the guest runs the same, no line.
+    let run = run_guest(test_guests::BOOT_TIMER, &["--log-level", "info"]);
+    assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
+    assert_eq!(run.stdout, expected::BOOT_TIMER);
+    assert!(!run.stderr.contains("Guest-boot-time"), "{}", run.stderr);
+}

@@ -254,7 +254,7 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
     // Virtio devices first: opening their backends (disk images, TAPs, sockets) is what
     // fails most often on user input, and the guest's command line and DSDT list them.
     let mut mmio = Bus::new();
-    let mut virtio = VirtioDevices::new();
+    let mut virtio = VirtioDevices::for_vm(config.boot_timer, &mut mmio)?;
     let models = device_models::build(config)?;
     let balloon = models.balloon;
     for device in models.devices {

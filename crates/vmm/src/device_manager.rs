@@ -1,7 +1,8 @@
 //! Placing virtio devices in the machine: each gets a 4 KiB virtio-mmio window in the
 //! 32-bit MMIO hole and an interrupt line, and the guest learns of both twice over.
 //!
-//! - **Windows** start at [`VIRTIO_MMIO_BASE`], one page apart.
+//! - **Windows** start at [`VIRTIO_MMIO_BASE`], one page apart; with Firecracker's boot
+//!   timer (`--boot-timer`), which takes that first page, one page higher.
 //! - **Interrupts** are IOAPIC pins not used by the legacy devices ([`VIRTIO_IRQS`]):
 //!   the transport's interrupt eventfd is a KVM irqfd on that pin.
 //! - **Kicks**: each queue's eventfd is a KVM ioeventfd on the window's `QueueNotify`
@@ -20,10 +21,13 @@ use virtio_devices::mmio::{MMIO_WINDOW_SIZE, MmioState, MmioTransport, QUEUE_NOT
 
 use crate::arch::x86_64::acpi::{AcpiError, DsdtDevice, DsdtResource, IrqPolarity, IrqTrigger};
 use crate::bus::{Bus, BusDevice, BusError};
+use crate::devices::boot_timer::{BOOT_TIMER_LEN, BootTimer};
 use crate::memory::GuestMemory;
 
 /// First virtio-mmio window.
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// Firecracker's boot timer, where its guests' init writes (x86): the first window.
+pub const BOOT_TIMER_BASE: u64 = VIRTIO_MMIO_BASE;
 /// IOAPIC pins given to virtio devices, in order: the ISA lines the legacy devices
 /// (PIT 0, keyboard 1, cascade 2, COM2/COM1 3-4, RTC 8, mouse 12, ATA 13) leave free,
 /// then the PCI pins.
@@ -109,12 +113,36 @@ impl BusDevice for BusTransport {
 #[derive(Default)]
 pub struct VirtioDevices {
     devices: Vec<(VirtioSlot, String, Arc<Mutex<BusTransport>>)>,
+    /// Windows at the start of the range that another device holds.
+    reserved_windows: u64,
 }
 
 impl VirtioDevices {
     /// No devices yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// No devices yet; the first `n` windows belong to other devices (the boot timer),
+    /// so the virtio devices start after them (their interrupts do not move).
+    pub fn after_windows(n: u64) -> Self {
+        Self {
+            devices: Vec::new(),
+            reserved_windows: n,
+        }
+    }
+
+    /// The virtio devices of a VM with or without Firecracker's boot timer, which is put
+    /// on `mmio` in the first window here (the build and a restore place both alike).
+    pub fn for_vm(boot_timer: bool, mmio: &mut Bus) -> Result<Self, DeviceManagerError> {
+        if !boot_timer {
+            return Ok(Self::new());
+        }
+        let timer = Arc::new(Mutex::new(BootTimer::new()));
+        mmio.insert(timer, BOOT_TIMER_BASE, BOOT_TIMER_LEN)?;
+        Ok(Self::after_windows(
+            BOOT_TIMER_LEN.div_ceil(MMIO_WINDOW_SIZE),
+        ))
     }
 
     /// Put `device` in the next slot: transport on the MMIO bus, kicks as ioeventfds,
@@ -126,7 +154,9 @@ impl VirtioDevices {
         mem: &Arc<GuestMemory>,
         device: Box<dyn VirtioDevice>,
     ) -> Result<VirtioSlot, DeviceManagerError> {
-        let slot = VirtioSlot::nth(self.devices.len()).ok_or(DeviceManagerError::TooManyDevices)?;
+        let mut slot =
+            VirtioSlot::nth(self.devices.len()).ok_or(DeviceManagerError::TooManyDevices)?;
+        slot.base += self.reserved_windows * MMIO_WINDOW_SIZE;
         let name = format!("{}@{:#x}", device.name(), slot.base);
         let transport = MmioTransport::new(device, mem.clone()).map_err(|source| {
             DeviceManagerError::Transport {
@@ -299,6 +329,24 @@ mod tests {
         }
         let last = VirtioSlot::nth(VIRTIO_IRQS.len() - 1).unwrap();
         assert!(last.base + MMIO_WINDOW_SIZE <= crate::arch::x86_64::layout::IOAPIC_START);
+    }
+
+    #[test]
+    fn the_boot_timer_takes_the_first_window_and_the_virtio_devices_move_up() {
+        let mut mmio = Bus::new();
+        let plain = VirtioDevices::for_vm(false, &mut mmio).unwrap();
+        assert_eq!(plain.reserved_windows, 0);
+        assert!(mmio.resolve(BOOT_TIMER_BASE).is_none());
+
+        let timed = VirtioDevices::for_vm(true, &mut mmio).unwrap();
+        assert_eq!(timed.reserved_windows, 1);
+        let (_, offset) = mmio
+            .resolve(BOOT_TIMER_BASE)
+            .expect("the timer is on the bus");
+        assert_eq!(offset, 0);
+        assert!(mmio.write(BOOT_TIMER_BASE, &[123]));
+        // The next window is free for the first virtio device.
+        assert!(mmio.resolve(VIRTIO_MMIO_BASE + MMIO_WINDOW_SIZE).is_none());
     }
 
     #[test]

@@ -400,7 +400,8 @@ pub fn restore(
     // The devices again, from the saved configuration (backends opened again: a disk
     // image or TAP that went away is reported here), in the same slots.
     let mut mmio = crate::bus::Bus::new();
-    let mut virtio = VirtioDevices::new();
+    let mut virtio =
+        VirtioDevices::for_vm(config.boot_timer, &mut mmio).map_err(BuildError::from)?;
     let models = crate::device_models::build(&config).map_err(BuildError::from)?;
     for device in models.devices {
         virtio

@@ -405,12 +405,21 @@ impl ApiVm {
 
     /// [`ApiVm::start`] inside the network namespace `netns`, if given.
     pub fn start_in(dir: &TempDir, name: Option<&str>, netns: Option<&str>) -> (LinuxVm, Self) {
+        Self::start_with(dir, name, netns, &[])
+    }
+
+    /// [`ApiVm::start_in`] with more of vireo's (Firecracker's) flags.
+    pub fn start_with(
+        dir: &TempDir,
+        name: Option<&str>,
+        netns: Option<&str>,
+        flags: &[&str],
+    ) -> (LinuxVm, Self) {
         let sock = dir.join(&format!("{}.sock", name.unwrap_or("api")));
         let _ = std::fs::remove_file(&sock);
-        let vm = LinuxVm::spawn(
-            &["--api-sock".to_string(), sock.display().to_string()],
-            netns,
-        );
+        let mut args = vec!["--api-sock".to_string(), sock.display().to_string()];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        let vm = LinuxVm::spawn(&args, netns);
         let start = Instant::now();
         while !sock.exists() {
             assert!(start.elapsed() < Duration::from_secs(10), "no API socket");

@@ -1,3 +1,4 @@
 //! Emulated devices. Each holds its logic and answers bus accesses; none knows the VM.
 
+pub mod boot_timer;
 pub mod legacy;
