@@ -276,7 +276,9 @@ run_once() { # <out dir> <command...>; sets RUN_STATUS and RUN_VERDICT (ok|deadl
             break
         fi
         # The L1's heartbeat (every 15 s from its init; the boot counts as one).
-        now_beats=$(grep -c "NESTED-HOST: \(ready\|alive\)" "$out/console.log" 2>/dev/null)
+        # (grep -c fails on no match and on a console file not there yet: both are 0.)
+        now_beats=$(grep -c "NESTED-HOST: \(ready\|alive\)" "$out/console.log" 2>/dev/null || true)
+        now_beats=${now_beats:-0}
         if ((now_beats != beats)); then
             beats=$now_beats last_beat=$SECONDS
         elif ((SECONDS - last_beat >= FROZEN_AFTER)); then

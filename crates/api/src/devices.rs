@@ -126,12 +126,47 @@ pub struct RateLimit {
     pub ops_per_sec: Option<u64>,
     /// Bytes per second.
     pub bytes_per_sec: Option<u64>,
+    /// The operations bucket's size and one-time burst.
+    #[serde(default, skip_serializing_if = "Burst::is_default")]
+    pub ops_burst: Burst,
+    /// The bytes bucket's size and one-time burst.
+    #[serde(default, skip_serializing_if = "Burst::is_default")]
+    pub bytes_burst: Burst,
 }
 
 impl RateLimit {
     /// Whether anything is limited.
     pub fn is_limited(&self) -> bool {
         self.ops_per_sec.is_some() || self.bytes_per_sec.is_some()
+    }
+
+    /// Per-second limits with buckets of one second's worth and no burst.
+    pub fn per_second(ops_per_sec: Option<u64>, bytes_per_sec: Option<u64>) -> Self {
+        Self {
+            ops_per_sec,
+            bytes_per_sec,
+            ..Self::default()
+        }
+    }
+}
+
+/// A token bucket's shape beyond its rate, as Firecracker's buckets have it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Burst {
+    /// Tokens the bucket holds at most (Firecracker's `size`); `None`: one second's
+    /// worth, the rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Tokens spent once, before the bucket's, and never refilled (Firecracker's
+    /// `one_time_burst`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_time: Option<u64>,
+}
+
+impl Burst {
+    /// One second's worth, no one-time burst.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
     }
 }
 
@@ -226,6 +261,7 @@ impl FromStr for DiskConfig {
             rate_limit: RateLimit {
                 ops_per_sec: o.rate("iops")?,
                 bytes_per_sec: o.rate("bandwidth")?,
+                ..Default::default()
             },
             io_engine,
         })
@@ -295,14 +331,17 @@ impl FromStr for NetConfig {
         let both = RateLimit {
             ops_per_sec: o.rate("pps")?,
             bytes_per_sec: o.rate("bandwidth")?,
+            ..Default::default()
         };
         let rx = RateLimit {
             ops_per_sec: o.rate("rx_pps")?.or(both.ops_per_sec),
             bytes_per_sec: o.rate("rx_bandwidth")?.or(both.bytes_per_sec),
+            ..Default::default()
         };
         let tx = RateLimit {
             ops_per_sec: o.rate("tx_pps")?.or(both.ops_per_sec),
             bytes_per_sec: o.rate("tx_bandwidth")?.or(both.bytes_per_sec),
+            ..Default::default()
         };
         Ok(Self {
             id: o.value("id")?,

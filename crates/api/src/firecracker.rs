@@ -67,9 +67,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBucket {
-    /// Tokens the bucket holds.
+    /// Tokens the bucket holds (its capacity; it starts full).
     pub size: u64,
-    /// An initial burst; accepted for compatibility, Vireo's buckets have none.
+    /// Tokens spent first, once, never refilled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub one_time_burst: Option<u64>,
     /// Milliseconds to refill the whole bucket.
@@ -86,6 +86,31 @@ impl TokenBucket {
         let rate = u128::from(self.size) * 1000 / u128::from(self.refill_time);
         Some(u64::try_from(rate).unwrap_or(u64::MAX).max(1))
     }
+
+    /// Its size (when it is not one second's worth) and one-time burst, for Vireo's
+    /// buckets.
+    pub fn burst(&self) -> crate::Burst {
+        let Some(rate) = self.per_second() else {
+            return crate::Burst::default();
+        };
+        crate::Burst {
+            size: (self.size != rate).then_some(self.size),
+            one_time: self.one_time_burst.filter(|&n| n > 0),
+        }
+    }
+
+    /// The bucket of `rate` tokens per second shaped `burst`: `size` tokens (one second's
+    /// worth by default) refilled over the milliseconds that takes at that rate.
+    pub fn from_rate(rate: u64, burst: crate::Burst) -> Self {
+        let rate = rate.max(1);
+        let size = burst.size.unwrap_or(rate).max(1);
+        let refill_ms = (u128::from(size) * 1000).div_ceil(u128::from(rate));
+        Self {
+            size,
+            one_time_burst: burst.one_time,
+            refill_time: u64::try_from(refill_ms).unwrap_or(u64::MAX).max(1),
+        }
+    }
 }
 
 /// Firecracker's rate limiter: a bandwidth (bytes) bucket and an operations bucket.
@@ -101,11 +126,14 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// The per-second limits Vireo's devices apply.
+    /// The limits Vireo's devices apply: each bucket's rate, its size and its one-time
+    /// burst, as Firecracker's.
     pub fn to_rate_limit(&self) -> RateLimit {
         RateLimit {
             ops_per_sec: self.ops.and_then(|b| b.per_second()),
             bytes_per_sec: self.bandwidth.and_then(|b| b.per_second()),
+            ops_burst: self.ops.map(|b| b.burst()).unwrap_or_default(),
+            bytes_burst: self.bandwidth.map(|b| b.burst()).unwrap_or_default(),
         }
     }
 }
@@ -922,13 +950,9 @@ impl FullVmConfig {
             )));
         }
         if let Some(mac) = &nic.guest_mac {
+            // Any address, as Firecracker takes it (a multicast one included).
             let parsed = parse_mac(mac)
                 .ok_or_else(|| ConfigError::Net(format!("'{mac}' is not a MAC address.")))?;
-            if parsed[0] & 1 != 0 {
-                return Err(ConfigError::Net(format!(
-                    "'{mac}' is a multicast MAC address."
-                )));
-            }
             if let Some(other) = self.network_interfaces.iter().find(|n| {
                 n.iface_id != nic.iface_id
                     && n.guest_mac.as_deref().and_then(parse_mac) == Some(parsed)

@@ -282,28 +282,27 @@ fn network_interface(id: &str, nic: &NetConfig, what: &str) -> Result<NetworkInt
     })
 }
 
-/// Firecracker's buckets for per-second limits: `size` tokens every 1000 ms, which
-/// [`TokenBucket::per_second`] reads back as `size`.
+/// Firecracker's buckets for Vireo's limits: by default `size` tokens every 1000 ms,
+/// which [`TokenBucket::per_second`] reads back as `size`; a bucket of another size is
+/// refilled over the time that takes at the rate ([`TokenBucket::from_rate`]).
 fn limiter(limit: &RateLimit, what: &str) -> Result<Option<RateLimiter>, String> {
     let RateLimit {
         ops_per_sec,
         bytes_per_sec,
+        ops_burst,
+        bytes_burst,
     } = limit;
-    let bucket = |rate: &Option<u64>, unit: &str| match rate {
+    let bucket = |rate: &Option<u64>, burst: &crate::Burst, unit: &str| match rate {
         None => Ok(None),
         Some(0) => Err(format!(
             "{what}: a limit of 0 {unit} per second cannot be expressed (a bucket of size 0 \
              is no limit)"
         )),
-        Some(rate) => Ok(Some(TokenBucket {
-            size: *rate,
-            one_time_burst: None,
-            refill_time: 1000,
-        })),
+        Some(rate) => Ok(Some(TokenBucket::from_rate(*rate, *burst))),
     };
     let l = RateLimiter {
-        bandwidth: bucket(bytes_per_sec, "bytes")?,
-        ops: bucket(ops_per_sec, "operations")?,
+        bandwidth: bucket(bytes_per_sec, bytes_burst, "bytes")?,
+        ops: bucket(ops_per_sec, ops_burst, "operations")?,
     };
     Ok((l != RateLimiter::default()).then_some(l))
 }

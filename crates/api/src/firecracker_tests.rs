@@ -141,7 +141,8 @@ fn nics_check_tap_mac_and_uniqueness() {
     b.guest_mac = a.guest_mac.clone();
     assert!(c.set_network_interface(b.clone()).is_err(), "same MAC");
     b.guest_mac = Some("07:00:00:00:00:01".into());
-    assert!(c.set_network_interface(b.clone()).is_err(), "multicast");
+    c.set_network_interface(b.clone())
+        .expect("a multicast MAC, as Firecracker takes it");
     b.guest_mac = Some("nope".into());
     assert!(c.set_network_interface(b).is_err());
     assert!(
@@ -156,7 +157,7 @@ fn nics_check_tap_mac_and_uniqueness() {
     mtu.mtu = Some(1500);
     assert!(c.set_network_interface(mtu).is_err());
     c.set_network_interface(nic("eth0", "tap9")).unwrap();
-    assert_eq!(c.network_interfaces.len(), 1);
+    assert_eq!(c.network_interfaces.len(), 2, "eth0 replaced, eth1 kept");
 }
 
 #[test]
@@ -276,6 +277,14 @@ fn to_vm_config_orders_the_root_drive_first() {
     assert!(vm.disks[0].readonly);
     assert_eq!(vm.disks[0].io_engine, IoEngine::IoUring);
     assert_eq!(vm.disks[0].rate_limit.bytes_per_sec, Some(1 << 20));
+    // A bucket of one second's worth keeps the default size; its burst is kept.
+    assert_eq!(
+        vm.disks[0].rate_limit.bytes_burst,
+        crate::Burst {
+            size: None,
+            one_time: Some(5)
+        }
+    );
     assert_eq!(vm.disks[1].io_engine, IoEngine::Sync);
     assert_eq!(vm.nets[0].mac, Some([6, 0, 0, 0, 0, 1]));
     assert!(vm.rng);
@@ -453,6 +462,7 @@ fn every_field() -> VmConfig {
     let limit = |ops, bytes| RateLimit {
         ops_per_sec: ops,
         bytes_per_sec: bytes,
+        ..Default::default()
     };
     VmConfig {
         kernel: "/vm/vmlinux".into(),
@@ -651,4 +661,43 @@ fn from_vm_config_refuses_what_it_cannot_express() {
     ] {
         assert!(err.contains(needle), "{err:?} lacks {needle:?}");
     }
+}
+
+#[test]
+fn buckets_keep_firecrackers_size_and_one_time_burst() {
+    // 100 tokens every 100 ms: 1000/s from a bucket of 100, plus 5000 once.
+    let fc = TokenBucket {
+        size: 100,
+        one_time_burst: Some(5000),
+        refill_time: 100,
+    };
+    assert_eq!(fc.per_second(), Some(1000));
+    let burst = fc.burst();
+    assert_eq!(
+        burst,
+        crate::Burst {
+            size: Some(100),
+            one_time: Some(5000)
+        }
+    );
+    // And back, for GET /vm/config and a manager's definitions.
+    assert_eq!(TokenBucket::from_rate(1000, burst), fc);
+    let plain = TokenBucket::from_rate(1 << 20, crate::Burst::default());
+    assert_eq!((plain.size, plain.refill_time), (1 << 20, 1000));
+    assert_eq!(plain.burst(), crate::Burst::default());
+    // A zero one-time burst is none; an unlimited bucket has no shape.
+    let zero = TokenBucket {
+        one_time_burst: Some(0),
+        ..plain
+    };
+    assert!(zero.burst().is_default());
+    let unlimited = TokenBucket { size: 0, ..fc };
+    assert!(unlimited.burst().is_default());
+
+    let limiter = RateLimiter {
+        bandwidth: None,
+        ops: Some(fc),
+    };
+    let limit = limiter.to_rate_limit();
+    assert_eq!((limit.ops_per_sec, limit.ops_burst), (Some(1000), burst));
 }

@@ -12,8 +12,8 @@ pub mod firecracker;
 mod size;
 
 pub use devices::{
-    BalloonConfig, DISK_SERIAL_MAX, DeviceOptionError, DiskConfig, DiskFormat, IoEngine, NetConfig,
-    RateLimit, VsockConfig, parse_mac,
+    BalloonConfig, Burst, DISK_SERIAL_MAX, DeviceOptionError, DiskConfig, DiskFormat, IoEngine,
+    NetConfig, RateLimit, VsockConfig, parse_mac,
 };
 pub use size::{SizeError, parse_size};
 

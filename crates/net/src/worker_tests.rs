@@ -530,6 +530,7 @@ fn tx_rate_limit_holds_frames_until_the_timer() {
     let limit = api::RateLimit {
         ops_per_sec: Some(10),
         bytes_per_sec: None,
+        ..Default::default()
     };
     let mut h = Harness::with_limits(
         0,
@@ -564,6 +565,7 @@ fn rx_rate_limit_stops_polling_until_the_timer() {
     let limit = api::RateLimit {
         ops_per_sec: None,
         bytes_per_sec: Some(1000),
+        ..Default::default()
     };
     let mut h = Harness::with_limits(
         0,
@@ -595,6 +597,7 @@ fn replaced_limits_release_held_frames_through_the_same_timers() {
     let slow = api::RateLimit {
         ops_per_sec: Some(1),
         bytes_per_sec: None,
+        ..Default::default()
     };
     let mut h = Harness::with_limits(
         0,
@@ -617,10 +620,12 @@ fn replaced_limits_release_held_frames_through_the_same_timers() {
     let zero = api::RateLimit {
         ops_per_sec: Some(0),
         bytes_per_sec: None,
+        ..Default::default()
     };
     let fast = api::RateLimit {
         ops_per_sec: None,
         bytes_per_sec: Some(1 << 30),
+        ..Default::default()
     };
     assert!(h.worker.set_rate_limits(Some(&zero), Some(&fast)).is_err());
     assert_eq!(h.worker.rate_limits().1, slow);
@@ -642,6 +647,7 @@ fn replaced_limits_release_held_frames_through_the_same_timers() {
     let rx_slow = api::RateLimit {
         ops_per_sec: None,
         bytes_per_sec: Some(500),
+        ..Default::default()
     };
     h.worker.set_rate_limits(Some(&rx_slow), None).unwrap();
     h.add_rx_buffers(&[1526; 3]);

@@ -161,10 +161,12 @@ fn limits_of_a_running_nic_are_replaced() {
     let rx_limit = api::RateLimit {
         ops_per_sec: Some(1000),
         bytes_per_sec: None,
+        ..Default::default()
     };
     let slow = api::RateLimit {
         ops_per_sec: Some(1),
         bytes_per_sec: None,
+        ..Default::default()
     };
     let net = Net::with_backend(
         backend,

@@ -2,10 +2,12 @@
 //! of bytes per second, and a timerfd that becomes readable when a blocked limiter may go
 //! on.
 //!
-//! Each bucket holds one second's worth of tokens and is refilled continuously. A request
-//! takes tokens from both buckets or from neither. A request larger than a whole bucket
-//! is let through when the bucket is full, leaving it in debt, so it is delayed by the
-//! time it would have taken rather than refused forever.
+//! Each bucket holds one second's worth of tokens, or the `size` its [`api::Burst`] gives
+//! (Firecracker's bucket: `size` tokens refilled over `refill_time`), and is refilled
+//! continuously; a one-time burst (Firecracker's `one_time_burst`) is spent first and never
+//! refilled. A request takes tokens from both buckets or from neither. A request larger
+//! than a whole bucket is let through when the bucket is full, leaving it in debt, so it
+//! is delayed by the time it would have taken rather than refused forever.
 //!
 //! A device worker asks [`RateLimiter::consume`] before serving a request; on `false` it
 //! puts the request back, stops taking new ones, and waits for [`RateLimiter::timer_fd`]
@@ -24,7 +26,8 @@ use std::time::Instant;
 
 const NANOS_PER_SEC: i128 = 1_000_000_000;
 
-/// One token bucket: `rate` tokens per second, holding at most one second's worth.
+/// One token bucket: `rate` tokens per second, holding at most its size (by default one
+/// second's worth), plus a one-time burst.
 ///
 /// Time is passed in explicitly (nanoseconds from any fixed origin), so the arithmetic can
 /// be tested without a clock. Tokens are kept in units of 1e-9 token so that continuous
@@ -36,18 +39,32 @@ pub struct TokenBucket {
     tokens: i128,
     /// The bucket's size, tokens × 1e9.
     capacity: i128,
+    /// What is left of the one-time burst, tokens × 1e9 (never refilled).
+    one_time: i128,
+    /// The size and burst it was made with.
+    shape: api::Burst,
     last_ns: u64,
 }
 
 impl TokenBucket {
-    /// A full bucket of `rate` tokens per second (`rate` > 0) at time `now_ns`.
+    /// A full bucket of `rate` tokens per second (`rate` > 0), one second's worth, at time
+    /// `now_ns`.
     pub fn new(rate: u64, now_ns: u64) -> Self {
+        Self::shaped(rate, api::Burst::default(), now_ns)
+    }
+
+    /// A full bucket of `rate` tokens per second holding `shape.size` tokens (one
+    /// second's worth if `None`; at least 1), with `shape.one_time` tokens more to spend
+    /// once, at time `now_ns`.
+    pub fn shaped(rate: u64, shape: api::Burst, now_ns: u64) -> Self {
         let rate = rate.max(1);
-        let capacity = i128::from(rate) * NANOS_PER_SEC;
+        let capacity = i128::from(shape.size.unwrap_or(rate).max(1)) * NANOS_PER_SEC;
         Self {
             rate,
             tokens: capacity,
             capacity,
+            one_time: i128::from(shape.one_time.unwrap_or(0)) * NANOS_PER_SEC,
+            shape,
             last_ns: now_ns,
         }
     }
@@ -57,9 +74,15 @@ impl TokenBucket {
         self.rate
     }
 
-    /// Whole tokens available now (negative while in debt).
+    /// The size and one-time burst it was made with.
+    pub fn shape(&self) -> api::Burst {
+        self.shape
+    }
+
+    /// Whole tokens available now, the one-time burst's included (negative while in
+    /// debt).
     pub fn available(&self) -> i128 {
-        self.tokens.div_euclid(NANOS_PER_SEC)
+        (self.tokens + self.one_time).div_euclid(NANOS_PER_SEC)
     }
 
     /// Add the tokens earned since the last update. Time going backwards earns nothing.
@@ -83,11 +106,12 @@ impl TokenBucket {
     pub fn check(&mut self, n: u64, now_ns: u64) -> Result<(), u64> {
         self.refill(now_ns);
         let need = i128::from(n) * NANOS_PER_SEC;
-        if self.tokens >= need {
+        if self.tokens + self.one_time >= need {
             return Ok(());
         }
-        // An oversized request waits for a full bucket, then goes into debt.
-        let target = need.min(self.capacity);
+        // What the bucket itself must hold once the burst is spent; an oversized request
+        // waits for a full bucket, then goes into debt.
+        let target = (need - self.one_time).min(self.capacity);
         if self.tokens >= target {
             return Ok(());
         }
@@ -95,9 +119,13 @@ impl TokenBucket {
         Err(u64::try_from(wait).unwrap_or(u64::MAX).max(1))
     }
 
-    /// Take `n` tokens (after a successful [`TokenBucket::check`]).
+    /// Take `n` tokens (after a successful [`TokenBucket::check`]): from the one-time
+    /// burst first, the rest from the bucket.
     pub fn take(&mut self, n: u64) {
-        self.tokens -= i128::from(n) * NANOS_PER_SEC;
+        let need = i128::from(n) * NANOS_PER_SEC;
+        let from_burst = need.min(self.one_time);
+        self.one_time -= from_burst;
+        self.tokens -= need - from_burst;
     }
 }
 
@@ -175,8 +203,12 @@ impl RateLimiter {
     pub fn new(limit: &api::RateLimit) -> io::Result<Self> {
         check_positive(limit)?;
         Ok(Self {
-            ops: limit.ops_per_sec.map(|r| TokenBucket::new(r, 0)),
-            bytes: limit.bytes_per_sec.map(|r| TokenBucket::new(r, 0)),
+            ops: limit
+                .ops_per_sec
+                .map(|r| TokenBucket::shaped(r, limit.ops_burst, 0)),
+            bytes: limit
+                .bytes_per_sec
+                .map(|r| TokenBucket::shaped(r, limit.bytes_burst, 0)),
             origin: Instant::now(),
             timer: Some(Timer::new()?),
             blocked: false,
@@ -200,16 +232,27 @@ impl RateLimiter {
         self.ops.is_some() || self.bytes.is_some()
     }
 
-    /// The limits in force, as per-second rates.
+    /// The limits in force: the rates and the buckets' shapes.
     pub fn limit(&self) -> api::RateLimit {
         api::RateLimit {
             ops_per_sec: self.ops.as_ref().map(TokenBucket::rate),
             bytes_per_sec: self.bytes.as_ref().map(TokenBucket::rate),
+            ops_burst: self
+                .ops
+                .as_ref()
+                .map(TokenBucket::shape)
+                .unwrap_or_default(),
+            bytes_burst: self
+                .bytes
+                .as_ref()
+                .map(TokenBucket::shape)
+                .unwrap_or_default(),
         }
     }
 
-    /// Replace the limits with `limit`, keeping the timerfd. A bucket whose rate does
-    /// not change keeps its tokens (or its debt); a bucket with a new rate starts full;
+    /// Replace the limits with `limit`, keeping the timerfd. A bucket whose rate and shape
+    /// do not change keeps its tokens (or its debt); a changed bucket starts full (its
+    /// one-time burst whole again, as Firecracker's updated bucket);
     /// a `None` rate removes its bucket. A limiter that was blocked is woken at once
     /// (its timer fires), so its device looks at the new buckets on its next turn.
     ///
@@ -218,8 +261,13 @@ impl RateLimiter {
     pub fn update(&mut self, limit: &api::RateLimit) -> io::Result<()> {
         self.check_update(limit)?;
         let now_ns = self.now_ns(Instant::now());
-        replace_bucket(&mut self.ops, limit.ops_per_sec, now_ns);
-        replace_bucket(&mut self.bytes, limit.bytes_per_sec, now_ns);
+        replace_bucket(&mut self.ops, limit.ops_per_sec, limit.ops_burst, now_ns);
+        replace_bucket(
+            &mut self.bytes,
+            limit.bytes_per_sec,
+            limit.bytes_burst,
+            now_ns,
+        );
         if self.blocked {
             match &self.timer {
                 // Stay blocked until the worker sees the timer fire and calls
@@ -325,13 +373,21 @@ fn check_positive(limit: &api::RateLimit) -> io::Result<()> {
     Ok(())
 }
 
-/// Set `bucket` to `rate` per second at `now_ns`: kept as it is if the rate is the same,
-/// a full new bucket if it differs, removed if `rate` is `None`.
-fn replace_bucket(bucket: &mut Option<TokenBucket>, rate: Option<u64>, now_ns: u64) {
+/// Set `bucket` to `rate` per second shaped `shape` at `now_ns`: kept as it is if both
+/// are the same, a full new bucket if either differs, removed if `rate` is `None`.
+fn replace_bucket(
+    bucket: &mut Option<TokenBucket>,
+    rate: Option<u64>,
+    shape: api::Burst,
+    now_ns: u64,
+) {
     match rate {
         None => *bucket = None,
-        Some(r) if bucket.as_ref().is_some_and(|b| b.rate() == r) => {}
-        Some(r) => *bucket = Some(TokenBucket::new(r, now_ns)),
+        Some(r)
+            if bucket
+                .as_ref()
+                .is_some_and(|b| b.rate() == r && b.shape() == shape) => {}
+        Some(r) => *bucket = Some(TokenBucket::shaped(r, shape, now_ns)),
     }
 }
 

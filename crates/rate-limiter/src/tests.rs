@@ -69,6 +69,7 @@ fn limiter_takes_from_both_buckets_or_neither() {
     let limit = api::RateLimit {
         ops_per_sec: Some(10),
         bytes_per_sec: Some(1000),
+        ..Default::default()
     };
     let mut rl = RateLimiter::new(&limit).unwrap();
     let t0 = rl.origin;
@@ -93,6 +94,7 @@ fn limiter_ops_bucket_alone() {
     let limit = api::RateLimit {
         ops_per_sec: Some(2),
         bytes_per_sec: None,
+        ..Default::default()
     };
     let mut rl = RateLimiter::new(&limit).unwrap();
     let t0 = rl.origin;
@@ -125,6 +127,7 @@ fn zero_rate_is_refused() {
     let limit = api::RateLimit {
         ops_per_sec: Some(0),
         bytes_per_sec: None,
+        ..Default::default()
     };
     assert!(RateLimiter::new(&limit).is_err());
 }
@@ -146,6 +149,7 @@ fn timer_fires_when_tokens_are_back() {
     let limit = api::RateLimit {
         ops_per_sec: Some(1000),
         bytes_per_sec: None,
+        ..Default::default()
     };
     let mut rl = RateLimiter::new(&limit).unwrap();
     let fd = rl.timer_fd().unwrap();
@@ -168,6 +172,7 @@ fn limited_rate_spreads_requests_over_time() {
     let limit = api::RateLimit {
         ops_per_sec: Some(200),
         bytes_per_sec: None,
+        ..Default::default()
     };
     let mut rl = RateLimiter::new(&limit).unwrap();
     let fd = rl.timer_fd().unwrap();
@@ -192,6 +197,7 @@ fn update_replaces_changed_buckets_and_keeps_the_others() {
     let limit = api::RateLimit {
         ops_per_sec: Some(10),
         bytes_per_sec: Some(1000),
+        ..Default::default()
     };
     let mut rl = RateLimiter::new(&limit).unwrap();
     let fd = rl.timer_fd();
@@ -201,6 +207,7 @@ fn update_replaces_changed_buckets_and_keeps_the_others() {
     rl.update(&api::RateLimit {
         ops_per_sec: Some(10),
         bytes_per_sec: Some(5000),
+        ..Default::default()
     })
     .unwrap();
     assert_eq!(rl.timer_fd(), fd, "the same timerfd");
@@ -208,7 +215,8 @@ fn update_replaces_changed_buckets_and_keeps_the_others() {
         rl.limit(),
         api::RateLimit {
             ops_per_sec: Some(10),
-            bytes_per_sec: Some(5000)
+            bytes_per_sec: Some(5000),
+            ..Default::default()
         }
     );
     assert!(!rl.consume_at(1, 0, t0), "the ops bucket was kept empty");
@@ -217,6 +225,7 @@ fn update_replaces_changed_buckets_and_keeps_the_others() {
     rl.update(&api::RateLimit {
         ops_per_sec: Some(100),
         bytes_per_sec: Some(5000),
+        ..Default::default()
     })
     .unwrap();
     assert!(rl.consume(100, 5000));
@@ -230,6 +239,7 @@ fn update_to_none_removes_the_limit_and_back() {
     rl.update(&api::RateLimit {
         ops_per_sec: Some(5),
         bytes_per_sec: None,
+        ..Default::default()
     })
     .unwrap();
     assert!(rl.is_limited());
@@ -250,6 +260,7 @@ fn update_wakes_a_blocked_limiter_through_its_timer() {
     let mut rl = RateLimiter::new(&api::RateLimit {
         ops_per_sec: Some(1),
         bytes_per_sec: None,
+        ..Default::default()
     })
     .unwrap();
     let fd = rl.timer_fd().unwrap();
@@ -272,11 +283,13 @@ fn update_refuses_zero_rates_and_limits_without_a_timer() {
     let mut rl = RateLimiter::new(&api::RateLimit {
         ops_per_sec: Some(7),
         bytes_per_sec: None,
+        ..Default::default()
     })
     .unwrap();
     let zero = api::RateLimit {
         ops_per_sec: None,
         bytes_per_sec: Some(0),
+        ..Default::default()
     };
     assert!(rl.check_update(&zero).is_err());
     assert!(rl.update(&zero).is_err());
@@ -286,10 +299,105 @@ fn update_refuses_zero_rates_and_limits_without_a_timer() {
     assert!(
         un.update(&api::RateLimit {
             ops_per_sec: Some(1),
-            bytes_per_sec: None
+            bytes_per_sec: None,
+            ..Default::default()
         })
         .is_err()
     );
     assert!(!un.is_limited());
     un.update(&api::RateLimit::default()).unwrap();
+}
+
+#[test]
+fn a_bucket_holds_its_size_not_one_seconds_worth() {
+    // Firecracker's 100 tokens per 100 ms: 1000/s, but at most 100 at a time.
+    let shape = api::Burst {
+        size: Some(100),
+        one_time: None,
+    };
+    let mut b = TokenBucket::shaped(1000, shape, 0);
+    assert_eq!(b.available(), 100);
+    b.refill(10 * SEC);
+    assert_eq!(b.available(), 100, "never more than its size");
+    b.take(100);
+    let t = 10 * SEC;
+    assert_eq!(b.check(100, t), Err(100 * MS), "refilled in 100 ms");
+    assert_eq!(b.check(100, t + 100 * MS), Ok(()));
+    // Larger than the bucket: waits for it to be full, then goes into debt.
+    assert_eq!(b.check(1000, t + 100 * MS), Ok(()));
+    b.take(1000);
+    assert_eq!(b.available(), -900);
+}
+
+#[test]
+fn the_one_time_burst_is_spent_first_and_never_refilled() {
+    let shape = api::Burst {
+        size: None,
+        one_time: Some(500),
+    };
+    let mut b = TokenBucket::shaped(100, shape, 0);
+    assert_eq!(b.available(), 600);
+    assert_eq!(b.check(600, 0), Ok(()));
+    b.take(450);
+    assert_eq!(
+        b.available(),
+        150,
+        "from the burst first: 50 of it and the 100 left"
+    );
+    b.take(100);
+    assert_eq!(b.available(), 50);
+    b.refill(100 * SEC);
+    assert_eq!(
+        b.available(),
+        100,
+        "the bucket refills; the burst is gone for good"
+    );
+    // A request larger than the bucket but within bucket + burst needs no wait.
+    let mut b = TokenBucket::shaped(100, shape, 0);
+    assert_eq!(b.check(550, 0), Ok(()));
+    b.take(550);
+    assert_eq!(b.available(), 50);
+    // Past the burst, only the bucket's rate is left: 50 more take 0.5 s... after the
+    // 50 it still holds.
+    assert_eq!(b.check(100, 0), Err(SEC / 2));
+}
+
+#[test]
+fn a_limiter_reports_and_keeps_its_shapes() {
+    let limit = api::RateLimit {
+        ops_per_sec: Some(10),
+        bytes_per_sec: Some(1000),
+        ops_burst: api::Burst {
+            size: Some(5),
+            one_time: Some(20),
+        },
+        bytes_burst: api::Burst::default(),
+    };
+    let mut l = RateLimiter::new(&limit).unwrap();
+    assert_eq!(l.limit(), limit);
+    let t0 = l.origin;
+    // 5 in the bucket and 20 once: 25 operations at once, the 26th waits.
+    for _ in 0..25 {
+        assert!(l.consume_at(1, 1, t0));
+    }
+    assert!(!l.consume_at(1, 1, t0));
+    l.on_timer();
+    // The same limits again change nothing (the burst is not given back) ...
+    l.update(&limit).unwrap();
+    assert!(!l.consume_at(1, 1, t0));
+    l.on_timer();
+    // ... a new shape is a new, full bucket with its burst.
+    let bigger = api::RateLimit {
+        ops_burst: api::Burst {
+            size: Some(5),
+            one_time: Some(30),
+        },
+        ..limit
+    };
+    l.update(&bigger).unwrap();
+    l.on_timer();
+    for _ in 0..35 {
+        assert!(l.consume_at(1, 1, t0));
+    }
+    assert!(!l.consume_at(1, 1, t0));
 }

@@ -170,7 +170,7 @@ pub enum Command {
     /// Serve one virtio device to a vhost-user frontend (QEMU...) on a Unix socket, until
     /// the frontend disconnects.
     #[command(subcommand)]
-    VhostUser(VhostUserCommand),
+    VhostUser(Box<VhostUserCommand>),
 }
 
 /// `vireo vhost-user` devices.
@@ -490,7 +490,10 @@ mod tests {
             "path=/d.img,readonly,serial=abc",
         ])
         .unwrap();
-        let Some(Command::VhostUser(VhostUserCommand::Blk { socket, disk })) = cli.command else {
+        let Some(Command::VhostUser(device)) = cli.command else {
+            panic!("not vhost-user")
+        };
+        let VhostUserCommand::Blk { socket, disk } = *device else {
             panic!("not vhost-user blk")
         };
         assert_eq!(socket.socket, PathBuf::from("/tmp/s"));
@@ -501,7 +504,7 @@ mod tests {
         let cli = parse(&["vhost-user", "rng", "--socket", "/tmp/r"]).unwrap();
         assert!(matches!(
             cli.command,
-            Some(Command::VhostUser(VhostUserCommand::Rng { .. }))
+            Some(Command::VhostUser(d)) if matches!(*d, VhostUserCommand::Rng { .. })
         ));
         assert!(
             parse(&["vhost-user", "rng"]).is_err(),
@@ -518,7 +521,10 @@ mod tests {
             "tap=vt0,mac=02:00:00:00:00:07",
         ])
         .unwrap();
-        let Some(Command::VhostUser(VhostUserCommand::Net { net, .. })) = cli.command else {
+        let Some(Command::VhostUser(device)) = cli.command else {
+            panic!("not vhost-user")
+        };
+        let VhostUserCommand::Net { net, .. } = *device else {
             panic!("not vhost-user net")
         };
         assert_eq!(net.tap, "vt0");
@@ -533,7 +539,10 @@ mod tests {
             "cid=3,socket=/tmp/h",
         ])
         .unwrap();
-        let Some(Command::VhostUser(VhostUserCommand::Vsock { vsock, .. })) = cli.command else {
+        let Some(Command::VhostUser(device)) = cli.command else {
+            panic!("not vhost-user")
+        };
+        let VhostUserCommand::Vsock { vsock, .. } = *device else {
             panic!("not vhost-user vsock")
         };
         assert_eq!((vsock.cid, vsock.socket), (3, PathBuf::from("/tmp/h")));

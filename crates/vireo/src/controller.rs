@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use api::action::{ActionError, ActionResult, VmmAction, VmmData};
 use api::firecracker::{
-    Balloon, BalloonStatistics, BootSource, ConfigError, FullVmConfig, InstanceInfo, MachineConfig,
-    PartialDrive, PartialNetworkInterface, RateLimiter, SnapshotCreateParams, SnapshotLoadParams,
-    SnapshotType, TokenBucket,
+    Balloon, BalloonStatistics, BootSource, ConfigError, Drive, FullVmConfig, InstanceInfo,
+    MachineConfig, NetworkInterface, PartialDrive, PartialNetworkInterface, RateLimiter,
+    SnapshotCreateParams, SnapshotLoadParams, SnapshotType, TokenBucket,
 };
 use vmm::builder::Vmm;
 use vmm::snapshot_vm::{RestoreOptions, SnapshotKind};
@@ -38,6 +38,35 @@ fn file_check(path: &str, what: &str) -> Result<(), ConfigError> {
         .map_err(|e| ConfigError::BootSource(format!("The {what} file cannot be opened: {e}")))
 }
 
+/// Firecracker opens a drive's file at `PUT /drives` and refuses one it cannot open (read
+/// and write unless the drive is read-only); Vireo checks the same there and opens it
+/// again at InstanceStart.
+fn drive_check(drive: &Drive) -> Result<(), ConfigError> {
+    let Some(path) = &drive.path_on_host else {
+        return Ok(()); // the config's own check names it
+    };
+    let writable = drive.is_read_only != Some(true);
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(path)
+        .map(drop)
+        .map_err(|e| {
+            ConfigError::Drive(format!(
+                "Unable to create the block device: cannot open {path}{}: {e}",
+                if writable { " for writing" } else { "" }
+            ))
+        })
+}
+
+/// Firecracker opens the TAP at `PUT /network-interfaces`; Vireo checks that it opens
+/// (attaching to it, or creating it as the VM would) and opens it again at InstanceStart.
+fn tap_check(nic: &NetworkInterface) -> Result<(), ConfigError> {
+    net::tap::Tap::open(&nic.host_dev_name)
+        .map(drop)
+        .map_err(|e| ConfigError::Net(format!("Could not create the network device: {e}")))
+}
+
 impl Controller {
     /// A controller with no VM yet, for instance `id`.
     pub fn new(id: String) -> Self {
@@ -60,6 +89,12 @@ impl Controller {
     pub fn load(&mut self, config: FullVmConfig) -> Result<(), ActionError> {
         if let Some(boot) = &config.boot_source {
             self.check_boot_source(boot)?;
+        }
+        for drive in &config.drives {
+            drive_check(drive)?;
+        }
+        for nic in &config.network_interfaces {
+            tap_check(nic)?;
         }
         if let Some(logger) = &config.logger {
             crate::logger::configure(logger).map_err(ConfigError::Logger)?;
@@ -182,8 +217,22 @@ impl Controller {
                 self.check_boot_source(&b)?;
                 empty(self.config.set_boot_source(b))
             }
-            A::PutDrive(d) => empty(self.config.set_drive(d)),
-            A::PutNetworkInterface(n) => empty(self.config.set_network_interface(n)),
+            // The body's checks first, then the host's (the file, the TAP); nothing
+            // changes unless both pass.
+            A::PutDrive(d) => {
+                let mut next = self.config.clone();
+                next.set_drive(d.clone())?;
+                drive_check(&d)?;
+                self.config = next;
+                Ok(VmmData::Empty)
+            }
+            A::PutNetworkInterface(n) => {
+                let mut next = self.config.clone();
+                next.set_network_interface(n.clone())?;
+                tap_check(&n)?;
+                self.config = next;
+                Ok(VmmData::Empty)
+            }
             A::PutVsock(v) => empty(self.config.set_vsock(v)),
             A::PutEntropy(e) => empty(self.config.set_entropy(e)),
             A::PutBalloon(b) => empty(self.config.set_balloon(b)),

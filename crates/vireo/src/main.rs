@@ -62,7 +62,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Run(args)) => run(*args),
         Some(Command::ProbeKvm(args)) => probe_kvm(args.iterations),
-        Some(Command::VhostUser(device)) => vhost_user(device),
+        Some(Command::VhostUser(device)) => vhost_user(*device),
         None => api_main::run(api_main::ApiOptions::from_cli(cli)),
     }
 }

@@ -67,6 +67,12 @@ fn info_version_and_machine_config_before_boot() {
 
 #[test]
 fn every_preboot_resource_and_its_errors() {
+    // PUT /network-interfaces opens the TAP, as Firecracker's does: root's (CAP_NET_ADMIN).
+    test_support::require!(
+        "every_preboot_resource_and_its_errors",
+        test_support::skip::root()
+    );
+    let tap = format!("vtp{}", std::process::id() % 100_000);
     let vm = Vireo::start("preboot", &[]);
     let mut c = vm.client();
     bad(
@@ -104,6 +110,21 @@ fn every_preboot_resource_and_its_errors() {
         c.put("/drives/x", r#"{"drive_id": "x", "is_root_device": false}"#),
         "path_on_host is required",
     );
+    // The host file is opened here, as Firecracker does (not at InstanceStart).
+    bad(
+        c.put(
+            "/drives/x",
+            r#"{"drive_id": "x", "path_on_host": "foo.bar", "is_root_device": false}"#,
+        ),
+        "Unable to create the block device: cannot open foo.bar",
+    );
+    assert!(
+        c.get("/vm/config").json()["drives"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    );
     bad(
         c.patch("/drives/rootfs", r#"{"drive_id": "rootfs"}"#),
         "before starting",
@@ -111,7 +132,22 @@ fn every_preboot_resource_and_its_errors() {
 
     ok(c.put(
         "/network-interfaces/eth0",
-        r#"{"iface_id": "eth0", "host_dev_name": "vtap0", "guest_mac": "06:00:ac:10:00:02"}"#,
+        &format!(
+            r#"{{"iface_id": "eth0", "host_dev_name": "{tap}", "guest_mac": "06:00:ac:10:00:02"}}"#
+        ),
+    ));
+    // The TAP is opened here too: `lo` is no TAP.
+    bad(
+        c.put(
+            "/network-interfaces/eth1",
+            r#"{"iface_id": "eth1", "host_dev_name": "lo"}"#,
+        ),
+        "Could not create the network device",
+    );
+    // Any guest MAC Firecracker takes, a multicast one included.
+    ok(c.put(
+        "/network-interfaces/eth2",
+        r#"{"iface_id": "eth2", "host_dev_name": "lo2x", "guest_mac": "07:00:00:00:00:01"}"#,
     ));
     bad(
         c.put(
@@ -224,7 +260,14 @@ fn every_preboot_resource_and_its_errors() {
     // GET /vm/config shows it all, in the shape --config-file takes.
     let config = c.get("/vm/config").json();
     assert_eq!(config["drives"][0]["drive_id"], "rootfs");
-    assert_eq!(config["network-interfaces"][0]["host_dev_name"], "vtap0");
+    assert_eq!(
+        config["network-interfaces"][0]["host_dev_name"],
+        tap.as_str()
+    );
+    assert_eq!(
+        config["network-interfaces"][1]["guest_mac"],
+        "07:00:00:00:00:01"
+    );
     assert_eq!(config["vsock"]["guest_cid"], 3);
     assert_eq!(config["balloon"]["stats_polling_interval_s"], 1);
     assert_eq!(config["logger"]["level"], "Debug");

@@ -184,6 +184,7 @@ mod tests {
         let zero = api::RateLimit {
             ops_per_sec: None,
             bytes_per_sec: Some(0),
+            ..Default::default()
         };
         assert!(check_rates(Some(&zero)).is_err());
     }

@@ -304,6 +304,7 @@ fn a_diff_snapshot_holds_what_a_virtio_disk_wrote_into_guest_memory() {
         rate_limit: api::RateLimit {
             ops_per_sec: Some(1),
             bytes_per_sec: None,
+            ..Default::default()
         },
         io_engine: api::IoEngine::Auto,
     });

@@ -21,6 +21,7 @@ fn ops_limit_spreads_requests_over_time() {
         let rate = api::RateLimit {
             ops_per_sec: Some(20),
             bytes_per_sec: None,
+            ..Default::default()
         };
         let (_d, mut h) = limited(rate, engine);
         assert_eq!(
@@ -63,6 +64,7 @@ fn bytes_limit_blocks_and_oversized_requests_still_pass() {
     let rate = api::RateLimit {
         ops_per_sec: None,
         bytes_per_sec: Some(100 << 10),
+        ..Default::default()
     };
     let (_d, mut h) = limited(rate, api::IoEngine::Sync);
     // 1 MiB against a 100 KiB bucket: passes at once (the bucket is full)...
@@ -84,6 +86,7 @@ fn invalid_requests_are_answered_even_when_limited() {
     let rate = api::RateLimit {
         ops_per_sec: Some(1),
         bytes_per_sec: None,
+        ..Default::default()
     };
     let (_d, mut h) = limited(rate, api::IoEngine::Sync);
     let a = h.request(t::IN, 0, &[512], 0);

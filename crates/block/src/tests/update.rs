@@ -295,6 +295,7 @@ fn a_disk_not_started_just_takes_the_new_image() {
     let limit = api::RateLimit {
         ops_per_sec: Some(3),
         bytes_per_sec: None,
+        ..Default::default()
     };
     d.block().set_rate_limit(&limit).unwrap();
     assert_eq!(d.block().rate_limit(), Some(limit));
@@ -345,12 +346,14 @@ fn new_limits_reach_a_running_disk_and_release_held_requests() {
         let limit = api::RateLimit {
             ops_per_sec: Some(2),
             bytes_per_sec: None,
+            ..Default::default()
         };
         d.block().set_rate_limit(&limit).unwrap();
         assert_eq!(d.block().rate_limit(), Some(limit));
         let zero = api::RateLimit {
             ops_per_sec: Some(0),
             bytes_per_sec: None,
+            ..Default::default()
         };
         assert!(d.block().set_rate_limit(&zero).is_err());
         assert_eq!(
