@@ -701,23 +701,8 @@ fn firecrackers_flags_log_measure_and_time_the_boot_as_firecracker_does() {
     }
     let mut c = common::http::Client::connect(&sock);
     assert_eq!(c.get("/").json()["id"], "fc-flags");
-    let kernel = test_guests::path(test_guests::BOOT_TIMER);
-    ok(c.put(
-        "/boot-source",
-        &format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display()),
-    ));
-    ok(c.put(
-        "/machine-config",
-        r#"{"vcpu_count": 1, "mem_size_mib": 32}"#,
-    ));
-    ok(c.put(
-        "/serial",
-        &format!(
-            r#"{{"serial_out_path": "{}"}}"#,
-            dir.join("serial").display()
-        ),
-    ));
-    ok(c.put("/actions", r#"{"action_type": "InstanceStart"}"#));
+    let serial = dir.join("serial").display().to_string();
+    common::http::boot_guest(&mut c, test_guests::BOOT_TIMER, &serial);
     // The guest signals the boot timer and resets: the process ends on its own.
     let run = common::finish(child, std::time::Duration::from_secs(30));
     assert_eq!(run.code(), Some(0), "{}", run.stderr);

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::http::{Client, Vireo, bad, ok};
+use common::http::{Client, Vireo, bad, boot_guest as boot, ok};
 use test_support::netns::Netns;
 use test_support::require;
 
@@ -36,21 +36,6 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 fn console(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
-}
-
-/// Boot `guest` through the API with its console in `serial`.
-fn boot(c: &mut Client, guest: &str, serial: &str) {
-    let kernel = test_guests::path(guest);
-    ok(c.put(
-        "/boot-source",
-        &format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display()),
-    ));
-    ok(c.put(
-        "/machine-config",
-        r#"{"vcpu_count": 1, "mem_size_mib": 32}"#,
-    ));
-    ok(c.put("/serial", &format!(r#"{{"serial_out_path": "{serial}"}}"#)));
-    ok(c.put("/actions", r#"{"action_type": "InstanceStart"}"#));
 }
 
 /// The drive `id` in GET /vm/config.

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::http::{Client, Vireo, bad, ok};
+use common::http::{Vireo, bad, ok};
 use test_guests::expected;
 
 const CTRL_ALT_DEL: &str = r#"{"action_type": "SendCtrlAltDel"}"#;
@@ -36,20 +36,6 @@ fn wait_for_console(path: &str, what: &str, done: impl Fn(&str) -> bool) {
     }
 }
 
-fn boot_kbd_guest(c: &mut Client, serial: &str) {
-    let kernel = test_guests::path(test_guests::KBD);
-    ok(c.put(
-        "/boot-source",
-        &format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display()),
-    ));
-    ok(c.put(
-        "/machine-config",
-        r#"{"vcpu_count": 1, "mem_size_mib": 32}"#,
-    ));
-    ok(c.put("/serial", &format!(r#"{{"serial_out_path": "{serial}"}}"#)));
-    ok(c.put("/actions", r#"{"action_type": "InstanceStart"}"#));
-}
-
 #[test]
 fn send_ctrl_alt_del_reaches_the_guest_keyboard_and_it_resets() {
     let mut vm = Vireo::start("kbd", &[]);
@@ -62,7 +48,7 @@ fn send_ctrl_alt_del_reaches_the_guest_keyboard_and_it_resets() {
         "before starting the microVM",
     );
 
-    boot_kbd_guest(&mut c, &serial);
+    common::http::boot_guest(&mut c, test_guests::KBD, &serial);
     wait_for_console(&serial, "\"kbd ready\"", |t| t == expected::KBD_READY);
     ok(c.put("/actions", CTRL_ALT_DEL));
 

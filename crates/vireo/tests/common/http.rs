@@ -123,6 +123,22 @@ pub fn bad(r: Reply, needle: &str) {
     assert!(fault.contains(needle), "{fault:?} lacks {needle:?}");
 }
 
+/// Boot the tiny guest `guest` (a name of `test_guests`) through the API: 1 vCPU,
+/// 32 MiB, its console in the file `serial`.
+pub fn boot_guest(c: &mut Client, guest: &str, serial: &str) {
+    let kernel = test_guests::path(guest);
+    ok(c.put(
+        "/boot-source",
+        &format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display()),
+    ));
+    ok(c.put(
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 32}"#,
+    ));
+    ok(c.put("/serial", &format!(r#"{{"serial_out_path": "{serial}"}}"#)));
+    ok(c.put("/actions", r#"{"action_type": "InstanceStart"}"#));
+}
+
 /// A `vireo --api-sock` process, killed when dropped.
 pub struct Vireo {
     pub child: Child,
