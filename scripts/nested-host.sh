@@ -263,6 +263,10 @@ run_once() { # <out dir> <command...>; sets RUN_STATUS and RUN_VERDICT (ok|deadl
     qpid=$!
     tail -F -n +1 --pid=$qpid "$out/output" 2>/dev/null &
     tpid=$!
+    # However this script ends (an error, SIGTERM from a CI timeout), the L1 and the
+    # tail of its output end with it, not later on another run's terminal or log.
+    trap 'kill $qpid $tpid 2>/dev/null' EXIT
+    trap 'exit 143' TERM INT
     RUN_VERDICT=ok BROKEN_WHY=
     local beats=0 now_beats last_beat=$SECONDS
     while kill -0 $qpid 2>/dev/null; do
@@ -293,6 +297,7 @@ run_once() { # <out dir> <command...>; sets RUN_STATUS and RUN_VERDICT (ok|deadl
     sleep 0.3
     kill $tpid 2>/dev/null || true
     wait $tpid 2>/dev/null || true
+    trap - EXIT TERM INT
     RUN_SECONDS=$((SECONDS - started))
     if [[ -s $out/l1-failed ]]; then
         RUN_VERDICT=nostart

@@ -61,6 +61,10 @@ pub enum ConfigError {
     /// InstanceStart without a boot source.
     #[error("Start microvm error: Cannot start microvm without kernel configuration.")]
     MissingKernel,
+    /// A section of Firecracker's configuration Vireo does not implement, which asks for
+    /// something.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// Firecracker's token bucket: `size` tokens per `refill_time` milliseconds.
@@ -767,6 +771,33 @@ pub struct FullVmConfig {
     /// Serial console.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialDevice>,
+    /// Firecracker's sections that Vireo does not implement yet, taken so that its config
+    /// files parse and refused by name when they ask for anything (`null`, `{}` and `[]`
+    /// ask for nothing; [`FullVmConfig::unsupported_sections`]): `cpu-config`, a custom
+    /// CPU template.
+    #[serde(
+        rename = "cpu-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_config: Option<serde_json::Value>,
+    /// `mmds-config`: the metadata service.
+    #[serde(
+        rename = "mmds-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mmds_config: Option<serde_json::Value>,
+    /// `memory-hotplug`: virtio-mem.
+    #[serde(
+        rename = "memory-hotplug",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory_hotplug: Option<serde_json::Value>,
+    /// `pmem`: virtio-pmem devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pmem: Option<serde_json::Value>,
 }
 
 fn check_id(id: &str, what: fn(String) -> ConfigError) -> Result<(), ConfigError> {
@@ -800,6 +831,7 @@ impl FullVmConfig {
 
     /// The same config, built up again through the `set_*` checks.
     pub fn revalidated(&self) -> Result<Self, ConfigError> {
+        self.unsupported_sections()?;
         let mut fresh = Self::default();
         fresh.set_machine_config(self.machine_config.clone())?;
         if let Some(b) = &self.boot_source {
@@ -826,6 +858,42 @@ impl FullVmConfig {
         fresh.logger = self.logger.clone();
         fresh.metrics = self.metrics.clone();
         Ok(fresh)
+    }
+
+    /// The first of Firecracker's sections Vireo lacks that asks for something, as an
+    /// error naming it.
+    pub fn unsupported_sections(&self) -> Result<(), ConfigError> {
+        // An object asks for something when one of its fields does: a CPU template with
+        // empty modifier lists changes nothing.
+        fn asks(v: &serde_json::Value) -> bool {
+            match v {
+                serde_json::Value::Null => false,
+                serde_json::Value::Object(m) => m.values().any(asks),
+                serde_json::Value::Array(a) => !a.is_empty(),
+                _ => true,
+            }
+        }
+        for (section, value, what) in [
+            ("cpu-config", &self.cpu_config, "custom CPU templates"),
+            (
+                "mmds-config",
+                &self.mmds_config,
+                "MMDS (the metadata service)",
+            ),
+            (
+                "memory-hotplug",
+                &self.memory_hotplug,
+                "memory hotplug (virtio-mem)",
+            ),
+            ("pmem", &self.pmem, "virtio-pmem devices"),
+        ] {
+            if value.as_ref().is_some_and(asks) {
+                return Err(ConfigError::Unsupported(format!(
+                    "{section}: {what} are not supported by Vireo yet."
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// `PUT /machine-config`.

@@ -321,7 +321,9 @@ fn full_config_round_trips_through_json() {
     assert_eq!(FullVmConfig::from_json(&out).unwrap(), c);
     assert!(out.contains(r#""level":"Debug""#), "{out}");
     assert!(out.contains(r#""huge_pages":"None""#), "{out}");
-    assert!(FullVmConfig::from_json(r#"{"mmds-config": {}}"#).is_err());
+    // Firecracker's sections Vireo lacks parse; asking for nothing is no error.
+    assert!(FullVmConfig::from_json(r#"{"mmds-config": {}}"#).is_ok());
+    assert!(FullVmConfig::from_json(r#"{"mmds-config": {"version": "V2"}}"#).is_err());
     assert!(
         FullVmConfig::from_json(r#"{"machine-config": {"vcpu_count": 0, "mem_size_mib": 128}}"#)
             .is_err()
@@ -700,4 +702,39 @@ fn buckets_keep_firecrackers_size_and_one_time_burst() {
     };
     let limit = limiter.to_rate_limit();
     assert_eq!((limit.ops_per_sec, limit.ops_burst), (Some(1000), burst));
+}
+
+#[test]
+fn firecrackers_other_sections_parse_and_are_refused_when_they_ask_for_something() {
+    let base = r#""boot-source": {"kernel_image_path": "/k"}"#;
+    for nothing in [
+        r#""cpu-config": {}"#,
+        r#""cpu-config": {"kvm_capabilities": [], "cpuid_modifiers": [], "msr_modifiers": []}"#,
+        r#""mmds-config": null"#,
+        r#""pmem": []"#,
+    ] {
+        let config = FullVmConfig::from_json(&format!("{{{base}, {nothing}}}"));
+        assert!(config.is_ok(), "{nothing}: {config:?}");
+    }
+    for (asks, named) in [
+        (
+            r#""cpu-config": {"cpuid_modifiers": [{"leaf": "0x1"}]}"#,
+            "cpu-config: custom CPU templates",
+        ),
+        (
+            r#""mmds-config": {"network_interfaces": ["eth0"]}"#,
+            "mmds-config: MMDS",
+        ),
+        (
+            r#""memory-hotplug": {"total_size_mib": 1024}"#,
+            "memory-hotplug",
+        ),
+        (r#""pmem": [{"id": "p0"}]"#, "pmem: virtio-pmem"),
+    ] {
+        let err = FullVmConfig::from_json(&format!("{{{base}, {asks}}}")).unwrap_err();
+        assert!(err.starts_with(named), "{asks}: {err}");
+    }
+    // Still no field Firecracker does not have.
+    let err = FullVmConfig::from_json(&format!(r#"{{{base}, "cpu-configs": {{}}}}"#)).unwrap_err();
+    assert!(err.contains("unknown field"), "{err}");
 }
