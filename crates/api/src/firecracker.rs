@@ -202,11 +202,20 @@ impl MachineConfig {
         if let Some(t) = self.cpu_template.as_deref().filter(|t| *t != "None") {
             return err(format!("CPU template '{t}' is not supported by Vireo."));
         }
-        if self.huge_pages != "None" {
-            return err(format!(
-                "huge_pages '{}' is not supported by Vireo (only \"None\").",
-                self.huge_pages
-            ));
+        match self.huge_pages.as_str() {
+            "None" => {}
+            "2M" if !self.mem_size_mib.is_multiple_of(2) => {
+                return err(format!(
+                    "With huge_pages \"2M\" the memory size must be a multiple of 2 MiB, not {}.",
+                    self.mem_size_mib
+                ));
+            }
+            "2M" => {}
+            other => {
+                return err(format!(
+                    "huge_pages '{other}' is not supported by Vireo (\"None\" or \"2M\")."
+                ));
+            }
         }
         Ok(())
     }

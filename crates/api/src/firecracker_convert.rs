@@ -35,6 +35,7 @@ impl FullVmConfig {
         config.vcpus = self.machine_config.vcpu_count;
         config.memory_bytes = self.machine_config.mem_size_mib << 20;
         config.track_dirty_pages = self.machine_config.track_dirty_pages;
+        config.huge_pages = self.machine_config.huge_pages == "2M";
         config.serial = self.serial_config();
 
         let mut cmdline = boot
@@ -108,6 +109,7 @@ impl FullVmConfig {
             track_dirty_pages,
             // A process flag (`--boot-timer`) in Firecracker, not part of its config.
             boot_timer: _,
+            huge_pages,
         } = config;
         let mut full = FullVmConfig::default();
         if !memory_bytes.is_multiple_of(1 << 20) {
@@ -119,6 +121,7 @@ impl FullVmConfig {
             vcpu_count: *vcpus,
             mem_size_mib: memory_bytes >> 20,
             track_dirty_pages: *track_dirty_pages,
+            huge_pages: if *huge_pages { "2M" } else { "None" }.into(),
             ..MachineConfig::default()
         })
         .map_err(|e| e.to_string())?;

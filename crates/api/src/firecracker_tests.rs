@@ -71,6 +71,17 @@ fn machine_config_limits() {
         c.machine_config.vcpu_count, 2,
         "a refused update changes nothing"
     );
+    let huge = |pages: &str, m| MachineConfig {
+        huge_pages: pages.into(),
+        ..mc(1, m)
+    };
+    assert!(c.set_machine_config(huge("2M", 256)).is_ok());
+    assert!(c.to_vm_config().is_err(), "no kernel yet; the flag is checked below");
+    let e = c.set_machine_config(huge("2M", 255)).unwrap_err().to_string();
+    assert!(e.contains("multiple of 2 MiB"), "{e}");
+    let e = c.set_machine_config(huge("1G", 256)).unwrap_err().to_string();
+    assert!(e.contains("\"None\" or \"2M\""), "{e}");
+    c.set_machine_config(mc(2, 256)).unwrap();
     let smt = MachineConfig {
         smt: true,
         ..mc(2, 256)
@@ -532,6 +543,7 @@ fn every_field() -> VmConfig {
         track_dirty_pages: true,
         // Not in Firecracker's config (a flag of the process): it does not round-trip.
         boot_timer: false,
+        huge_pages: true,
     }
 }
 

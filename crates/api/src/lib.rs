@@ -97,6 +97,11 @@ pub struct VmConfig {
     /// once booted); the virtio windows then start one page higher.
     #[serde(default)]
     pub boot_timer: bool,
+    /// Guest RAM from the host's 2 MiB hugetlb pages (Firecracker's `huge_pages: "2M"`);
+    /// the memory must be a whole number of them and the host must have them reserved
+    /// (`vm.nr_hugepages`).
+    #[serde(default)]
+    pub huge_pages: bool,
 }
 
 impl VmConfig {
@@ -116,6 +121,7 @@ impl VmConfig {
             balloon: None,
             track_dirty_pages: false,
             boot_timer: false,
+            huge_pages: false,
         }
     }
 

@@ -280,6 +280,10 @@ pub struct RunArgs {
     /// Vireo logs the boot time (at info level: --log-level info).
     #[arg(long)]
     pub boot_timer: bool,
+    /// Guest memory from the host's 2 MiB huge pages (reserved beforehand with
+    /// `sysctl vm.nr_hugepages=N`); --memory must be a multiple of 2 MiB.
+    #[arg(long)]
+    pub huge_pages: bool,
 }
 
 /// `vireo probe-kvm` options.
@@ -308,6 +312,7 @@ impl RunArgs {
             balloon: self.balloon,
             track_dirty_pages: false,
             boot_timer: self.boot_timer,
+            huge_pages: self.huge_pages,
         })
     }
 }

@@ -443,3 +443,32 @@ fn balloon_target_and_vsock_come_back_after_kill_and_load() {
     assert_eq!(c.get("/").json()["state"], "Running");
     let _ = std::fs::remove_dir_all(&keep);
 }
+
+#[test]
+fn a_snapshot_of_a_huge_page_guest_is_refused_on_load_by_name() {
+    let test = "a_snapshot_of_a_huge_page_guest_is_refused_on_load_by_name";
+    test_support::require!(test, test_support::skip::root());
+    let _pool = test_support::require!(test, test_support::host::HugePool::grow(16));
+    let first = Vireo::start("snap-huge-a", &[]);
+    let mut c = first.client();
+    boot_count_guest(&mut c, &first.path("serial"), r#", "huge_pages": "2M""#);
+    ok(c.patch("/vm", r#"{"state": "Paused"}"#));
+    let (state, mem) = (first.path("vm.state"), first.path("vm.mem"));
+    ok(c.put(
+        "/snapshot/create",
+        &format!(r#"{{"snapshot_path": "{state}", "mem_file_path": "{mem}"}}"#),
+    ));
+
+    let second = Vireo::start("snap-huge-b", &[]);
+    let mut c = second.client();
+    bad(
+        c.put(
+            "/snapshot/load",
+            &format!(
+                r#"{{"snapshot_path": "{state}", "mem_backend": {{"backend_type": "File", "backend_path": "{mem}"}}}}"#
+            ),
+        ),
+        "2 MiB huge pages, which only a Uffd memory backend restores",
+    );
+    assert_eq!(c.get("/").json()["state"], "Not started", "nothing changed");
+}

@@ -297,3 +297,72 @@ fn the_boot_timer_logs_the_guests_boot_time_in_firecrackers_words() {
     assert_eq!(run.stdout, expected::BOOT_TIMER);
     assert!(!run.stderr.contains("Guest-boot-time"), "{}", run.stderr);
 }
+
+/// Kernel page sizes of a process's mappings of at least `min_kib`: (size KiB, page KiB).
+fn large_mappings(pid: u32, min_kib: u64) -> Vec<(u64, u64)> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut found = Vec::new();
+    let mut size = 0;
+    for line in smaps.lines() {
+        let kib = |l: &str| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        if line.starts_with("Size:") {
+            size = kib(line);
+        } else if line.starts_with("KernelPageSize:") && size >= min_kib {
+            found.push((size, kib(line)));
+        }
+    }
+    found
+}
+
+#[test]
+fn guest_memory_from_2_mib_huge_pages() {
+    let test = "guest_memory_from_2_mib_huge_pages";
+    test_support::require!(test, test_support::skip::root());
+    let pool = test_support::require!(test, test_support::host::HugePool::grow(32));
+
+    let kernel = test_guests::path(test_guests::COUNT);
+    let args = [
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory",
+        "32M",
+    ];
+    let child = vireo(&[&args[..], &["--huge-pages"]].concat())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut mappings = Vec::new();
+    while mappings.is_empty() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+        mappings = large_mappings(child.id(), 32 << 10);
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let run = finish(child, Duration::from_secs(5));
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    assert!(run.stdout.contains('.'), "the guest ran: {:?}", run.stdout);
+    assert!(
+        mappings.iter().any(|&(_, page)| page == 2048),
+        "no 32 MiB mapping of 2 MiB pages: {mappings:?}"
+    );
+
+    // Not a whole number of huge pages, or more than the pool holds: refused, plainly.
+    let run = run_guest(test_guests::HELLO64, &["--memory", "33M", "--huge-pages"]);
+    assert_eq!(run.code(), Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("2 MiB huge pages"), "{}", run.stderr);
+    drop(pool);
+    let (free, _) = vmm::memory::huge_pool();
+    let too_many = format!("{}M", (free + 64) * 2);
+    let run = run_guest(
+        test_guests::HELLO64,
+        &["--memory", &too_many, "--huge-pages"],
+    );
+    assert_eq!(run.code(), Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("nr_hugepages"), "{}", run.stderr);
+}

@@ -247,7 +247,10 @@ fn legacy_dsdt_devices() -> Result<Vec<DsdtDevice>, AcpiError> {
 pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
     let kvm = KvmContext::new()?;
     check_vcpus(config.vcpus, kvm.max_vcpus())?;
-    let mem_arc = Arc::new(memory::create_guest_memory(config.memory_bytes)?);
+    let mem_arc = Arc::new(memory::create_guest_memory(
+        config.memory_bytes,
+        config.huge_pages,
+    )?);
     let mem: &GuestMemory = &mem_arc;
     let vm = vm::create_vm(kvm.kvm(), mem, config.track_dirty_pages)?;
 

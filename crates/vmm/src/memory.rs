@@ -2,9 +2,12 @@
 //!
 //! RAM covers `[0, min(size, MMIO_HOLE_START))` and, for guests larger than that, resumes
 //! at 4 GiB. Memory is mapped private, anonymous and `MAP_NORESERVE`, so the host only
-//! backs the pages the guest touches.
+//! backs the pages the guest touches; or, with huge pages (Firecracker's `huge_pages:
+//! "2M"`), from the host's pool of 2 MiB hugetlb pages, reserved at the mapping (an
+//! empty pool is an error at the build, not a SIGBUS later).
 
 use vm_memory::GuestAddress;
+use vm_memory::bitmap::AtomicBitmap;
 
 use crate::arch::x86_64::layout::{MMIO_HOLE_START, RAM_ABOVE_4G_START};
 
@@ -37,7 +40,28 @@ pub enum MemoryError {
     /// mmap failed.
     #[error("cannot map guest memory: {0}")]
     Map(#[source] vm_memory::mmap::FromRangesError),
+    /// A huge-page guest is not a whole number of 2 MiB pages.
+    #[error("guest memory of {0} bytes is not a whole number of 2 MiB huge pages")]
+    HugeUnaligned(u64),
+    /// The host's hugetlb pool could not give the memory.
+    #[error(
+        "cannot map {mib} MiB of guest memory from 2 MiB huge pages: {reason} (the host has \
+         {free} free of {total}: see /proc/sys/vm/nr_hugepages)"
+    )]
+    HugePages {
+        /// MiB asked for.
+        mib: u64,
+        /// What mmap said.
+        reason: String,
+        /// The pool's free pages.
+        free: u64,
+        /// The pool's size.
+        total: u64,
+    },
 }
+
+/// Size of a huge page.
+pub const HUGE_PAGE_SIZE: u64 = 2 << 20;
 
 /// Check a requested size against the rules and what the host has.
 pub fn check_size(bytes: u64, host_bytes: u64) -> Result<(), MemoryError> {
@@ -77,14 +101,68 @@ pub fn ram_regions(bytes: u64) -> Vec<(GuestAddress, u64)> {
     regions
 }
 
-/// Check `bytes` and map that much guest RAM.
-pub fn create_guest_memory(bytes: u64) -> Result<GuestMemory, MemoryError> {
+/// Check `bytes` and map that much guest RAM, from 2 MiB huge pages if `huge_pages`.
+pub fn create_guest_memory(bytes: u64, huge_pages: bool) -> Result<GuestMemory, MemoryError> {
     check_size(bytes, host_memory_bytes())?;
+    if huge_pages {
+        return create_huge_memory(bytes);
+    }
     let ranges: Vec<(GuestAddress, usize)> = ram_regions(bytes)
         .into_iter()
         .map(|(addr, len)| (addr, len as usize))
         .collect();
     GuestMemory::from_ranges(&ranges).map_err(MemoryError::Map)
+}
+
+/// The regions from the hugetlb pool: private, anonymous, not `MAP_NORESERVE`, so the
+/// kernel reserves every page at the mapping.
+fn create_huge_memory(bytes: u64) -> Result<GuestMemory, MemoryError> {
+    if !bytes.is_multiple_of(HUGE_PAGE_SIZE) {
+        return Err(MemoryError::HugeUnaligned(bytes));
+    }
+    let fail = |reason: String| {
+        let (free, total) = huge_pool();
+        MemoryError::HugePages {
+            mib: bytes >> 20,
+            reason,
+            free,
+            total,
+        }
+    };
+    let mut regions = Vec::new();
+    for (addr, len) in ram_regions(bytes) {
+        let size = usize::try_from(len).map_err(|_| fail("region too large".into()))?;
+        let mapping = vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(
+            size,
+            AtomicBitmap::new(size, BITMAP_PAGE),
+        )
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | libc::MAP_HUGE_2MB,
+        )
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+        let region = vm_memory::GuestRegionMmap::new(mapping, addr)
+            .ok_or_else(|| fail(format!("region at {:#x} overflows", addr.0)))?;
+        regions.push(region);
+    }
+    GuestMemory::from_regions(regions).map_err(|e| fail(e.to_string()))
+}
+
+/// The devices' dirty bitmap granule, as `from_ranges` gives it.
+const BITMAP_PAGE: std::num::NonZeroUsize = std::num::NonZeroUsize::new(4096).unwrap();
+
+/// The host's 2 MiB pool: (free, total) pages, from /proc/meminfo (zeros if unreadable).
+pub fn huge_pool() -> (u64, u64) {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("HugePages_Free:"), field("HugePages_Total:"))
 }
 
 #[cfg(test)]

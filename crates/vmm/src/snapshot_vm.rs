@@ -379,6 +379,15 @@ pub fn restore(
     }
 
     let config = overridden_config(&snapshot.config, options)?;
+    // Firecracker restores a huge-page guest only from a userfaultfd handler; its File
+    // backend (Vireo's one) maps 4 KiB pages, so such a snapshot is refused by name.
+    if config.huge_pages {
+        return Err(SnapshotError::Unsupported(format!(
+            "{}: the guest's memory was 2 MiB huge pages, which only a Uffd memory backend \
+             restores (Vireo has the File backend only)",
+            state_path.display()
+        )));
+    }
     if config.vcpus != count || config.memory_bytes != snapshot.memory_bytes {
         return Err(SnapshotError::Mismatch(format!(
             "{}: the configuration does not match the saved vCPUs and memory",

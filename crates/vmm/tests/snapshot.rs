@@ -89,7 +89,7 @@ fn a_paused_count_guest_restores_identical_and_counts_on() {
     );
     assert_eq!(std::fs::metadata(&mem).unwrap().len(), 32 << 20);
     // Copy the memory before the VM goes away, to compare with the restored one.
-    let before = vmm::memory::create_guest_memory(32 << 20).unwrap();
+    let before = vmm::memory::create_guest_memory(32 << 20, false).unwrap();
     let mut buf = vec![0u8; 32 << 20];
     vm.guest_memory()
         .read_slice(&mut buf, GuestAddress(0))
@@ -207,7 +207,7 @@ fn a_restored_vm_takes_the_console_of_the_restore() {
 
 /// The guest's RAM, copied (to compare with a restored VM after the first is gone).
 fn copy_memory(vm: &vmm::builder::Vmm, bytes: u64) -> vmm::memory::GuestMemory {
-    let copy = vmm::memory::create_guest_memory(bytes).unwrap();
+    let copy = vmm::memory::create_guest_memory(bytes, false).unwrap();
     let mut buf = vec![0u8; bytes as usize];
     vm.guest_memory()
         .read_slice(&mut buf, GuestAddress(0))

@@ -344,7 +344,7 @@ mod tests {
     }
 
     fn guest(bytes: u64) -> GuestMemory {
-        crate::memory::create_guest_memory(bytes).unwrap()
+        crate::memory::create_guest_memory(bytes, false).unwrap()
     }
 
     #[test]
