@@ -76,10 +76,19 @@ fn machine_config_limits() {
         ..mc(1, m)
     };
     assert!(c.set_machine_config(huge("2M", 256)).is_ok());
-    assert!(c.to_vm_config().is_err(), "no kernel yet; the flag is checked below");
-    let e = c.set_machine_config(huge("2M", 255)).unwrap_err().to_string();
+    assert!(
+        c.to_vm_config().is_err(),
+        "no kernel yet; the flag is checked below"
+    );
+    let e = c
+        .set_machine_config(huge("2M", 255))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("multiple of 2 MiB"), "{e}");
-    let e = c.set_machine_config(huge("1G", 256)).unwrap_err().to_string();
+    let e = c
+        .set_machine_config(huge("1G", 256))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("\"None\" or \"2M\""), "{e}");
     c.set_machine_config(mc(2, 256)).unwrap();
     let smt = MachineConfig {
