@@ -147,28 +147,32 @@ pub struct Response {
     pub status: u16,
     /// JSON body; empty for 204.
     pub body: String,
+    /// Send `Deprecation: true` (the request used a field or value Firecracker
+    /// deprecates).
+    pub deprecation: bool,
 }
 
 impl Response {
     /// `status` with a JSON body.
     pub fn json(status: u16, body: String) -> Self {
-        Self { status, body }
+        Self {
+            status,
+            body,
+            deprecation: false,
+        }
     }
 
     /// 204 No Content.
     pub fn no_content() -> Self {
-        Self {
-            status: 204,
-            body: String::new(),
-        }
+        Self::json(204, String::new())
     }
 
     /// An error: `{"fault_message": message}`.
     pub fn fault(status: u16, message: &str) -> Self {
-        Self {
+        Self::json(
             status,
-            body: serde_json::json!({ "fault_message": message }).to_string(),
-        }
+            serde_json::json!({ "fault_message": message }).to_string(),
+        )
     }
 
     /// The bytes on the wire.
@@ -179,6 +183,9 @@ impl Response {
             self.status,
             reason_phrase(self.status)
         );
+        if self.deprecation {
+            out.push_str("Deprecation: true\r\n");
+        }
         if self.status != 204 {
             out.push_str(&format!(
                 "Content-Type: application/json\r\nContent-Length: {}\r\n",

@@ -37,6 +37,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/logger"),
     ("PUT", "/metrics"),
     ("PUT", "/serial"),
+    ("GET", "/mmds"),
+    ("PUT", "/mmds"),
+    ("PATCH", "/mmds"),
+    ("PUT", "/mmds/config"),
 ];
 
 /// A request refused before it reaches the VMM: always a 400 with this message.
@@ -96,6 +100,7 @@ pub fn route(method: &str, path: &str, body: Option<&[u8]>) -> Result<VmmAction,
                 ("machine-config", []) => VmmAction::GetMachineConfig,
                 ("balloon", []) => VmmAction::GetBalloon,
                 ("balloon", ["statistics"]) => VmmAction::GetBalloonStats,
+                ("mmds", []) => VmmAction::GetMmds,
                 _ => return Err(invalid()),
             };
             match body {
@@ -115,6 +120,8 @@ pub fn route(method: &str, path: &str, body: Option<&[u8]>) -> Result<VmmAction,
                     "balloon" | "actions" | "logger" | "metrics" | "serial",
                     []
                 ) | ("PUT", "snapshot", ["create" | "load"])
+                    | ("PUT", "mmds", [] | ["config"])
+                    | ("PATCH", "mmds", [])
                     | ("PUT" | "PATCH", "drives" | "network-interfaces", [] | [_])
                     | ("PATCH", "machine-config" | "balloon" | "vm", [])
                     | ("PATCH", "balloon", ["statistics"])
@@ -157,6 +164,9 @@ fn body_action(
         ("PUT", "serial") => VmmAction::PutSerial(body_json(body)?),
         ("PUT", "snapshot") if rest == ["create"] => VmmAction::CreateSnapshot(body_json(body)?),
         ("PUT", "snapshot") => VmmAction::LoadSnapshot(body_json(body)?),
+        ("PUT", "mmds") if rest.is_empty() => VmmAction::PutMmds(body_json(body)?),
+        ("PUT", "mmds") => VmmAction::PutMmdsConfig(body_json(body)?),
+        ("PATCH", "mmds") => VmmAction::PatchMmds(body_json(body)?),
         ("PUT", "actions") => {
             let info: InstanceActionInfo = body_json(body)?;
             match info.action_type {
@@ -229,12 +239,13 @@ pub fn respond(result: &ActionResult) -> Response {
         Ok(VmmData::Balloon(b)) => json(serde_json::to_string(b)),
         Ok(VmmData::BalloonStats(s)) => json(serde_json::to_string(s)),
         Ok(VmmData::FullVmConfig(c)) => json(serde_json::to_string(c)),
+        Ok(VmmData::Mmds(v)) => json(serde_json::to_string(v)),
         Err(e) => fault(e),
     }
 }
 
 fn fault(e: &ActionError) -> Response {
-    Response::fault(400, &e.to_string())
+    Response::fault(e.status(), &e.to_string())
 }
 
 #[cfg(test)]

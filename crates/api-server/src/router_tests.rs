@@ -141,6 +141,66 @@ fn each_route_with_a_valid_body() {
         ok("PUT", "/serial", Some("{}")),
         VmmAction::PutSerial(_)
     ));
+    assert_eq!(ok("GET", "/mmds", None), VmmAction::GetMmds);
+    assert_eq!(
+        ok("PUT", "/mmds", Some(r#"{"a": {"b": "c"}}"#)),
+        VmmAction::PutMmds(serde_json::json!({"a": {"b": "c"}}))
+    );
+    assert_eq!(
+        ok("PATCH", "/mmds", Some(r#"{"a": null}"#)),
+        VmmAction::PatchMmds(serde_json::json!({"a": null}))
+    );
+    let VmmAction::PutMmdsConfig(c) = ok(
+        "PUT",
+        "/mmds/config",
+        Some(r#"{"version": "V2", "network_interfaces": ["eth0"]}"#),
+    ) else {
+        panic!("PUT /mmds/config");
+    };
+    assert_eq!(c.version, api::MmdsVersion::V2);
+    assert!(
+        err(
+            "PUT",
+            "/mmds/config",
+            Some(r#"{"network_interfaces": ["a"], "x": 1}"#)
+        )
+        .contains("unknown field")
+    );
+}
+
+#[test]
+fn deprecated_fields_are_named_as_firecracker_names_them() {
+    let v1 = ok(
+        "PUT",
+        "/mmds/config",
+        Some(r#"{"network_interfaces": ["eth0"]}"#),
+    );
+    assert_eq!(
+        v1.deprecation(),
+        Some("PUT /mmds/config: V1 is deprecated. Use V2 instead.")
+    );
+    let v2 = ok(
+        "PUT",
+        "/mmds/config",
+        Some(r#"{"version": "V2", "network_interfaces": ["eth0"]}"#),
+    );
+    assert_eq!(v2.deprecation(), None);
+    let vsock = ok(
+        "PUT",
+        "/vsock",
+        Some(r#"{"vsock_id": "v", "guest_cid": 3, "uds_path": "/v"}"#),
+    );
+    assert!(vsock.deprecation().unwrap().contains("vsock_id"));
+    let load = ok(
+        "PUT",
+        "/snapshot/load",
+        Some(r#"{"snapshot_path": "s", "mem_file_path": "m"}"#),
+    );
+    assert!(load.deprecation().unwrap().contains("mem_file_path"));
+    let mut response = respond(&Ok(VmmData::Empty));
+    response.deprecation = true;
+    let text = String::from_utf8(response.to_bytes(true)).unwrap();
+    assert!(text.contains("\r\nDeprecation: true\r\n"), "{text}");
 }
 
 #[test]
@@ -154,8 +214,12 @@ fn firecracker_errors_for_what_does_not_fit() {
         "Invalid request method and/or path: DELETE vm."
     );
     assert_eq!(
-        err("PUT", "/mmds", Some("{}")),
-        "Invalid request method and/or path: PUT mmds."
+        err("DELETE", "/mmds", None),
+        "Invalid request method and/or path: DELETE mmds."
+    );
+    assert_eq!(
+        err("PATCH", "/mmds/config", Some("{}")),
+        "Invalid request method and/or path: PATCH mmds/config."
     );
     assert_eq!(
         err("GET", "/", Some("{}")),
@@ -256,8 +320,6 @@ fn openapi_document_matches_the_router() {
 
     let not_served = [
         "/cpu-config",
-        "/mmds",
-        "/mmds/config",
         "/pmem/x",
         "/hotplug/memory",
         "/balloon/hinting/start",

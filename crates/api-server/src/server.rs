@@ -226,6 +226,7 @@ impl Server {
                 return Response::fault(400, &e.to_string());
             }
         };
+        let deprecation = action.deprecation();
         if self.requests.send(action).is_err() || self.event.write(1).is_err() {
             return Response::fault(503, "The VMM is shutting down.");
         }
@@ -234,7 +235,12 @@ impl Server {
                 if let Err(e) = &result {
                     log::info!("API: {} {}: {e}", request.method, request.path);
                 }
-                router::respond(&result)
+                let mut response = router::respond(&result);
+                if let Some(message) = deprecation {
+                    log::warn!("{message}");
+                    response.deprecation = true;
+                }
+                response
             }
             Err(_) => Response::fault(503, "The VMM is shutting down."),
         }

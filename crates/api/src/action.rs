@@ -8,6 +8,7 @@ use crate::firecracker::{
     NetworkInterface, PartialDrive, PartialNetworkInterface, SerialDevice, SnapshotCreateParams,
     SnapshotLoadParams, Vsock,
 };
+use crate::{MmdsConfig, MmdsVersion};
 
 /// One request to the VMM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +69,43 @@ pub enum VmmAction {
     CreateSnapshot(SnapshotCreateParams),
     /// `PUT /snapshot/load`.
     LoadSnapshot(SnapshotLoadParams),
+    /// `GET /mmds`.
+    GetMmds,
+    /// `PUT /mmds`: the whole document.
+    PutMmds(serde_json::Value),
+    /// `PATCH /mmds`: a JSON Merge Patch of the document.
+    PatchMmds(serde_json::Value),
+    /// `PUT /mmds/config`.
+    PutMmdsConfig(MmdsConfig),
+}
+
+impl VmmAction {
+    /// What of this request Firecracker deprecates, as the warning it logs; the
+    /// response then carries `Deprecation: true`.
+    pub fn deprecation(&self) -> Option<&'static str> {
+        match self {
+            Self::PutMmdsConfig(c) if c.version == MmdsVersion::V1 => {
+                Some("PUT /mmds/config: V1 is deprecated. Use V2 instead.")
+            }
+            Self::PutVsock(v) if v.vsock_id.is_some() => {
+                Some("PUT /vsock: vsock_id field is deprecated.")
+            }
+            Self::LoadSnapshot(p)
+                if p.mem_file_path.is_some() || p.enable_diff_snapshots.is_some() =>
+            {
+                Some(
+                    "PUT /snapshot/load: mem_file_path and enable_diff_snapshots fields are deprecated.",
+                )
+            }
+            Self::PutMachineConfig(c) if c.cpu_template.is_some() => {
+                Some("PUT /machine-config: cpu_template field is deprecated.")
+            }
+            Self::PatchMachineConfig(c) if c.cpu_template.is_some() => {
+                Some("PATCH /machine-config: cpu_template field is deprecated.")
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What a successful request returns.
@@ -87,9 +125,12 @@ pub enum VmmData {
     BalloonStats(BalloonStatistics),
     /// `GET /vm/config`.
     FullVmConfig(Box<FullVmConfig>),
+    /// `GET /mmds`.
+    Mmds(serde_json::Value),
 }
 
-/// Why the VMM refused a request (HTTP 400 with the message as `fault_message`).
+/// Why the VMM refused a request (HTTP 400, or [`ActionError::status`], with the message
+/// as `fault_message`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ActionError {
     /// A pre-boot request after InstanceStart.
@@ -119,6 +160,22 @@ pub enum ActionError {
     /// A balloon update on the running VM failed.
     #[error("Balloon update error: {0}")]
     BalloonUpdate(String),
+    /// `PUT`/`PATCH /mmds` refused (HTTP 400).
+    #[error("MMDS error: {0}")]
+    Mmds(String),
+    /// `PUT`/`PATCH /mmds` would exceed the data store's size limit (HTTP 413).
+    #[error("MMDS limit exceeded error: {0}")]
+    MmdsLimitExceeded(String),
+}
+
+impl ActionError {
+    /// The HTTP status the API answers this refusal with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::MmdsLimitExceeded(_) => 413,
+            _ => 400,
+        }
+    }
 }
 
 /// The answer to one [`VmmAction`].

@@ -55,6 +55,9 @@ pub enum ConfigError {
     /// `metrics`.
     #[error("Metrics error: {0}")]
     Metrics(String),
+    /// `mmds/config`.
+    #[error("MMDS config error: {0}")]
+    Mmds(String),
     /// `snapshot/load` parameters.
     #[error("Load snapshot error: {0}")]
     Snapshot(String),
@@ -783,20 +786,20 @@ pub struct FullVmConfig {
     /// Firecracker's sections that Vireo does not implement yet, taken so that its config
     /// files parse and refused by name when they ask for anything (`null`, `{}` and `[]`
     /// ask for nothing; [`FullVmConfig::unsupported_sections`]): `cpu-config`, a custom
-    /// CPU template.
+    /// CPU template, `memory-hotplug` and `pmem`.
     #[serde(
         rename = "cpu-config",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub cpu_config: Option<serde_json::Value>,
-    /// `mmds-config`: the metadata service.
+    /// `mmds-config`: the metadata service (`PUT /mmds/config`).
     #[serde(
         rename = "mmds-config",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub mmds_config: Option<serde_json::Value>,
+    pub mmds_config: Option<crate::MmdsConfig>,
     /// `memory-hotplug`: virtio-mem.
     #[serde(
         rename = "memory-hotplug",
@@ -864,6 +867,9 @@ impl FullVmConfig {
         if let Some(s) = &self.serial {
             fresh.set_serial(s.clone())?;
         }
+        if let Some(m) = &self.mmds_config {
+            fresh.set_mmds_config(m.clone())?;
+        }
         fresh.logger = self.logger.clone();
         fresh.metrics = self.metrics.clone();
         Ok(fresh)
@@ -885,11 +891,6 @@ impl FullVmConfig {
         for (section, value, what) in [
             ("cpu-config", &self.cpu_config, "custom CPU templates"),
             (
-                "mmds-config",
-                &self.mmds_config,
-                "MMDS (the metadata service)",
-            ),
-            (
                 "memory-hotplug",
                 &self.memory_hotplug,
                 "memory hotplug (virtio-mem)",
@@ -902,6 +903,24 @@ impl FullVmConfig {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// `PUT /mmds/config`: at least one interface, each already configured, and a
+    /// link-local address.
+    pub fn set_mmds_config(&mut self, config: crate::MmdsConfig) -> Result<(), ConfigError> {
+        config.check().map_err(ConfigError::Mmds)?;
+        if let Some(id) = config
+            .network_interfaces
+            .iter()
+            .find(|id| !self.network_interfaces.iter().any(|n| &n.iface_id == *id))
+        {
+            return Err(ConfigError::Mmds(format!(
+                "The list of network interface IDs provided contains at least one ID that \
+                 does not correspond to any existing network interface: {id}."
+            )));
+        }
+        self.mmds_config = Some(config);
         Ok(())
     }
 

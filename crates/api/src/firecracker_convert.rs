@@ -79,6 +79,7 @@ impl FullVmConfig {
             stats_interval_s: u64::from(b.stats_polling_interval_s),
             free_page_reporting: b.free_page_reporting,
         });
+        config.mmds = self.mmds_config.clone();
         Ok(config)
     }
 
@@ -110,6 +111,7 @@ impl FullVmConfig {
             // A process flag (`--boot-timer`) in Firecracker, not part of its config.
             boot_timer: _,
             huge_pages,
+            mmds,
         } = config;
         let mut full = FullVmConfig::default();
         if !memory_bytes.is_multiple_of(1 << 20) {
@@ -187,6 +189,9 @@ impl FullVmConfig {
         };
         if let Some(device) = device {
             full.set_serial(device).map_err(|e| e.to_string())?;
+        }
+        if let Some(m) = mmds {
+            full.set_mmds_config(m.clone()).map_err(|e| e.to_string())?;
         }
         Ok(full)
     }

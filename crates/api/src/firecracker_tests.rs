@@ -341,9 +341,35 @@ fn full_config_round_trips_through_json() {
     assert_eq!(FullVmConfig::from_json(&out).unwrap(), c);
     assert!(out.contains(r#""level":"Debug""#), "{out}");
     assert!(out.contains(r#""huge_pages":"None""#), "{out}");
-    // Firecracker's sections Vireo lacks parse; asking for nothing is no error.
-    assert!(FullVmConfig::from_json(r#"{"mmds-config": {}}"#).is_ok());
-    assert!(FullVmConfig::from_json(r#"{"mmds-config": {"version": "V2"}}"#).is_err());
+    // MMDS: its interfaces must exist (listed after them), the address be link-local.
+    let mmds = |m: &str| {
+        FullVmConfig::from_json(&text.replacen('{', &format!("{{\"mmds-config\": {m},"), 1))
+    };
+    let c = mmds(r#"{"version": "V2", "network_interfaces": ["eth0"]}"#).unwrap();
+    assert_eq!(c.to_vm_config().unwrap().mmds, c.mmds_config);
+    assert_eq!(
+        c.mmds_config.as_ref().unwrap().version,
+        crate::MmdsVersion::V2
+    );
+    assert!(
+        mmds(r#"{"network_interfaces": ["eth1"]}"#)
+            .unwrap_err()
+            .contains("eth1")
+    );
+    assert!(
+        mmds(r#"{"network_interfaces": []}"#)
+            .unwrap_err()
+            .contains("empty")
+    );
+    assert!(
+        mmds(r#"{"network_interfaces": ["eth0"], "ipv4_address": "10.0.0.1"}"#)
+            .unwrap_err()
+            .contains("link local")
+    );
+    assert!(
+        FullVmConfig::from_json(r#"{"mmds-config": {}}"#).is_err(),
+        "network_interfaces is required"
+    );
     assert!(
         FullVmConfig::from_json(r#"{"machine-config": {"vcpu_count": 0, "mem_size_mib": 128}}"#)
             .is_err()
@@ -553,6 +579,12 @@ fn every_field() -> VmConfig {
         // Not in Firecracker's config (a flag of the process): it does not round-trip.
         boot_timer: false,
         huge_pages: true,
+        mmds: Some(crate::MmdsConfig {
+            version: crate::MmdsVersion::V2,
+            network_interfaces: vec!["eth1".into()],
+            ipv4_address: Some("169.254.170.2".parse().unwrap()),
+            imds_compat: true,
+        }),
     }
 }
 
@@ -741,10 +773,6 @@ fn firecrackers_other_sections_parse_and_are_refused_when_they_ask_for_something
         (
             r#""cpu-config": {"cpuid_modifiers": [{"leaf": "0x1"}]}"#,
             "cpu-config: custom CPU templates",
-        ),
-        (
-            r#""mmds-config": {"network_interfaces": ["eth0"]}"#,
-            "mmds-config: MMDS",
         ),
         (
             r#""memory-hotplug": {"total_size_mib": 1024}"#,

@@ -9,12 +9,14 @@
 pub mod action;
 mod devices;
 pub mod firecracker;
+mod mmds;
 mod size;
 
 pub use devices::{
     BalloonConfig, Burst, DISK_SERIAL_MAX, DeviceOptionError, DiskConfig, DiskFormat, IoEngine,
     NetConfig, RateLimit, VsockConfig, parse_mac,
 };
+pub use mmds::{DEFAULT_MMDS_IPV4, MmdsConfig, MmdsVersion};
 pub use size::{SizeError, parse_size};
 
 use std::path::PathBuf;
@@ -102,6 +104,9 @@ pub struct VmConfig {
     /// (`vm.nr_hugepages`).
     #[serde(default)]
     pub huge_pages: bool,
+    /// The metadata service: which NICs (by id) answer its address, and how.
+    #[serde(default)]
+    pub mmds: Option<MmdsConfig>,
 }
 
 impl VmConfig {
@@ -122,6 +127,7 @@ impl VmConfig {
             track_dirty_pages: false,
             boot_timer: false,
             huge_pages: false,
+            mmds: None,
         }
     }
 

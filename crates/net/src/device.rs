@@ -199,6 +199,19 @@ pub struct Net<B: NetBackend = Tap> {
     idle: Option<(B, RateLimiter, RateLimiter)>,
     worker: Option<WorkerThread<NetWorker<B>>>,
     metrics: Arc<NetMetrics>,
+    /// The metadata service this NIC answers, if it allows MMDS requests.
+    mmds: Option<MmdsLink>,
+}
+
+/// What a NIC needs to answer the metadata service: its address and the VM's service.
+/// Each start of the device gets a fresh stack (a driver reset drops the guest's
+/// connections anyway).
+#[derive(Debug, Clone)]
+pub struct MmdsLink {
+    /// The service's address.
+    pub ip: std::net::Ipv4Addr,
+    /// The VM's service.
+    pub service: mmds::Service,
 }
 
 impl Net<Tap> {
@@ -228,7 +241,18 @@ impl<B: NetBackend> Net<B> {
             idle: Some((backend, rx_limiter, tx_limiter)),
             worker: None,
             metrics: Arc::new(NetMetrics::default()),
+            mmds: None,
         }
+    }
+
+    /// Answer the metadata service at `link.ip` (from the next start of the device).
+    pub fn set_mmds(&mut self, link: MmdsLink) {
+        self.mmds = Some(link);
+    }
+
+    /// The metadata service this NIC answers, if any.
+    pub fn mmds(&self) -> Option<&MmdsLink> {
+        self.mmds.as_ref()
     }
 
     /// The guest's MAC address.
@@ -302,6 +326,12 @@ impl<B: NetBackend> Net<B> {
             }
         };
         worker.set_mac(self.mac());
+        if let Some(link) = &self.mmds
+            && let Err(e) = worker.set_mmds(link.service.stack(link.ip))
+        {
+            self.idle = Some(worker.into_parts());
+            return Err(ActivateError::Worker(e));
+        }
         let thread = WorkerThread::spawn(&self.id, worker, ctx).map_err(ActivateError::Worker)?;
         self.worker = Some(thread);
         Ok(())

@@ -19,7 +19,7 @@ pub mod tap;
 pub mod worker;
 
 pub use backend::{NetBackend, SocketBackend};
-pub use device::{Net, NetError, NetMetrics, NetValues};
+pub use device::{MmdsLink, Net, NetError, NetMetrics, NetValues};
 pub use tap::{Tap, TapError};
 pub use worker::NetWorker;
 

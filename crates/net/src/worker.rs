@@ -16,6 +16,12 @@
 //!   room for it, the worker stops polling the backend (the kernel keeps the data) until
 //!   the driver kicks the rx queue.
 //!
+//! - **MMDS**: on a NIC that allows metadata service requests
+//!   ([`NetWorker::set_mmds`]), each admitted tx frame is offered to the
+//!   [`mmds::MmdsStack`] first; the service's frames (ARP and TCP to its address) stop
+//!   there. Its answers go to the guest ahead of the backend's frames, through the same
+//!   rx path (and rx limiter); its retransmission timer is one more extra fd.
+//!
 //! The backend is polled through an inner epoll (the worker thread's first extra fd), so
 //! its interest can follow the device's state: readable only while rx can make
 //! progress, writable only while a tx frame waits. Chains popped for rx but not used
@@ -27,7 +33,10 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use rate_limiter::RateLimiter;
+use std::time::Instant;
+
+use mmds::MmdsStack;
+use rate_limiter::{RateLimiter, Timer};
 use virtio_bindings::virtio_net;
 use virtio_devices::device::{DeviceWorker, Interrupt, WorkerError, notify_if_needed, pop_chain};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
@@ -49,6 +58,15 @@ enum Extra {
     Backend,
     RxTimer,
     TxTimer,
+    MmdsTimer,
+}
+
+/// The metadata service on this NIC: its stack and the timer of its retransmissions.
+struct MmdsPort {
+    stack: MmdsStack,
+    timer: Timer,
+    /// When the timer is set to fire.
+    armed: Option<Instant>,
 }
 
 /// A receive chain popped from the avail ring and checked: its writable buffers, all
@@ -96,6 +114,7 @@ pub struct NetWorker<B: NetBackend> {
     tx_wait_writable: bool,
     /// The NIC's MAC, if it has one of its own: frames sent from another are counted.
     mac: Option<[u8; 6]>,
+    mmds: Option<MmdsPort>,
     metrics: Arc<NetMetrics>,
 }
 
@@ -163,8 +182,58 @@ impl<B: NetBackend> NetWorker<B> {
             tx_pending: None,
             tx_wait_writable: false,
             mac: None,
+            mmds: None,
             metrics,
         }
+    }
+
+    /// Answer the metadata service's frames with `stack` (before the worker starts:
+    /// its timer is one of [`DeviceWorker::extra_fds`]).
+    pub fn set_mmds(&mut self, stack: MmdsStack) -> io::Result<()> {
+        let timer = Timer::new()?;
+        self.extras.push((Extra::MmdsTimer, timer.as_raw_fd()));
+        self.mmds = Some(MmdsPort {
+            stack,
+            timer,
+            armed: None,
+        });
+        Ok(())
+    }
+
+    /// The metadata service's stack on this NIC, if it has one.
+    pub fn mmds(&self) -> Option<&MmdsStack> {
+        self.mmds.as_ref().map(|m| &m.stack)
+    }
+
+    /// Whether the metadata service has frames for the guest.
+    fn mmds_has_output(&self) -> bool {
+        self.mmds.as_ref().is_some_and(|m| m.stack.has_output())
+    }
+
+    /// Set the service's timer to its earliest retransmission, if that changed.
+    fn rearm_mmds_timer(&mut self) -> Result<(), WorkerError> {
+        let rx_can_take = !self.rx_stalled;
+        let Some(m) = &mut self.mmds else {
+            return Ok(());
+        };
+        // Frames left after an rx budget ran out: come back at once (nothing else would
+        // wake the worker for them; with no rx buffers the driver's kick will).
+        let due = if rx_can_take && m.stack.has_output() {
+            Some(Instant::now())
+        } else {
+            m.stack.next_deadline()
+        };
+        if due == m.armed || due.is_none() {
+            return Ok(());
+        }
+        if let Some(due) = due {
+            let wait = due.saturating_duration_since(Instant::now());
+            m.timer
+                .arm(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX))
+                .map_err(|e| WorkerError::new(format!("virtio-net MMDS timer: {e}")))?;
+        }
+        m.armed = due;
+        Ok(())
     }
 
     /// Count the frames the guest sends from a source address other than `mac`.
@@ -270,7 +339,10 @@ impl<B: NetBackend> NetWorker<B> {
         for _ in 0..RX_BUDGET {
             let len = match self.rx_pending {
                 Some(len) => len,
-                None => match self.read_frame()? {
+                None => match self
+                    .mmds_frame()
+                    .map_or_else(|| self.read_frame(), |n| Ok(Some(n)))?
+                {
                     None => return Ok(()),
                     Some(n) if n < NET_HDR_LEN => {
                         self.metrics.rx_fails.inc();
@@ -306,6 +378,17 @@ impl<B: NetBackend> NetWorker<B> {
             self.rx_pending = None;
         }
         Ok(())
+    }
+
+    /// The metadata service's next frame for the guest, with a zeroed virtio-net header,
+    /// into the rx buffer; its length with the header.
+    fn mmds_frame(&mut self) -> Option<usize> {
+        let m = self.mmds.as_mut()?;
+        let n = m
+            .stack
+            .write_frame(&mut self.rx_buf[NET_HDR_LEN..], Instant::now())?;
+        self.rx_buf[..NET_HDR_LEN].fill(0);
+        Some(NET_HDR_LEN + n)
     }
 
     /// Read the next frame from the backend into the rx buffer, `None` if none.
@@ -452,7 +535,11 @@ impl<B: NetBackend> NetWorker<B> {
         if used {
             notify_if_needed(queue, TX_QUEUE, mem, interrupt)?;
         }
-        result
+        result?;
+        if self.mmds_has_output() {
+            self.process_rx(queues, mem, interrupt)?;
+        }
+        Ok(())
     }
 
     fn tx_loop<M: GuestMemory>(
@@ -521,6 +608,17 @@ impl<B: NetBackend> NetWorker<B> {
                 .is_some_and(|src| src != mac)
         {
             self.metrics.tx_spoofed_mac_count.inc();
+        }
+        if let Some(m) = &mut self.mmds {
+            let checksum_partial = data[0] & virtio_net::VIRTIO_NET_HDR_F_NEEDS_CSUM as u8 != 0;
+            if m.stack
+                .detour(&data[NET_HDR_LEN..], checksum_partial, Instant::now())
+            {
+                // The metadata service's: answered (or dropped) here, never sent.
+                let head = frame.head;
+                self.tx_pending = None;
+                return Some(head);
+            }
         }
         loop {
             let started = std::time::Instant::now();
@@ -666,6 +764,7 @@ impl<B: NetBackend> DeviceWorker for NetWorker<B> {
         };
         result
             .and_then(|()| self.update_interest())
+            .and_then(|()| self.rearm_mmds_timer())
             .inspect_err(|_| self.metrics.event_fails.inc())
     }
 
@@ -724,9 +823,18 @@ impl<B: NetBackend> NetWorker<B> {
                 self.tx_limiter.on_timer();
                 self.process_tx(queues, mem, interrupt)?;
             }
+            Some(Extra::MmdsTimer) => {
+                if let Some(m) = &mut self.mmds {
+                    m.timer.drain();
+                    m.armed = None;
+                    m.stack.on_timer(Instant::now());
+                }
+                self.process_rx(queues, mem, interrupt)?;
+            }
             None => {}
         }
-        self.update_interest()
+        self.update_interest()?;
+        self.rearm_mmds_timer()
     }
 }
 

@@ -667,3 +667,98 @@ fn replaced_limits_release_held_frames_through_the_same_timers() {
     h.extra(1).unwrap();
     assert_eq!(h.used(RX_QUEUE).len(), 2);
 }
+
+/// A worker answering the metadata service at its default address from a store holding
+/// `{"k": "v"}`.
+fn mmds_harness() -> (Harness, Arc<mmds::MmdsMetrics>) {
+    let mut h = Harness::new(MRG);
+    let mut store = mmds::Mmds::default();
+    store.put(serde_json::json!({"k": "v"})).unwrap();
+    let metrics = Arc::new(mmds::MmdsMetrics::default());
+    let stack = mmds::MmdsStack::new(
+        mmds::DEFAULT_IPV4,
+        Arc::new(std::sync::Mutex::new(store)),
+        metrics.clone(),
+    );
+    h.worker.set_mmds(stack).unwrap();
+    (h, metrics)
+}
+
+const GUEST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 9];
+
+/// An ARP request from the guest (10.0.0.2) for `target`, with its virtio-net header.
+fn arp_request(target: [u8; 4]) -> Vec<u8> {
+    let mut p = vec![0u8; NET_HDR_LEN + 42];
+    let f = &mut p[NET_HDR_LEN..];
+    f[..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&GUEST_MAC);
+    f[12..14].copy_from_slice(&[0x08, 0x06]);
+    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f[22..28].copy_from_slice(&GUEST_MAC);
+    f[28..32].copy_from_slice(&[10, 0, 0, 2]);
+    f[38..42].copy_from_slice(&target);
+    p
+}
+
+#[test]
+fn mmds_frames_are_answered_on_rx_and_never_reach_the_backend() {
+    let (mut h, metrics) = mmds_harness();
+    let bufs = h.add_rx_buffers(&[2048, 2048]);
+    h.add_tx_frame(&[&arp_request([10, 0, 0, 1])]);
+    h.add_tx_frame(&[&arp_request([169, 254, 169, 254])]);
+    h.kick(TX_QUEUE).unwrap();
+    let sent = h.recv_all();
+    assert_eq!(sent.len(), 1, "only the gateway's ARP reaches the TAP");
+    assert_eq!(&sent[0][NET_HDR_LEN + 38..NET_HDR_LEN + 42], &[10, 0, 0, 1]);
+    assert_eq!(h.used(TX_QUEUE).len(), 2, "both tx chains are used");
+    let used = h.used(RX_QUEUE);
+    assert_eq!(used.len(), 1, "the service's ARP reply, without an rx kick");
+    assert_eq!(used[0].1 as usize, NET_HDR_LEN + 42);
+    let reply = h.read(bufs[0], NET_HDR_LEN + 42);
+    assert_eq!(&reply[..10], &[0; 10], "a plain header");
+    assert_eq!(num_buffers(&reply), 1);
+    let f = &reply[NET_HDR_LEN..];
+    assert_eq!((&f[..6], &f[6..12]), (&GUEST_MAC[..], &mmds::MMDS_MAC[..]));
+    assert_eq!(&f[20..22], &[0, 2], "an ARP reply");
+    assert_eq!(&f[28..32], &[169, 254, 169, 254]);
+    assert_eq!(metrics.rx_accepted.get(), 1);
+    assert_eq!(metrics.tx_frames.get(), 1);
+    assert_eq!(h.metric(|m| &m.tx_packets_count), 1, "the TAP's frame only");
+}
+
+#[test]
+fn mmds_answers_wait_for_rx_buffers_and_come_before_the_backends_frames() {
+    let (mut h, _) = mmds_harness();
+    h.add_tx_frame(&[&arp_request([169, 254, 169, 254])]);
+    h.kick(TX_QUEUE).unwrap();
+    assert!(h.used(RX_QUEUE).is_empty(), "no rx buffer yet");
+    assert!(h.worker.has_pending_rx(), "the reply waits for buffers");
+    h.peer.send(&packet(60, 7)).unwrap();
+    let bufs = h.add_rx_buffers(&[2048, 2048]);
+    h.kick(RX_QUEUE).unwrap();
+    let used = h.used(RX_QUEUE);
+    assert_eq!(used.len(), 2);
+    assert_eq!(
+        h.read(bufs[0] + NET_HDR_LEN as u64 + 12, 2),
+        vec![0x08, 0x06],
+        "ARP first"
+    );
+    assert_eq!(
+        h.read(bufs[1] + NET_HDR_LEN as u64, 60),
+        packet(60, 7)[NET_HDR_LEN..],
+        "then the TAP's"
+    );
+}
+
+#[test]
+fn mmds_timer_is_an_extra_fd_and_firing_it_early_is_harmless() {
+    let (mut h, _) = mmds_harness();
+    assert_eq!(
+        h.worker.extra_fds().len(),
+        2,
+        "the backend's epoll and the MMDS timer"
+    );
+    h.add_rx_buffers(&[2048]);
+    h.extra(1).unwrap();
+    assert!(h.used(RX_QUEUE).is_empty());
+}

@@ -135,12 +135,20 @@ fn div_ceil(a: i128, b: u64) -> i128 {
     (a + b - 1) / b
 }
 
-/// A timerfd on the monotonic clock, non-blocking.
+/// A one-shot timerfd on the monotonic clock, non-blocking: readable once armed time
+/// has passed, until drained (also used by devices for timers of their own).
 #[derive(Debug)]
-struct Timer(OwnedFd);
+pub struct Timer(OwnedFd);
+
+impl std::os::fd::AsRawFd for Timer {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
 
 impl Timer {
-    fn new() -> io::Result<Self> {
+    /// A disarmed timer.
+    pub fn new() -> io::Result<Self> {
         // SAFETY: plain syscall with constant arguments; the result is checked.
         let fd = unsafe {
             libc::timerfd_create(
@@ -156,7 +164,7 @@ impl Timer {
     }
 
     /// Fire once after `ns` nanoseconds (at least 1: zero would disarm the timer).
-    fn arm(&self, ns: u64) -> io::Result<()> {
+    pub fn arm(&self, ns: u64) -> io::Result<()> {
         let ns = ns.max(1);
         let spec = libc::itimerspec {
             it_interval: libc::timespec {
@@ -178,7 +186,7 @@ impl Timer {
     }
 
     /// Read the expiration count if any (non-blocking).
-    fn drain(&self) {
+    pub fn drain(&self) {
         let mut buf = [0u8; 8];
         // SAFETY: reading at most 8 bytes into an 8-byte buffer we own; the fd is
         // non-blocking, so this returns at once with EAGAIN when nothing expired.

@@ -46,6 +46,10 @@ pub struct ApiOptions {
     pub boot_timer: bool,
     /// What the startup metrics count from (the jailer's `--start-time-us`...).
     pub start: StartReference,
+    /// The metadata service's document at start (`--metadata`).
+    pub metadata: Option<PathBuf>,
+    /// The largest metadata service document (`--mmds-size-limit`).
+    pub mmds_size_limit: usize,
 }
 
 impl ApiOptions {
@@ -63,6 +67,8 @@ impl ApiOptions {
             config_file: cli.config_file,
             id: cli.id,
             payload_limit: cli.http_api_max_payload_size,
+            mmds_size_limit: fc.mmds_size_limit.unwrap_or(cli.http_api_max_payload_size),
+            metadata: fc.metadata,
             metrics_path: fc.metrics_path,
             boot_timer: fc.boot_timer,
             start: StartReference {
@@ -75,7 +81,7 @@ impl ApiOptions {
 }
 
 /// The API mode's flags go without a subcommand; those asking for what Vireo lacks
-/// (seccomp filters, MMDS data, PCI) are refused rather than ignored.
+/// (seccomp filters, PCI) are refused rather than ignored.
 pub fn check_flags(cli: &crate::cli::Cli) -> Result<(), String> {
     let api_flags =
         cli.api_sock.is_some() || cli.config_file.is_some() || cli.no_api || cli.firecracker.any();
@@ -109,8 +115,17 @@ impl Drop for SocketFile {
 
 /// Run until the guest stops (or, before it starts, until SIGTERM/SIGINT).
 pub fn run(opts: ApiOptions) -> ExitCode {
-    let mut controller = Controller::new(opts.id);
+    let mut controller = Controller::new(opts.id, opts.mmds_size_limit);
     controller.set_boot_timer(opts.boot_timer);
+    if let Some(path) = &opts.metadata {
+        let loaded = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str(&text).map_err(|e| e.to_string()))
+            .and_then(|value| controller.put_mmds(value).map_err(|e| e.to_string()));
+        if let Err(e) = loaded {
+            return fail(format!("--metadata {}: {e}", path.display()));
+        }
+    }
     if let Some(path) = &opts.metrics_path {
         let config = api::firecracker::Metrics {
             metrics_path: path.to_string_lossy().into_owned(),

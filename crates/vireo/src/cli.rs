@@ -85,10 +85,11 @@ pub struct FirecrackerArgs {
     /// unfiltered when filters were asked for would be wrong).
     #[arg(long, value_name = "FILE")]
     pub seccomp_filter: Option<PathBuf>,
-    /// MMDS data at start (refused: Vireo has no MMDS yet).
+    /// The metadata service's document at start: a JSON file (as `PUT /mmds`).
     #[arg(long, value_name = "FILE")]
     pub metadata: Option<PathBuf>,
-    /// Largest MMDS data store, in bytes (accepted; Vireo has no MMDS yet).
+    /// Largest metadata service document, in bytes of JSON (default: the API's
+    /// largest request body, --http-api-max-payload-size).
     #[arg(long, value_name = "BYTES")]
     pub mmds_size_limit: Option<usize>,
     /// Firecracker's PCI transport (refused: Vireo's devices are virtio-mmio).
@@ -119,9 +120,6 @@ impl FirecrackerArgs {
                  run with --no-seccomp to go on without them"
                     .into(),
             );
-        }
-        if self.metadata.is_some() {
-            return Some("--metadata: Vireo has no MMDS (metadata service) yet".into());
         }
         if self.enable_pci {
             return Some("--enable-pci: Vireo's devices are virtio-mmio; it has no PCI".into());
@@ -313,6 +311,8 @@ impl RunArgs {
             track_dirty_pages: false,
             boot_timer: self.boot_timer,
             huge_pages: self.huge_pages,
+            // The metadata service is configured through the API (`/mmds/config`).
+            mmds: None,
         })
     }
 }

@@ -28,6 +28,9 @@ pub struct Controller {
     started_at: Option<Instant>,
     /// Firecracker's boot timer (`--boot-timer`, a process flag, not in the config).
     boot_timer: bool,
+    /// The metadata service (`/mmds`): its document lives here from the start, whether
+    /// or not a NIC answers it yet.
+    mmds: mmds::Service,
     /// Metrics counters and destination.
     pub metrics: Metrics,
 }
@@ -68,16 +71,33 @@ fn tap_check(nic: &NetworkInterface) -> Result<(), ConfigError> {
 }
 
 impl Controller {
-    /// A controller with no VM yet, for instance `id`.
-    pub fn new(id: String) -> Self {
+    /// A controller with no VM yet, for instance `id`, whose metadata service holds at
+    /// most `mmds_size_limit` bytes.
+    pub fn new(id: String, mmds_size_limit: usize) -> Self {
+        let mmds = mmds::Service::new(mmds_size_limit);
+        let mut metrics = Metrics::default();
+        metrics.mmds = mmds.metrics.clone();
         Self {
             id,
             config: FullVmConfig::default(),
             vmm: None,
             started_at: None,
             boot_timer: false,
-            metrics: Metrics::default(),
+            mmds,
+            metrics,
         }
+    }
+
+    /// Serve the guest the metadata service's version and format of `config`.
+    fn configure_mmds(&self, config: Option<&api::MmdsConfig>) {
+        if let Some(c) = config {
+            self.mmds.lock().configure(c.version, c.imds_compat);
+        }
+    }
+
+    /// Replace the metadata service's document (`PUT /mmds`, `--metadata`).
+    pub fn put_mmds(&self, value: serde_json::Value) -> Result<(), ActionError> {
+        self.mmds.lock().put(value).map_err(mmds_error)
     }
 
     /// Give the VM Firecracker's boot timer device when it starts.
@@ -104,6 +124,7 @@ impl Controller {
                 .configure(metrics)
                 .map_err(ConfigError::Metrics)?;
         }
+        self.configure_mmds(config.mmds_config.as_ref());
         self.config = config;
         Ok(())
     }
@@ -193,6 +214,15 @@ impl Controller {
             A::LoadSnapshot(p) => self.load_snapshot(&p).map(|()| VmmData::Empty),
             A::CreateSnapshot(_) if !started => Err(ActionError::NotSupportedPreBoot),
             A::CreateSnapshot(p) => self.create_snapshot(&p).map(|()| VmmData::Empty),
+            // The document, before and after the start.
+            A::GetMmds => Ok(VmmData::Mmds(self.mmds.lock().document())),
+            A::PutMmds(v) => self.put_mmds(v).map(|()| VmmData::Empty),
+            A::PatchMmds(v) => self
+                .mmds
+                .lock()
+                .patch(&v)
+                .map(|()| VmmData::Empty)
+                .map_err(mmds_error),
 
             // Pre-boot only.
             A::PutMachineConfig(_)
@@ -206,6 +236,7 @@ impl Controller {
             | A::PutLogger(_)
             | A::PutMetrics(_)
             | A::PutSerial(_)
+            | A::PutMmdsConfig(_)
             | A::InstanceStart
                 if started =>
             {
@@ -237,6 +268,11 @@ impl Controller {
             A::PutEntropy(e) => empty(self.config.set_entropy(e)),
             A::PutBalloon(b) => empty(self.config.set_balloon(b)),
             A::PutSerial(s) => empty(self.config.set_serial(s)),
+            A::PutMmdsConfig(c) => {
+                self.config.set_mmds_config(c.clone())?;
+                self.configure_mmds(Some(&c));
+                Ok(VmmData::Empty)
+            }
             A::PutLogger(l) => {
                 crate::logger::configure(&l).map_err(ConfigError::Logger)?;
                 self.config.logger = Some(l);
@@ -296,7 +332,7 @@ impl Controller {
         let mut config = self.config.to_vm_config()?;
         config.boot_timer = self.boot_timer;
         crate::signals::warn_if_kvm_is_incomplete(self.console_on_stdio());
-        let vmm = vmm::builder::build_and_boot(&config)
+        let vmm = vmm::builder::build_and_boot_with(&config, &self.mmds)
             .map_err(|e| ActionError::StartMicrovm(e.to_string()))?;
         self.vmm = Some(vmm);
         self.started_at = Some(Instant::now());
@@ -368,6 +404,7 @@ impl Controller {
                 .map(|o| (o.iface_id.clone(), o.host_dev_name.clone()))
                 .collect(),
             vsock_override: p.vsock_override.as_ref().map(|o| o.uds_path.clone().into()),
+            mmds: self.mmds.clone(),
         };
         let state = Path::new(&p.snapshot_path);
         let started = Instant::now();
@@ -397,6 +434,9 @@ impl Controller {
         restored.logger = self.config.logger.clone();
         restored.metrics = self.config.metrics.clone();
         restored.serial = self.config.serial.clone();
+        // The service's version and address come with the snapshot, its document not
+        // (as Firecracker: a clone may need other data; PUT /mmds gives it).
+        self.configure_mmds(restored.mmds_config.as_ref());
         self.config = restored;
         self.vmm = Some(vmm);
         self.started_at = Some(Instant::now());
@@ -570,6 +610,14 @@ impl Controller {
             out.direct_reclaim = s.direct_reclaim;
         }
         Ok(out)
+    }
+}
+
+/// The API's error for a refused change of the metadata service's document.
+fn mmds_error(e: mmds::StoreError) -> ActionError {
+    match e {
+        mmds::StoreError::TooLarge(_) => ActionError::MmdsLimitExceeded(e.to_string()),
+        _ => ActionError::Mmds(e.to_string()),
     }
 }
 

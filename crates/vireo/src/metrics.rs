@@ -152,6 +152,8 @@ pub struct Metrics {
     get: requests::Get,
     deprecated: requests::Deprecated,
     logger: requests::Logger,
+    /// The metadata service's counters (its `mmds` group).
+    pub mmds: std::sync::Arc<mmds::MmdsMetrics>,
     latencies: Latencies,
     panics_flushed: u64,
     /// From `main` to the API server listening, wall clock and CPU.
@@ -172,7 +174,7 @@ struct Line<'a> {
     patch_api_requests: requests::PatchValues,
     latencies_us: &'a Latencies,
     logger: requests::LoggerValues,
-    mmds: Zeros<13>,
+    mmds: mmds::MmdsValues,
     seccomp: Zeros<1>,
     signals: Zeros<7>,
     vmm: VmmGroup,
@@ -194,7 +196,7 @@ struct VmmGroup {
     panic_count: u64,
 }
 
-/// A group Vireo has nothing to count in yet (no MMDS, seccomp, pmem or memory
+/// A group Vireo has nothing to count in yet (no seccomp, pmem or memory
 /// hotplug; no fatal-signal handlers; interrupts are not counted): Firecracker's field
 /// names, all 0 (a `*_agg` name is a latency aggregate of zeros).
 struct Zeros<const N: usize>(&'static [&'static str; N]);
@@ -214,21 +216,6 @@ impl<const N: usize> Serialize for Zeros<N> {
     }
 }
 
-const MMDS: [&str; 13] = [
-    "rx_accepted",
-    "rx_accepted_err",
-    "rx_accepted_unusual",
-    "rx_bad_eth",
-    "rx_invalid_token",
-    "rx_no_token",
-    "rx_count",
-    "tx_bytes",
-    "tx_count",
-    "tx_errors",
-    "tx_frames",
-    "connections_created",
-    "connections_destroyed",
-];
 const SECCOMP: [&str; 1] = ["num_faults"];
 const SIGNALS: [&str; 7] = [
     "sigbus", "sigsegv", "sigxfsz", "sigxcpu", "sigpipe", "sighup", "sigill",
@@ -303,7 +290,15 @@ impl Metrics {
     /// Count one API request in its resource's counter, and its failure.
     pub fn count_request(&mut self, action: &VmmAction, failed: bool) {
         use VmmAction as A;
+        if action.deprecation().is_some() {
+            self.deprecated.deprecated_http_api_calls.inc();
+        }
         let (count, fails) = match action {
+            A::GetMmds => (&self.get.mmds_count, None),
+            A::PutMmds(_) | A::PutMmdsConfig(_) => {
+                (&self.put.mmds_count, Some(&self.put.mmds_fails))
+            }
+            A::PatchMmds(_) => (&self.patch.mmds_count, Some(&self.patch.mmds_fails)),
             A::GetInstanceInfo | A::GetFullVmConfig => (&self.get.instance_info_count, None),
             A::GetVersion => (&self.get.vmm_version_count, None),
             A::GetMachineConfig => (&self.get.machine_cfg_count, None),
@@ -393,7 +388,7 @@ impl Metrics {
             patch_api_requests: self.patch.take(),
             latencies_us: &self.latencies,
             logger: self.logger.take(),
-            mmds: Zeros(&MMDS),
+            mmds: self.mmds.take(),
             seccomp: Zeros(&SECCOMP),
             signals: Zeros(&SIGNALS),
             vmm: VmmGroup {

@@ -289,8 +289,8 @@ fn malformed_requests_never_crash_the_server() {
         "Invalid request method and/or path",
     );
     bad(
-        c.put("/mmds", "{}"),
-        "Invalid request method and/or path: PUT mmds.",
+        c.request("DELETE", "/mmds", None),
+        "Invalid request method and/or path: DELETE mmds.",
     );
     bad(c.request("PUT", "/vsock", None), "Empty PUT request.");
     bad(
@@ -600,7 +600,7 @@ fn flags_are_checked() {
     // What Vireo lacks is refused, not ignored, before anything starts.
     for (flags, why) in [
         (&["--seccomp-filter", "/f"][..], "does not install seccomp"),
-        (&["--metadata", "/m.json"][..], "no MMDS"),
+        (&["--metadata", "/m.json"][..], "--metadata /m.json"),
         (&["--enable-pci"][..], "no PCI"),
         (&["--level", "loud"][..], "invalid log level"),
     ] {

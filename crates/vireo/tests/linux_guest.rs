@@ -445,6 +445,105 @@ fn virtio_net_pings_and_moves_megabytes_both_ways() {
     assert_eq!(vm.poweroff(), Some(0));
 }
 
+/// The metadata service as Firecracker's guests use it: a NIC on a TAP in a test
+/// namespace allows MMDS requests (`PUT /mmds/config`), the host puts a document
+/// (`PUT /mmds`), and the guest, with a route to 169.254.169.254 through eth0, asks
+/// for a session token (`PUT /latest/api/token`, busybox nc) and reads with it (busybox
+/// wget), once with V1 (a plain GET works too) and once with V2 (a GET without a token
+/// is refused); a PATCH on the host is what the guest reads next; the service's MAC is
+/// in the guest's ARP table. Linux's own TCP and virtio-net driver against the stack.
+#[test]
+#[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]
+fn the_guest_reads_mmds_v1_and_v2_over_its_nic_with_tokens() {
+    require_complete_kvm();
+    let ns = test_support::netns::Netns::new("l4mmds").expect("a network namespace");
+    ns.add_tap("l4mmds0", "10.78.0.1/24").unwrap();
+    for version in ["V1", "V2"] {
+        let dir = TempDir::new(&format!("l4-mmds-{version}"));
+        let (mut vm, mut api) = ApiVm::start_in(&dir, None, Some(ns.name()));
+        let doc = serde_json::json!({"latest": {"meta-data": {
+            "instance-id": "i-0123",
+            "hostname": format!("vm-{version}"),
+        }}});
+        api.boot(
+            &Spec::shell("vmlinux"),
+            &[
+                (
+                    "PUT",
+                    "/network-interfaces/eth0",
+                    r#"{"iface_id": "eth0", "host_dev_name": "l4mmds0", "guest_mac": "06:00:0a:4e:00:02"}"#
+                        .to_string(),
+                ),
+                (
+                    "PUT",
+                    "/mmds/config",
+                    format!(r#"{{"version": "{version}", "network_interfaces": ["eth0"]}}"#),
+                ),
+                ("PUT", "/mmds", doc.to_string()),
+            ],
+        );
+        vm.wait_shell();
+        vm.sh(
+            "ip link set lo up && ip link set eth0 up && ip addr add 10.78.0.2/24 dev eth0 && \
+             ip route add 169.254.169.254 dev eth0",
+        );
+        let response = vm.sh_deadline(
+            "printf 'PUT /latest/api/token HTTP/1.1\\r\\nHost: 169.254.169.254\\r\\n\
+             X-metadata-token-ttl-seconds: 60\\r\\n\\r\\n' | nc 169.254.169.254 80",
+            Duration::from_secs(60),
+        );
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "{version} token: {response}"
+        );
+        assert!(
+            response.contains("X-metadata-token-ttl-seconds: 60"),
+            "{response}"
+        );
+        let token = response.lines().last().unwrap_or("").trim().to_string();
+        assert_eq!(token.len(), 64, "{version} token: {response}");
+        let get = |vm: &mut LinuxVm, path: &str, token: Option<&str>| {
+            let header = token.map_or(String::new(), |t| {
+                format!("--header 'X-metadata-token: {t}' ")
+            });
+            vm.sh_status(
+                &format!("wget -q -O - {header}http://169.254.169.254{path}"),
+                Duration::from_secs(60),
+            )
+        };
+        assert_eq!(
+            get(&mut vm, "/latest/meta-data/hostname", Some(&token)),
+            (0, format!("vm-{version}"))
+        );
+        assert_eq!(
+            get(&mut vm, "/latest/meta-data/", Some(&token)),
+            (0, "hostname\ninstance-id".to_string())
+        );
+        let plain = get(&mut vm, "/latest/meta-data/instance-id", None);
+        if version == "V1" {
+            assert_eq!(plain, (0, "i-0123".to_string()), "V1 needs no token");
+        } else {
+            assert_ne!(plain.0, 0, "V2 refuses a GET without a token: {}", plain.1);
+            assert!(plain.1.contains("401"), "{}", plain.1);
+        }
+        api.ok(
+            "PATCH",
+            "/mmds",
+            r#"{"latest": {"meta-data": {"hostname": "renamed"}}}"#,
+        );
+        assert_eq!(
+            get(&mut vm, "/latest/meta-data/hostname", Some(&token)),
+            (0, "renamed".to_string())
+        );
+        let neigh = vm.sh("ip neigh show 169.254.169.254");
+        assert!(
+            neigh.contains("06:01:23:45:67:01"),
+            "the service's MAC: {neigh}"
+        );
+        assert_eq!(vm.poweroff(), Some(0));
+    }
+}
+
 /// vsock through Firecracker's Unix-socket convention, 1 MiB each way, compared byte for
 /// byte: the guest connects to the host's `<socket>_5000`, the host connects to the
 /// guest's port 5001 with `CONNECT 5001` and the guest echoes.

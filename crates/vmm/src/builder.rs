@@ -243,8 +243,15 @@ fn legacy_dsdt_devices() -> Result<Vec<DsdtDevice>, AcpiError> {
     ])
 }
 
-/// Build the VM described by `config` and start its vCPUs.
+/// Build the VM described by `config` and start its vCPUs (with a metadata service of
+/// its own, empty, if `config.mmds` asks for one).
 pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
+    build_and_boot_with(config, &mmds::Service::default())
+}
+
+/// [`build_and_boot`], the NICs `config.mmds` names answering from `mmds` (the API's
+/// `/mmds` store).
+pub fn build_and_boot_with(config: &VmConfig, mmds: &mmds::Service) -> Result<Vmm, BuildError> {
     let kvm = KvmContext::new()?;
     check_vcpus(config.vcpus, kvm.max_vcpus())?;
     let mem_arc = Arc::new(memory::create_guest_memory(
@@ -258,7 +265,7 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
     // fails most often on user input, and the guest's command line and DSDT list them.
     let mut mmio = Bus::new();
     let mut virtio = VirtioDevices::for_vm(config.boot_timer, &mut mmio)?;
-    let models = device_models::build(config)?;
+    let models = device_models::build(config, mmds)?;
     let balloon = models.balloon;
     for device in models.devices {
         virtio.add(&vm, &mut mmio, &mem_arc, device)?;

@@ -60,8 +60,9 @@ pub struct DeviceModels {
     pub metrics: VmMetrics,
 }
 
-/// Build every device model `config` asks for.
-pub fn build(config: &VmConfig) -> Result<DeviceModels, DeviceModelError> {
+/// Build every device model `config` asks for; the NICs `config.mmds` names answer the
+/// metadata service from `mmds`.
+pub fn build(config: &VmConfig, mmds: &mmds::Service) -> Result<DeviceModels, DeviceModelError> {
     let mut models = DeviceModels::default();
     for (i, cfg) in config.disks.iter().enumerate() {
         let name = cfg.id.clone().unwrap_or_else(|| format!("disk{i}"));
@@ -74,10 +75,20 @@ pub fn build(config: &VmConfig) -> Result<DeviceModels, DeviceModelError> {
     }
     for (i, cfg) in config.nets.iter().enumerate() {
         let name = cfg.id.clone().unwrap_or_else(|| format!("net{i}"));
-        let device = Net::new(cfg, &name).map_err(|source| DeviceModelError::Net {
+        let mut device = Net::new(cfg, &name).map_err(|source| DeviceModelError::Net {
             tap: cfg.tap.clone(),
             source,
         })?;
+        if let Some(m) = config
+            .mmds
+            .as_ref()
+            .filter(|m| m.network_interfaces.contains(&name))
+        {
+            device.set_mmds(net::MmdsLink {
+                ip: m.address(),
+                service: mmds.clone(),
+            });
+        }
         models.metrics.net.push((name, device.metrics()));
         models.devices.push(Box::new(device));
     }
@@ -119,7 +130,7 @@ mod tests {
         let mut config = VmConfig::new("/k");
         config.rng = true;
         config.balloon = Some("size=16".parse().unwrap());
-        let models = build(&config).unwrap();
+        let models = build(&config, &mmds::Service::default()).unwrap();
         let types: Vec<u32> = models.devices.iter().map(|d| d.device_type()).collect();
         assert_eq!(types, [4, 5]);
         assert_eq!(models.balloon.unwrap().target_mib(), 16);
@@ -137,7 +148,7 @@ mod tests {
         let mut config = VmConfig::new("/k");
         config.rng = true;
         config.disks = vec![format!("path={}", image.display()).parse().unwrap()];
-        let types: Vec<u32> = build(&config)
+        let types: Vec<u32> = build(&config, &mmds::Service::default())
             .unwrap()
             .devices
             .iter()
@@ -150,7 +161,10 @@ mod tests {
                 .parse()
                 .unwrap(),
         ];
-        let err = build(&config).err().unwrap().to_string();
+        let err = build(&config, &mmds::Service::default())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.starts_with("--disk path="), "{err}");
         assert!(err.contains("missing.img"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -161,7 +175,10 @@ mod tests {
         let mut config = VmConfig::new("/k");
         config.memory_bytes = 64 << 20;
         config.balloon = Some("size=65".parse().unwrap());
-        let err = build(&config).err().unwrap().to_string();
+        let err = build(&config, &mmds::Service::default())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("more than the guest's memory"), "{err}");
     }
 }

@@ -307,6 +307,9 @@ pub struct RestoreOptions {
     pub net_overrides: Vec<(String, String)>,
     /// A new host-side socket for the vsock device.
     pub vsock_override: Option<std::path::PathBuf>,
+    /// The metadata service the NICs of the snapshot's `mmds` configuration answer
+    /// (its document is not in the snapshot: the API fills it again).
+    pub mmds: mmds::Service,
 }
 
 /// The snapshot's configuration with the overrides of `options` applied.
@@ -411,7 +414,7 @@ pub fn restore(
     let mut mmio = crate::bus::Bus::new();
     let mut virtio =
         VirtioDevices::for_vm(config.boot_timer, &mut mmio).map_err(BuildError::from)?;
-    let models = crate::device_models::build(&config).map_err(BuildError::from)?;
+    let models = crate::device_models::build(&config, &options.mmds).map_err(BuildError::from)?;
     for device in models.devices {
         virtio
             .add(&vm, &mut mmio, &mem, device)

@@ -15,6 +15,8 @@ pub struct Client {
 
 pub struct Reply {
     pub status: u16,
+    /// The status line and headers.
+    pub head: String,
     pub body: String,
 }
 
@@ -72,7 +74,7 @@ impl Client {
                     .unwrap_or(0);
                 if buf.len() >= end + 4 + len {
                     let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
-                    return Reply { status, body };
+                    return Reply { status, head, body };
                 }
             }
             let n = self.stream.read(&mut chunk).expect("read the response");
