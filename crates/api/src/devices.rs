@@ -269,8 +269,8 @@ impl FromStr for DiskConfig {
 }
 
 /// One virtio-net NIC on a host TAP device: `--net tap=NAME[,mac=MAC][,id=NAME]
-/// [,bandwidth=BYTES/s][,pps=N]` (limits apply to each direction; `rx_`/`tx_` prefixed
-/// keys set one direction).
+/// [,mtu=N][,bandwidth=BYTES/s][,pps=N]` (limits apply to each direction; `rx_`/`tx_`
+/// prefixed keys set one direction).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetConfig {
     /// Name of the interface (Firecracker's `iface_id`); `net<N>` when not given.
@@ -283,7 +283,14 @@ pub struct NetConfig {
     pub rx_rate_limit: RateLimit,
     /// Limits on what the guest sends.
     pub tx_rate_limit: RateLimit,
+    /// The MTU offered to the guest (`VIRTIO_NET_F_MTU`, 68 to 65535); without it the
+    /// guest chooses (1500).
+    #[serde(default)]
+    pub mtu: Option<u16>,
 }
+
+/// The MTUs virtio-net can offer: IPv4's least to the largest frame.
+pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 68..=65535;
 
 /// Parse `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -310,6 +317,7 @@ impl FromStr for NetConfig {
                 "id",
                 "tap",
                 "mac",
+                "mtu",
                 "bandwidth",
                 "pps",
                 "rx_bandwidth",
@@ -343,12 +351,22 @@ impl FromStr for NetConfig {
             bytes_per_sec: o.rate("tx_bandwidth")?.or(both.bytes_per_sec),
             ..Default::default()
         };
+        let mtu = match o.number("mtu")? {
+            None => None,
+            Some(m) => Some(
+                u16::try_from(m)
+                    .ok()
+                    .filter(|m| MTU_RANGE.contains(m))
+                    .ok_or_else(|| o.err(format!("mtu {m} is outside 68..=65535")))?,
+            ),
+        };
         Ok(Self {
             id: o.value("id")?,
             tap,
             mac,
             rx_rate_limit: rx,
             tx_rate_limit: tx,
+            mtu,
         })
     }
 }
@@ -484,7 +502,14 @@ mod tests {
         assert_eq!(n.rx_rate_limit.bytes_per_sec, Some(1 << 30));
         assert_eq!(n.rx_rate_limit.ops_per_sec, None);
         assert_eq!(n.tx_rate_limit.ops_per_sec, Some(5000));
+        assert_eq!(n.mtu, None);
+        assert_eq!(
+            "tap=x,mtu=9000".parse::<NetConfig>().unwrap().mtu,
+            Some(9000)
+        );
         for (text, needle) in [
+            ("tap=x,mtu=67", "outside 68..=65535"),
+            ("tap=x,mtu=65536", "outside 68..=65535"),
             ("mac=02:00:00:00:00:01", "'tap=' is required"),
             ("tap=x,mac=02:00:00:00:00", "not a MAC"),
             ("tap=x,mac=02:00:00:00:00:0g", "not a MAC"),

@@ -399,7 +399,7 @@ pub struct Vsock {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntropyDevice {
-    /// Limits (not supported: the entropy device is unlimited).
+    /// Limits on requests (`ops`) and random bytes (`bandwidth`) the guest gets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiter>,
 }
@@ -568,7 +568,8 @@ pub struct SerialDevice {
     /// File or named pipe the console output goes to (stdout when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial_out_path: Option<String>,
-    /// Output limit (not supported).
+    /// Output limit in bytes: what the guest writes past it is dropped (counted in
+    /// `uart.rate_limiter_dropped_bytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<TokenBucket>,
     /// Vireo extension: a Unix socket Vireo listens on for the console
@@ -1059,8 +1060,12 @@ impl FullVmConfig {
                 )));
             }
         }
-        if nic.mtu.is_some() {
-            return Err(ConfigError::Net("mtu is not supported by Vireo.".into()));
+        if let Some(mtu) = nic.mtu
+            && !crate::MTU_RANGE.contains(&mtu)
+        {
+            return Err(ConfigError::Net(format!(
+                "mtu {mtu} is outside 68..=65535."
+            )));
         }
         if let Some(other) = self
             .network_interfaces
@@ -1110,14 +1115,7 @@ impl FullVmConfig {
 
     /// `PUT /entropy`.
     pub fn set_entropy(&mut self, entropy: EntropyDevice) -> Result<(), ConfigError> {
-        if entropy
-            .rate_limiter
-            .is_some_and(|r| r != RateLimiter::default())
-        {
-            return Err(ConfigError::Entropy(
-                "rate_limiter is not supported by Vireo's entropy device.".into(),
-            ));
-        }
+        check_limiter(entropy.rate_limiter.as_ref(), ConfigError::Entropy)?;
         self.entropy = Some(entropy);
         Ok(())
     }
@@ -1150,9 +1148,12 @@ impl FullVmConfig {
 
     /// `PUT /serial`.
     pub fn set_serial(&mut self, serial: SerialDevice) -> Result<(), ConfigError> {
-        if serial.rate_limiter.is_some() {
+        if let Some(b) = serial.rate_limiter
+            && b.size > 0
+            && b.refill_time == 0
+        {
             return Err(ConfigError::Serial(
-                "rate_limiter is not supported by Vireo's serial console.".into(),
+                "A token bucket with a size needs a refill_time above 0.".into(),
             ));
         }
         if let Some(p) = &serial.serial_out_path {
@@ -1186,6 +1187,16 @@ impl FullVmConfig {
             (Some(path), _) => SerialConfig::File(path.into()),
             (None, Some(path)) => SerialConfig::Socket(path.into()),
             (None, None) => SerialConfig::Stdio,
+        }
+    }
+
+    /// The console's output limit (`rate_limiter` of `PUT /serial`), in Vireo's terms.
+    pub fn serial_rate_limit(&self) -> crate::RateLimit {
+        let bucket = self.serial.as_ref().and_then(|s| s.rate_limiter);
+        crate::RateLimit {
+            bytes_per_sec: bucket.and_then(|b| b.per_second()),
+            bytes_burst: bucket.map(|b| b.burst()).unwrap_or_default(),
+            ..Default::default()
         }
     }
 

@@ -37,6 +37,7 @@ impl FullVmConfig {
         config.track_dirty_pages = self.machine_config.track_dirty_pages;
         config.huge_pages = self.machine_config.huge_pages == "2M";
         config.serial = self.serial_config();
+        config.serial_rate_limit = self.serial_rate_limit();
 
         let mut cmdline = boot
             .boot_args
@@ -66,6 +67,7 @@ impl FullVmConfig {
                 mac: n.guest_mac.as_deref().and_then(parse_mac),
                 rx_rate_limit: n.rx_rate_limiter.unwrap_or_default().to_rate_limit(),
                 tx_rate_limit: n.tx_rate_limiter.unwrap_or_default().to_rate_limit(),
+                mtu: n.mtu,
             })
             .collect();
         config.vsock = self.vsock.as_ref().map(|v| VsockConfig {
@@ -73,6 +75,12 @@ impl FullVmConfig {
             socket: PathBuf::from(&v.uds_path),
         });
         config.rng = self.entropy.is_some();
+        config.rng_rate_limit = self
+            .entropy
+            .as_ref()
+            .and_then(|e| e.rate_limiter)
+            .unwrap_or_default()
+            .to_rate_limit();
         config.balloon = self.balloon.as_ref().map(|b| BalloonConfig {
             amount_mib: u64::from(b.amount_mib),
             deflate_on_oom: b.deflate_on_oom,
@@ -102,10 +110,12 @@ impl FullVmConfig {
             vcpus,
             memory_bytes,
             serial,
+            serial_rate_limit,
             disks,
             nets,
             vsock,
             rng,
+            rng_rate_limit,
             balloon,
             track_dirty_pages,
             // A process flag (`--boot-timer`) in Firecracker, not part of its config.
@@ -163,19 +173,28 @@ impl FullVmConfig {
             .map_err(|e| e.to_string())?;
         }
         if *rng {
-            full.set_entropy(EntropyDevice::default())
-                .map_err(|e| e.to_string())?;
+            full.set_entropy(EntropyDevice {
+                rate_limiter: limiter(rng_rate_limit, "entropy device")?,
+            })
+            .map_err(|e| e.to_string())?;
         }
         if let Some(b) = balloon {
             full.set_balloon(balloon_body(b)?)
                 .map_err(|e| e.to_string())?;
         }
+        if serial_rate_limit.ops_per_sec.is_some() {
+            return Err("serial: a console's limit is in bytes only".into());
+        }
+        let rate_limiter = serial_rate_limit
+            .bytes_per_sec
+            .map(|r| TokenBucket::from_rate(r, serial_rate_limit.bytes_burst));
         let console = |out: Option<String>, socket: Option<String>| SerialDevice {
             serial_out_path: out,
-            rate_limiter: None,
+            rate_limiter,
             socket,
         };
         let device = match serial {
+            SerialConfig::Stdio if rate_limiter.is_some() => Some(console(None, None)),
             SerialConfig::Stdio => None,
             SerialConfig::File(path) => Some(console(Some(utf8(path, "serial file")?), None)),
             SerialConfig::Socket(path) => Some(console(None, Some(utf8(path, "serial socket")?))),
@@ -274,6 +293,7 @@ fn network_interface(id: &str, nic: &NetConfig, what: &str) -> Result<NetworkInt
         mac,
         rx_rate_limit,
         tx_rate_limit,
+        mtu,
     } = nic;
     Ok(NetworkInterface {
         iface_id: id.to_string(),
@@ -284,7 +304,7 @@ fn network_interface(id: &str, nic: &NetConfig, what: &str) -> Result<NetworkInt
                 .collect::<Vec<_>>()
                 .join(":")
         }),
-        mtu: None,
+        mtu: *mtu,
         rx_rate_limiter: limiter(rx_rate_limit, &format!("{what} rx"))?,
         tx_rate_limiter: limiter(tx_rate_limit, &format!("{what} tx"))?,
     })

@@ -174,8 +174,14 @@ fn nics_check_tap_mac_and_uniqueness() {
             .is_err()
     );
     let mut mtu = nic("eth1", "tap1");
-    mtu.mtu = Some(1500);
-    assert!(c.set_network_interface(mtu).is_err());
+    mtu.mtu = Some(67);
+    assert!(
+        c.set_network_interface(mtu.clone()).is_err(),
+        "below IPv4's 68"
+    );
+    mtu.mtu = Some(9000);
+    c.set_network_interface(mtu).unwrap();
+    assert_eq!(c.network_interfaces[1].mtu, Some(9000));
     c.set_network_interface(nic("eth0", "tap9")).unwrap();
     assert_eq!(c.network_interfaces.len(), 2, "eth0 replaced, eth1 kept");
 }
@@ -201,7 +207,26 @@ fn other_devices() {
             bandwidth: None,
         }),
     };
-    assert!(c.set_entropy(limited).is_err());
+    c.set_entropy(limited).unwrap();
+    let limit = c
+        .entropy
+        .as_ref()
+        .unwrap()
+        .rate_limiter
+        .unwrap()
+        .to_rate_limit();
+    assert_eq!(limit.ops_per_sec, Some(1000), "1 request per ms");
+    let broken = EntropyDevice {
+        rate_limiter: Some(RateLimiter {
+            ops: Some(TokenBucket {
+                size: 1,
+                one_time_burst: None,
+                refill_time: 0,
+            }),
+            bandwidth: None,
+        }),
+    };
+    assert!(c.set_entropy(broken).is_err(), "never refilled");
     let big = Balloon {
         amount_mib: 129,
         ..Default::default()
@@ -226,14 +251,24 @@ fn other_devices() {
         ..Default::default()
     };
     assert!(c.set_balloon(hinting).is_err());
-    assert!(
-        c.set_serial(SerialDevice {
-            serial_out_path: Some("/tmp/s".into()),
-            rate_limiter: Some(TokenBucket::default()),
-            socket: None,
-        })
-        .is_err()
+    let serial = |size, refill_time| SerialDevice {
+        serial_out_path: Some("/tmp/s".into()),
+        rate_limiter: Some(TokenBucket {
+            size,
+            one_time_burst: None,
+            refill_time,
+        }),
+        socket: None,
+    };
+    assert!(c.set_serial(serial(100, 0)).is_err(), "never refilled");
+    c.set_serial(serial(0, 0)).unwrap();
+    assert_eq!(
+        c.serial_rate_limit(),
+        RateLimit::default(),
+        "size 0: unlimited"
     );
+    c.set_serial(serial(100, 1000)).unwrap();
+    assert_eq!(c.serial_rate_limit().bytes_per_sec, Some(100));
 }
 
 #[test]
@@ -519,6 +554,14 @@ fn every_field() -> VmConfig {
         vcpus: 4,
         memory_bytes: 1 << 30,
         serial: SerialConfig::Socket("/run/vireo/web/console.sock".into()),
+        serial_rate_limit: RateLimit {
+            bytes_per_sec: Some(2048),
+            bytes_burst: crate::Burst {
+                size: Some(4096),
+                one_time: Some(1 << 20),
+            },
+            ..Default::default()
+        },
         disks: vec![
             DiskConfig {
                 id: Some("root".into()),
@@ -555,6 +598,7 @@ fn every_field() -> VmConfig {
                 mac: Some([0x02, 0xab, 0xcd, 0xef, 0x00, 0x01]),
                 rx_rate_limit: limit(Some(10_000), Some(100 << 20)),
                 tx_rate_limit: limit(None, Some(10 << 20)),
+                mtu: Some(9000),
             },
             NetConfig {
                 id: Some("eth1".into()),
@@ -562,6 +606,7 @@ fn every_field() -> VmConfig {
                 mac: Some([0x06, 0, 0, 0, 0, 0xfe]),
                 rx_rate_limit: RateLimit::default(),
                 tx_rate_limit: limit(Some(5000), None),
+                mtu: None,
             },
         ],
         vsock: Some(VsockConfig {
@@ -569,6 +614,7 @@ fn every_field() -> VmConfig {
             socket: "/run/vireo/web/vsock.sock".into(),
         }),
         rng: true,
+        rng_rate_limit: limit(Some(100), Some(4096)),
         balloon: Some(BalloonConfig {
             amount_mib: 256,
             deflate_on_oom: true,
@@ -622,6 +668,14 @@ fn from_vm_config_round_trips_every_field() {
     assert_eq!(full.drives[0].serial, None);
     assert_eq!(full.drives[2].serial.as_deref(), Some(""), "no serial");
     c.serial = SerialConfig::Stdio;
+    let full = FullVmConfig::from_vm_config(&c).unwrap();
+    assert_eq!(
+        full.serial.as_ref().unwrap().serial_out_path,
+        None,
+        "stdout, limited"
+    );
+    assert_eq!(full.to_vm_config().unwrap(), c);
+    c.serial_rate_limit = RateLimit::default();
     let full = FullVmConfig::from_vm_config(&c).unwrap();
     assert_eq!(full.serial, None);
     assert_eq!(full.to_vm_config().unwrap(), c);

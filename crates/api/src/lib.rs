@@ -14,7 +14,7 @@ mod size;
 
 pub use devices::{
     BalloonConfig, Burst, DISK_SERIAL_MAX, DeviceOptionError, DiskConfig, DiskFormat, IoEngine,
-    NetConfig, RateLimit, VsockConfig, parse_mac,
+    MTU_RANGE, NetConfig, RateLimit, VsockConfig, parse_mac,
 };
 pub use mmds::{DEFAULT_MMDS_IPV4, MmdsConfig, MmdsVersion};
 pub use size::{SizeError, parse_size};
@@ -82,6 +82,10 @@ pub struct VmConfig {
     pub memory_bytes: u64,
     /// Serial console destination.
     pub serial: SerialConfig,
+    /// Limit on the console's output (its bytes per second and burst; the rest of
+    /// [`RateLimit`] is unused): bytes past it are dropped.
+    #[serde(default)]
+    pub serial_rate_limit: RateLimit,
     /// virtio-blk disks, in the order the guest sees them.
     pub disks: Vec<DiskConfig>,
     /// virtio-net NICs.
@@ -90,6 +94,9 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// Whether the guest gets a virtio-rng entropy device.
     pub rng: bool,
+    /// Limits on the entropy device: requests and bytes per second.
+    #[serde(default)]
+    pub rng_rate_limit: RateLimit,
     /// The memory balloon, if any.
     pub balloon: Option<BalloonConfig>,
     /// KVM logs the pages the guest dirties, so a diff snapshot can write only those.
@@ -119,10 +126,12 @@ impl VmConfig {
             vcpus: 1,
             memory_bytes: DEFAULT_MEMORY_BYTES,
             serial: SerialConfig::default(),
+            serial_rate_limit: RateLimit::default(),
             disks: Vec::new(),
             nets: Vec::new(),
             vsock: None,
             rng: false,
+            rng_rate_limit: RateLimit::default(),
             balloon: None,
             track_dirty_pages: false,
             boot_timer: false,

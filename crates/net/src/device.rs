@@ -46,8 +46,8 @@ pub const OFFERED_FEATURES: u64 = bit(virtio_net::VIRTIO_NET_F_CSUM)
     | bit(virtio_net::VIRTIO_NET_F_STATUS)
     | features::COMMON;
 
-/// Length of the configuration space: `mac[6]`, `status`, `max_virtqueue_pairs`.
-pub const CONFIG_LEN: usize = 10;
+/// Length of the configuration space: `mac[6]`, `status`, `max_virtqueue_pairs`, `mtu`.
+pub const CONFIG_LEN: usize = 12;
 
 /// Why a NIC could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -137,13 +137,19 @@ pub fn local_mac(name: &str) -> [u8; 6] {
 }
 
 /// The configuration space of a NIC with address `mac`: the MAC, link up, one queue
-/// pair.
-pub fn config_space(mac: [u8; 6]) -> [u8; CONFIG_LEN] {
+/// pair, and the MTU if one is offered (`VIRTIO_NET_F_MTU`), else 0.
+pub fn config_space(mac: [u8; 6], mtu: Option<u16>) -> [u8; CONFIG_LEN] {
     let mut config = [0u8; CONFIG_LEN];
     config[..6].copy_from_slice(&mac);
     config[6..8].copy_from_slice(&(virtio_net::VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
     config[8..10].copy_from_slice(&1u16.to_le_bytes());
+    config[10..12].copy_from_slice(&mtu.unwrap_or(0).to_le_bytes());
     config
+}
+
+/// The features a NIC offers: [`OFFERED_FEATURES`], and `VIRTIO_NET_F_MTU` with an MTU.
+pub fn offered_features(mtu: Option<u16>) -> u64 {
+    OFFERED_FEATURES | mtu.map_or(0, |_| bit(virtio_net::VIRTIO_NET_F_MTU))
 }
 
 /// What a NIC keeps while no worker runs: the backend and the rx and tx limiters (as
@@ -201,6 +207,8 @@ pub struct Net<B: NetBackend = Tap> {
     metrics: Arc<NetMetrics>,
     /// The metadata service this NIC answers, if it allows MMDS requests.
     mmds: Option<MmdsLink>,
+    /// The MTU offered to the guest, if any.
+    mtu: Option<u16>,
 }
 
 /// What a NIC needs to answer the metadata service: its address and the VM's service.
@@ -222,7 +230,9 @@ impl Net<Tap> {
         let tx = RateLimiter::new(&cfg.tx_rate_limit).map_err(NetError::RateLimiter)?;
         let tap = Tap::open(&cfg.tap)?;
         let mac = cfg.mac.unwrap_or_else(|| local_mac(name));
-        Ok(Self::with_backend(tap, mac, rx, tx, name))
+        let mut net = Self::with_backend(tap, mac, rx, tx, name);
+        net.set_mtu(cfg.mtu);
+        Ok(net)
     }
 }
 
@@ -237,12 +247,19 @@ impl<B: NetBackend> Net<B> {
     ) -> Self {
         Self {
             id: name.to_string(),
-            config: config_space(mac),
+            config: config_space(mac, None),
             idle: Some((backend, rx_limiter, tx_limiter)),
             worker: None,
             metrics: Arc::new(NetMetrics::default()),
             mmds: None,
+            mtu: None,
         }
+    }
+
+    /// Offer `mtu` to the guest (`VIRTIO_NET_F_MTU`; before the driver reads features).
+    pub fn set_mtu(&mut self, mtu: Option<u16>) {
+        self.mtu = mtu;
+        self.config = config_space(self.mac(), mtu);
     }
 
     /// Answer the metadata service at `link.ip` (from the next start of the device).
@@ -355,7 +372,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn features(&self) -> u64 {
-        OFFERED_FEATURES
+        offered_features(self.mtu)
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -441,6 +458,9 @@ mod tests {
         let mut pairs = [0u8; 2];
         n.read_config(8, &mut pairs);
         assert_eq!(u16::from_le_bytes(pairs), 1);
+        let mut mtu = [0xffu8; 2];
+        n.read_config(10, &mut mtu);
+        assert_eq!(mtu, [0, 0], "no MTU offered");
         let mut word = [0u8; 4];
         n.read_config(4, &mut word);
         assert_eq!(word, [4, 5, 1, 0], "unaligned reads span fields");
@@ -449,6 +469,18 @@ mod tests {
         assert_eq!(past, [0; 4]);
         n.read_config(u64::MAX, &mut past);
         assert_eq!(past, [0; 4]);
+    }
+
+    #[test]
+    fn an_mtu_is_offered_with_its_feature() {
+        let mut n = net();
+        assert_eq!(n.features() & bit(virtio_net::VIRTIO_NET_F_MTU), 0);
+        n.set_mtu(Some(9000));
+        assert_ne!(n.features() & bit(virtio_net::VIRTIO_NET_F_MTU), 0);
+        let mut mtu = [0u8; 2];
+        n.read_config(10, &mut mtu);
+        assert_eq!(u16::from_le_bytes(mtu), 9000);
+        assert_eq!(n.mac(), [0x02, 1, 2, 3, 4, 5], "the MAC stays");
     }
 
     #[test]
@@ -495,6 +527,7 @@ mod tests {
             mac: None,
             rx_rate_limit: Default::default(),
             tx_rate_limit: Default::default(),
+            mtu: None,
         };
         assert!(matches!(
             Net::new(&cfg, "n"),

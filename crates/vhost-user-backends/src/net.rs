@@ -22,6 +22,7 @@ use crate::served::Served;
 pub struct NetServed {
     tap_name: String,
     config: [u8; netdev::CONFIG_LEN],
+    mtu: Option<u16>,
     metrics: Arc<NetMetrics>,
     /// The TAP and the limiters while no frontend runs the queues.
     idle: Mutex<Option<IdleParts<Tap>>>,
@@ -40,7 +41,8 @@ impl NetServed {
             .unwrap_or_else(|| net::device::local_mac(config.id.as_deref().unwrap_or("net0")));
         Ok(Self {
             tap_name: config.tap.clone(),
-            config: netdev::config_space(mac),
+            config: netdev::config_space(mac, config.mtu),
+            mtu: config.mtu,
             metrics: Arc::new(NetMetrics::default()),
             idle: Mutex::new(Some((tap, rx, tx))),
         })
@@ -85,7 +87,7 @@ impl Served for NetServed {
     }
 
     fn features(&self) -> u64 {
-        netdev::OFFERED_FEATURES
+        netdev::offered_features(self.mtu)
     }
 
     fn config(&self) -> Vec<u8> {

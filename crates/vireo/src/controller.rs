@@ -395,6 +395,7 @@ impl Controller {
         let options = RestoreOptions {
             // The console of this process (PUT /serial before the load), not the saved one.
             serial: c.serial_config(),
+            serial_rate_limit: c.serial_rate_limit(),
             resume: p.resume_vm.unwrap_or(false),
             track_dirty_pages: p.tracks_dirty_pages(),
             net_overrides: p

@@ -544,6 +544,91 @@ fn the_guest_reads_mmds_v1_and_v2_over_its_nic_with_tokens() {
     }
 }
 
+/// Firecracker's limits as a Linux guest meets them: its NIC's MTU
+/// (`VIRTIO_NET_F_MTU`) is eth0's; reading 16 KiB from `/dev/hwrng` through an entropy
+/// device limited to 4 KiB/s takes the guest at least the 3 s the bucket needs (the
+/// same read unlimited takes well under a second in the balloon test); and of 64 KiB
+/// the guest writes to its console limited to 2 KiB/s (8 KiB at once), what arrives is
+/// bounded by the bucket and the rest is counted as dropped (the UART of a nested guest
+/// moves a few tens of KiB a second: the limit must be below that to show).
+#[test]
+#[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]
+fn the_guest_sees_its_mtu_a_slower_hwrng_and_a_limited_console() {
+    require_complete_kvm();
+    let ns = test_support::netns::Netns::new("l4lim").expect("a network namespace");
+    ns.add_tap("l4lim0", "10.79.0.1/24").unwrap();
+    let dir = TempDir::new("l4-limits");
+    let metrics = dir.join("metrics");
+    let (mut vm, mut api) = ApiVm::start_in(&dir, None, Some(ns.name()));
+    api.ok(
+        "PUT",
+        "/metrics",
+        &format!(r#"{{"metrics_path": "{}"}}"#, metrics.display()),
+    );
+    api.boot(
+        &Spec::shell("vmlinux"),
+        &[
+            (
+                "PUT",
+                "/network-interfaces/eth0",
+                r#"{"iface_id": "eth0", "host_dev_name": "l4lim0", "mtu": 1400}"#.to_string(),
+            ),
+            (
+                "PUT",
+                "/entropy",
+                r#"{"rate_limiter": {"bandwidth": {"size": 4096, "refill_time": 1000}}}"#
+                    .to_string(),
+            ),
+            (
+                "PUT",
+                "/serial",
+                r#"{"rate_limiter": {"size": 8192, "refill_time": 4000}}"#.to_string(),
+            ),
+        ],
+    );
+    vm.wait_shell();
+    assert_eq!(vm.sh("cat /sys/class/net/eth0/mtu"), "1400");
+
+    let out = vm.sh_deadline(
+        "a=$(cut -d' ' -f1 /proc/uptime | tr -d .); \
+         dd if=/dev/hwrng of=/tmp/r bs=1024 count=16 2>/dev/null; \
+         b=$(cut -d' ' -f1 /proc/uptime | tr -d .); wc -c < /tmp/r; echo $(((b - a) * 10))",
+        Duration::from_secs(120),
+    );
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("16384"), "{out}");
+    let ms: u64 = lines
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    eprintln!("16 KiB from /dev/hwrng at 4 KiB/s: {ms} ms");
+    assert!(ms >= 2500, "16 KiB at 4 KiB/s took only {ms} ms");
+
+    let before = vm.console().matches('x').count();
+    // The markers after the burst wait for the bucket to refill (the sleep).
+    vm.sh_deadline(
+        "head -c 65536 /dev/zero | tr '\\0' x > /dev/ttyS0; sleep 3",
+        Duration::from_secs(120),
+    );
+    let arrived = vm.console().matches('x').count() - before;
+    eprintln!("64 KiB written to a 2 KiB/s console: {arrived} bytes arrived");
+    assert!(arrived < 49_152, "{arrived} of 65536 bytes arrived");
+    api.ok("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#);
+    let dropped: u64 = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["uart"]["rate_limiter_dropped_bytes"].as_u64().unwrap()
+        })
+        .sum();
+    assert!(
+        dropped as usize + arrived >= 65_536,
+        "{dropped} dropped + {arrived} arrived"
+    );
+    assert_eq!(vm.poweroff(), Some(0));
+}
+
 /// vsock through Firecracker's Unix-socket convention, 1 MiB each way, compared byte for
 /// byte: the guest connects to the host's `<socket>_5000`, the host connects to the
 /// guest's port 5001 with `CONNECT 5001` and the guest echoes.

@@ -1,12 +1,17 @@
 //! virtio-rng (virtio 1.2, section 5.4): one queue of device-writable buffers, filled
-//! from the host's `getrandom(2)`.
+//! from the host's `getrandom(2)`, optionally rate limited (Firecracker's entropy
+//! `rate_limiter`: one operation per request and its buffers' bytes; a request the
+//! limiter refuses stays in the ring until the limiter's timer fires).
 
-use virtio_queue::{DescriptorChain, Queue, Writer};
+use std::os::fd::RawFd;
+
+use rate_limiter::RateLimiter;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Writer};
 use vm_memory::GuestMemory;
 
 use crate::device::{
     ActivateContext, ActivateError, DeviceWorker, Interrupt, VirtioDevice, WorkerError,
-    device_type, features, serve_queue,
+    device_type, features, notify_if_needed, pop_chain, serve_queue,
 };
 use crate::metrics::EntropyMetrics;
 use crate::worker::WorkerThread;
@@ -20,15 +25,23 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// The entropy device.
 pub struct Rng {
     worker: Option<WorkerThread<RngWorker>>,
+    /// The limiter while no worker runs.
+    limiter: Option<RateLimiter>,
     id: String,
     metrics: Arc<EntropyMetrics>,
 }
 
 impl Rng {
-    /// A new entropy device; `id` names its worker thread.
+    /// A new entropy device without limits; `id` names its worker thread.
     pub fn new(id: &str) -> Self {
+        Self::with_limiter(id, RateLimiter::unlimited())
+    }
+
+    /// A new entropy device whose requests go through `limiter`.
+    pub fn with_limiter(id: &str, limiter: RateLimiter) -> Self {
         Self {
             worker: None,
+            limiter: Some(limiter),
             id: id.to_string(),
             metrics: Arc::default(),
         }
@@ -60,6 +73,7 @@ impl VirtioDevice for Rng {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         let worker = RngWorker {
             metrics: self.metrics.clone(),
+            limiter: self.limiter.take().unwrap_or_else(RateLimiter::unlimited),
         };
         let thread = WorkerThread::spawn(&self.id, worker, ctx).map_err(|e| {
             self.metrics.activate_fails.inc();
@@ -86,8 +100,10 @@ impl VirtioDevice for Rng {
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(w) = self.worker.take() {
-            w.stop();
+        if let Some(w) = self.worker.take()
+            && let Some((worker, _)) = w.stop()
+        {
+            self.limiter = Some(worker.limiter);
         }
         true
     }
@@ -98,9 +114,18 @@ impl VirtioDevice for Rng {
 }
 
 /// Serves the request queue: fills each chain's writable buffers with random bytes.
-#[derive(Default)]
 pub struct RngWorker {
     metrics: Arc<EntropyMetrics>,
+    limiter: RateLimiter,
+}
+
+impl Default for RngWorker {
+    fn default() -> Self {
+        Self {
+            metrics: Arc::default(),
+            limiter: RateLimiter::unlimited(),
+        }
+    }
 }
 
 impl RngWorker {
@@ -149,8 +174,48 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-impl DeviceWorker for RngWorker {
-    fn process_queue<M: GuestMemory>(
+impl RngWorker {
+    /// Serve the queue through the limiter: each request takes one operation and its
+    /// buffers' bytes; a refused one goes back to the ring and serving stops until the
+    /// timer.
+    fn serve_limited<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        index: usize,
+        mem: &M,
+        interrupt: &dyn Interrupt,
+    ) -> Result<(), WorkerError> {
+        let ring_err = |e: virtio_queue::Error| WorkerError::new(format!("queue {index}: {e}"));
+        let mut used = 0usize;
+        'serve: loop {
+            queue.disable_notification(mem).map_err(ring_err)?;
+            while !self.limiter.is_blocked() {
+                let Some(chain) = pop_chain(queue, mem)? else {
+                    break;
+                };
+                let head = chain.head_index();
+                let wanted = Writer::new(mem, chain.clone())
+                    .map_or(0, |w| w.available_bytes().min(MAX_REQUEST_BYTES));
+                if !self.limiter.consume(1, wanted as u64) {
+                    queue.go_to_previous_position();
+                    self.metrics.entropy_rate_limiter_throttled.inc();
+                    break 'serve;
+                }
+                let len = self.fill(mem, chain);
+                queue.add_used(mem, head, len).map_err(ring_err)?;
+                used += 1;
+            }
+            if self.limiter.is_blocked() || !queue.enable_notification(mem).map_err(ring_err)? {
+                break;
+            }
+        }
+        if used > 0 {
+            notify_if_needed(queue, index, mem, interrupt)?;
+        }
+        Ok(())
+    }
+
+    fn serve<M: GuestMemory>(
         &mut self,
         index: usize,
         queues: &mut [&mut Queue],
@@ -160,9 +225,154 @@ impl DeviceWorker for RngWorker {
         let Some(queue) = queues.get_mut(index) else {
             return Ok(());
         };
-        self.metrics.entropy_event_count.inc();
         let metrics = self.metrics.clone();
-        serve_queue(queue, index, mem, interrupt, |chain| self.fill(mem, chain))
-            .inspect_err(|_| metrics.entropy_event_fails.inc())
+        let result = if self.limiter.is_limited() {
+            self.serve_limited(queue, index, mem, interrupt)
+        } else {
+            serve_queue(queue, index, mem, interrupt, |chain| self.fill(mem, chain))
+        };
+        result.inspect_err(|_| metrics.entropy_event_fails.inc())
+    }
+}
+
+impl DeviceWorker for RngWorker {
+    fn extra_fds(&self) -> Vec<RawFd> {
+        self.limiter.timer_fd().into_iter().collect()
+    }
+
+    fn process_queue<M: GuestMemory>(
+        &mut self,
+        index: usize,
+        queues: &mut [&mut Queue],
+        mem: &M,
+        interrupt: &dyn Interrupt,
+    ) -> Result<(), WorkerError> {
+        self.metrics.entropy_event_count.inc();
+        self.serve(index, queues, mem, interrupt)
+    }
+
+    fn process_extra<M: GuestMemory>(
+        &mut self,
+        _index: usize,
+        queues: &mut [&mut Queue],
+        mem: &M,
+        interrupt: &dyn Interrupt,
+    ) -> Result<(), WorkerError> {
+        // The limiter's timer, its only extra fd.
+        self.metrics.rate_limiter_event_count.inc();
+        self.limiter.on_timer();
+        self.serve(0, queues, mem, interrupt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, Bytes, GuestAddress};
+
+    use super::*;
+    use crate::testing::{TestInterrupt, guest_memory};
+
+    fn used_idx(
+        mem: &crate::device::VmMemory,
+        vq: &MockSplitQueue<'_, crate::device::VmMemory>,
+    ) -> u16 {
+        mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap()
+    }
+
+    #[test]
+    fn a_rate_limited_device_serves_what_the_limiter_allows_then_waits_for_its_timer() {
+        let mem = guest_memory(1 << 20);
+        let vq = MockSplitQueue::create(mem.as_ref(), GuestAddress(0), 16);
+        let descs: Vec<RawDescriptor> = (0..6u64)
+            .map(|i| {
+                let d = SplitDescriptor::new(0x8_0000 + i * 64, 64, VRING_DESC_F_WRITE as u16, 0);
+                RawDescriptor::from(d)
+            })
+            .collect();
+        vq.add_desc_chains(&descs, 0).unwrap();
+        let mut queue = vq.create_queue::<Queue>().unwrap();
+        // Two requests a second, two at once.
+        let limit = api::RateLimit {
+            ops_per_sec: Some(2),
+            ops_burst: api::Burst {
+                size: Some(2),
+                one_time: None,
+            },
+            ..Default::default()
+        };
+        let metrics = Arc::new(EntropyMetrics::default());
+        let mut worker = RngWorker {
+            metrics: metrics.clone(),
+            limiter: RateLimiter::new(&limit).unwrap(),
+        };
+        let irq = TestInterrupt::default();
+        let fds = worker.extra_fds();
+        assert_eq!(fds.len(), 1, "the limiter's timer");
+        worker
+            .process_queue(0, &mut [&mut queue], mem.as_ref(), &irq)
+            .unwrap();
+        assert_eq!(used_idx(&mem, &vq), 2, "the bucket's two requests");
+        assert_eq!(metrics.entropy_rate_limiter_throttled.get(), 1);
+        assert_eq!(
+            queue.next_avail(),
+            2,
+            "the refused request is back in the ring"
+        );
+        assert_eq!(metrics.entropy_bytes.get(), 128);
+        // A kick while blocked serves nothing more.
+        worker
+            .process_queue(0, &mut [&mut queue], mem.as_ref(), &irq)
+            .unwrap();
+        assert_eq!(used_idx(&mem, &vq), 2);
+        // The timer fires within the half second a token takes.
+        let start = Instant::now();
+        let mut pfd = libc::pollfd {
+            fd: fds[0],
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on the stack for the call's duration.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 2000) };
+        assert_eq!(ready, 1, "the timer fired");
+        assert!(start.elapsed() < Duration::from_millis(1500));
+        worker
+            .process_extra(0, &mut [&mut queue], mem.as_ref(), &irq)
+            .unwrap();
+        assert_eq!(used_idx(&mem, &vq), 3, "one more token, one more request");
+        assert_eq!(metrics.rate_limiter_event_count.get(), 1);
+    }
+
+    #[test]
+    fn an_unlimited_device_serves_everything_at_once() {
+        let mem = guest_memory(1 << 20);
+        let vq = MockSplitQueue::create(mem.as_ref(), GuestAddress(0), 16);
+        let descs: Vec<RawDescriptor> = (0..6u64)
+            .map(|i| {
+                RawDescriptor::from(SplitDescriptor::new(
+                    0x8_0000 + i * 64,
+                    64,
+                    VRING_DESC_F_WRITE as u16,
+                    0,
+                ))
+            })
+            .collect();
+        vq.add_desc_chains(&descs, 0).unwrap();
+        let mut queue = vq.create_queue::<Queue>().unwrap();
+        let mut worker = RngWorker::default();
+        assert!(worker.extra_fds().is_empty());
+        worker
+            .process_queue(
+                0,
+                &mut [&mut queue],
+                mem.as_ref(),
+                &TestInterrupt::default(),
+            )
+            .unwrap();
+        assert_eq!(used_idx(&mem, &vq), 6);
     }
 }

@@ -23,7 +23,7 @@ use crate::devices::legacy::i8042::{I8042, I8042_BASE, I8042_LEN, I8042State, Ke
 use crate::devices::legacy::ports::{AllOnes, PCI_CONFIG_BASE, PCI_CONFIG_LEN, POST_PORT};
 use crate::devices::legacy::rtc::Rtc;
 use crate::devices::legacy::serial::{
-    COM1_BASE, COM1_IRQ, COM1_LEN, SerialDevice, SerialOutput, SerialSnapshot,
+    COM1_BASE, COM1_IRQ, COM1_LEN, RateLimitedOutput, SerialDevice, SerialOutput, SerialSnapshot,
 };
 use crate::devices::legacy::serial_socket::{self, SocketConsole};
 use crate::event_loop::{EventLoop, EventLoopError, SerialInput, SerialSocket, Stdin, Subscriber};
@@ -306,7 +306,8 @@ pub fn build_and_boot_with(config: &VmConfig, mmds: &mmds::Service) -> Result<Vm
 
     // Devices.
     let stop = Arc::new(StopSignal::new().map_err(io_error("cannot create the stop event"))?);
-    let mut legacy = LegacyDevices::new(&vm, &config.serial, &stop, None)?;
+    let mut legacy =
+        LegacyDevices::new(&vm, &config.serial, &config.serial_rate_limit, &stop, None)?;
     let pio = legacy.pio.clone();
     let mmio = Arc::new(mmio);
     let subscribers = legacy.subscribers(&config.serial);
@@ -450,6 +451,7 @@ impl LegacyDevices {
     pub(crate) fn new(
         vm: &VmFd,
         serial_config: &SerialConfig,
+        serial_limit: &api::RateLimit,
         stop: &Arc<StopSignal>,
         state: Option<&LegacyState>,
     ) -> Result<Self, BuildError> {
@@ -473,11 +475,14 @@ impl LegacyDevices {
             .try_clone()
             .map_err(io_error("cannot clone an eventfd"))?;
         let backend = serial_output(serial_config)?;
-        let out = backend.out;
+        let metrics = Arc::new(crate::metrics::UartMetrics::default());
+        let out = RateLimitedOutput::wrap(backend.out, serial_limit, metrics.clone());
         let serial = match state {
-            None => SerialDevice::new(serial_irq, input_clone, out),
-            Some(state) => SerialDevice::from_state(&state.serial, serial_irq, input_clone, out)
-                .map_err(io_error("cannot restore the serial port"))?,
+            None => SerialDevice::with_metrics(serial_irq, input_clone, out, metrics),
+            Some(state) => {
+                SerialDevice::from_state(&state.serial, serial_irq, input_clone, out, metrics)
+                    .map_err(io_error("cannot restore the serial port"))?
+            }
         };
         let serial = Arc::new(Mutex::new(serial));
         let socket_console = match backend.socket {

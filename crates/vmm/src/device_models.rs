@@ -47,6 +47,9 @@ pub enum DeviceModelError {
     /// The balloon config was refused.
     #[error("--balloon: {0}")]
     Balloon(String),
+    /// The entropy device's rate limiter could not be set up.
+    #[error("entropy device: rate limiter: {0}")]
+    Entropy(#[source] std::io::Error),
 }
 
 /// The device models, plus the handles the VMM keeps to control them.
@@ -101,7 +104,9 @@ pub fn build(config: &VmConfig, mmds: &mmds::Service) -> Result<DeviceModels, De
         models.devices.push(Box::new(device));
     }
     if config.rng {
-        let device = Rng::new("virtio-rng");
+        let limiter = rate_limiter::RateLimiter::new(&config.rng_rate_limit)
+            .map_err(DeviceModelError::Entropy)?;
+        let device = Rng::with_limiter("virtio-rng", limiter);
         models.metrics.entropy = Some(device.metrics());
         models.devices.push(Box::new(device));
     }

@@ -297,6 +297,8 @@ impl Vmm {
 pub struct RestoreOptions {
     /// Where the console goes.
     pub serial: SerialConfig,
+    /// The console's output limit (this process's, as its destination).
+    pub serial_rate_limit: api::RateLimit,
     /// Start the vCPUs running (else paused until resumed).
     pub resume: bool,
     /// Log dirtied pages from the start, so a Diff snapshot of the restored VM writes
@@ -408,7 +410,13 @@ pub fn restore(
         what: "cannot create the stop event".into(),
         source,
     })?);
-    let mut legacy = LegacyDevices::new(&vm, serial, &stop, Some(&snapshot.legacy))?;
+    let mut legacy = LegacyDevices::new(
+        &vm,
+        serial,
+        &options.serial_rate_limit,
+        &stop,
+        Some(&snapshot.legacy),
+    )?;
     // The devices again, from the saved configuration (backends opened again: a disk
     // image or TAP that went away is reported here), in the same slots.
     let mut mmio = crate::bus::Bus::new();

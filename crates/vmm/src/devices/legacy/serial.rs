@@ -4,6 +4,8 @@
 //! [`super::serial_socket::SocketOutput`]). Input is pushed in by the event loop
 //! with [`SerialDevice::enqueue_input`]; when the guest drains the receive FIFO the
 //! `input_ready` eventfd tells the event loop it may read more from the host.
+//! [`RateLimitedOutput`] puts Firecracker's serial `rate_limiter` between the UART and its
+//! output: bytes past the bucket are dropped and counted, the guest never waits.
 
 use std::io::{self, Write};
 
@@ -31,11 +33,64 @@ pub struct SerialHostEvents {
 }
 
 impl SerialHostEvents {
-    fn new(input_ready: EventFd) -> Self {
+    fn new(input_ready: EventFd, metrics: Arc<UartMetrics>) -> Self {
         Self {
             input_ready,
-            metrics: Arc::default(),
+            metrics,
         }
+    }
+}
+
+/// Console output through a token bucket of bytes (Firecracker's serial
+/// `rate_limiter`): bytes the bucket has no token for are dropped and counted in
+/// `rate_limiter_dropped_bytes`; the UART (and so the guest) never waits.
+pub struct RateLimitedOutput {
+    out: SerialOutput,
+    bucket: rate_limiter::TokenBucket,
+    origin: std::time::Instant,
+    metrics: Arc<UartMetrics>,
+}
+
+impl RateLimitedOutput {
+    /// `out` limited to `limit`'s bytes per second and burst, counting drops in
+    /// `metrics`; `out` itself when `limit` has no byte rate.
+    pub fn wrap(
+        out: SerialOutput,
+        limit: &api::RateLimit,
+        metrics: Arc<UartMetrics>,
+    ) -> SerialOutput {
+        match limit.bytes_per_sec {
+            None => out,
+            Some(rate) => Box::new(Self {
+                out,
+                bucket: rate_limiter::TokenBucket::shaped(rate, limit.bytes_burst, 0),
+                origin: std::time::Instant::now(),
+                metrics,
+            }),
+        }
+    }
+}
+
+impl Write for RateLimitedOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let now_ns = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let mut allowed = 0usize;
+        while allowed < buf.len() && self.bucket.check(1, now_ns).is_ok() {
+            self.bucket.take(1);
+            allowed += 1;
+        }
+        if allowed > 0 {
+            self.out.write_all(&buf[..allowed])?;
+        }
+        let dropped = buf.len() - allowed;
+        if dropped > 0 {
+            self.metrics.rate_limiter_dropped_bytes.add(dropped as u64);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
     }
 }
 
@@ -68,10 +123,21 @@ impl SerialDevice {
     /// A UART raising `interrupt` (an irqfd) and writing to `out`; `input_ready` is signalled
     /// when the guest has emptied its receive FIFO.
     pub fn new(interrupt: EventFd, input_ready: EventFd, out: SerialOutput) -> Self {
+        Self::with_metrics(interrupt, input_ready, out, Arc::default())
+    }
+
+    /// [`SerialDevice::new`] counting into `metrics` (shared with a
+    /// [`RateLimitedOutput`] in `out`).
+    pub fn with_metrics(
+        interrupt: EventFd,
+        input_ready: EventFd,
+        out: SerialOutput,
+        metrics: Arc<UartMetrics>,
+    ) -> Self {
         Self {
             serial: Serial::with_events(
                 EventFdTrigger::new(interrupt),
-                SerialHostEvents::new(input_ready),
+                SerialHostEvents::new(input_ready, metrics),
                 out,
             ),
         }
@@ -89,11 +155,12 @@ impl SerialDevice {
         interrupt: EventFd,
         input_ready: EventFd,
         out: SerialOutput,
+        metrics: Arc<UartMetrics>,
     ) -> io::Result<Self> {
         let serial = Serial::from_state(
             &state.to_superio(),
             EventFdTrigger::new(interrupt),
-            SerialHostEvents::new(input_ready),
+            SerialHostEvents::new(input_ready, metrics),
             out,
         )
         .map_err(|e| io::Error::other(format!("serial state: {e:?}")))?;
@@ -211,6 +278,37 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_rate_limited_console_drops_and_counts_what_exceeds_its_bucket() {
+        let sink = Sink::default();
+        let metrics = Arc::new(UartMetrics::default());
+        let limit = api::RateLimit {
+            bytes_per_sec: Some(10),
+            bytes_burst: api::Burst {
+                size: Some(5),
+                one_time: Some(3),
+            },
+            ..Default::default()
+        };
+        let mut out = RateLimitedOutput::wrap(Box::new(sink.clone()), &limit, metrics.clone());
+        for b in 0..20u8 {
+            assert_eq!(out.write(&[b]).unwrap(), 1, "the UART never waits");
+        }
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            (0..8).collect::<Vec<u8>>(),
+            "the one-time burst of 3, then the bucket's 5"
+        );
+        assert_eq!(metrics.rate_limiter_dropped_bytes.get(), 12);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        out.write_all(&[100; 10]).unwrap();
+        let after = sink.0.lock().unwrap().len();
+        assert!(
+            (9..=11).contains(&after),
+            "about 3 tokens in 300 ms: {after}"
+        );
     }
 
     fn device() -> (SerialDevice, Sink, EventFd, EventFd) {
