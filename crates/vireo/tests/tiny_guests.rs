@@ -190,7 +190,7 @@ fn threads_are_named_and_a_guest_above_4gib_boots() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let run = finish(child, Duration::from_secs(5));
     assert_eq!(run.code(), Some(0), "{}", run.stderr);
-    for thread in ["vcpu0", "vcpu1", "event-loop"] {
+    for thread in ["fc_vcpu 0", "fc_vcpu 1", "event-loop"] {
         assert!(
             names.iter().any(|n| n == thread),
             "no {thread} thread in {names:?}"

@@ -1,6 +1,7 @@
 //! vCPUs: their boot configuration, and the thread that runs each one.
 //!
-//! Each vCPU runs on its own thread (`vcpu<N>`) as an explicit state machine:
+//! Each vCPU runs on its own thread (`fc_vcpu N`, Firecracker's name, which launchers
+//! such as Kata look for to put vCPUs in their own cgroups) as an explicit state machine:
 //! `Running` (in and out of KVM_RUN, dispatching exits to the buses), `Paused` (waiting for a
 //! command), `Exited`. Commands arrive on a channel; the sender kicks the thread with a
 //! signal whose handler sets `immediate_exit`, so a command sent just before KVM_RUN is
@@ -25,6 +26,14 @@ use crate::bus::Bus;
 use crate::metrics::VcpuMetrics;
 use crate::snapshot::cpu::{CpuStateError, VcpuState};
 pub use crate::stop::{StopReason, StopSignal};
+
+/// What every vCPU thread's name starts with (Firecracker's: `fc_vcpu 0`, `fc_vcpu 1`...).
+pub const THREAD_PREFIX: &str = "fc_vcpu ";
+
+/// The name of vCPU `index`'s thread.
+pub fn thread_name(index: u32) -> String {
+    format!("{THREAD_PREFIX}{index}")
+}
 
 /// Why a vCPU could not be configured.
 #[derive(Debug, thiserror::Error)]
@@ -256,7 +265,7 @@ impl Vcpu {
         let (commands, command_rx) = channel();
         let (response_tx, responses) = channel();
         let thread = std::thread::Builder::new()
-            .name(format!("vcpu{index}"))
+            .name(thread_name(index))
             .spawn(move || self.run(command_rx, response_tx, running))
             .map_err(|e| VcpuError::Spawn(index, e))?;
         Ok(VcpuHandle {

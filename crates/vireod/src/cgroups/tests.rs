@@ -289,12 +289,13 @@ fn weights_scale_like_the_kernel() {
 
 #[test]
 fn vcpu_threads_are_known_by_name() {
-    assert_eq!(vcpu_index("vcpu0"), Some(0));
-    assert_eq!(vcpu_index("vcpu17"), Some(17));
+    assert_eq!(vcpu_index("fc_vcpu 0"), Some(0));
+    assert_eq!(vcpu_index("fc_vcpu 17"), Some(17));
     for other in [
-        "vcpu",
-        "vcpux",
-        "vcpu-1",
+        "fc_vcpu ",
+        "fc_vcpu x",
+        "fc_vcpu -1",
+        "vcpu0",
         "kvm-probe",
         "event-loop",
         "xvcpu1",

@@ -1,5 +1,5 @@
 //! Per-thread settings of a VM's process: the kernel's CPU list syntax, pinning the vCPU
-//! threads (`vcpu<N>`, as `vmm::vcpu` names them) and nice, which Linux keeps per thread.
+//! threads (`fc_vcpu N`, as `vmm::vcpu` names them) and nice, which Linux keeps per thread.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -68,14 +68,18 @@ pub fn format_cpu_list(cpus: &[usize]) -> String {
     parts.join(",")
 }
 
-/// N for a thread named `vcpu<N>`.
+/// N for a thread named `fc_vcpu N` (as vireo names its vCPU threads, after
+/// Firecracker).
 pub(super) fn vcpu_index(comm: &str) -> Option<usize> {
-    let digits = comm.strip_prefix("vcpu")?;
+    let digits = comm.strip_prefix(VCPU_THREAD_PREFIX)?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     digits.parse().ok()
 }
+
+/// What vireo's vCPU threads' names start with.
+const VCPU_THREAD_PREFIX: &str = "fc_vcpu ";
 
 /// The thread ids of process `pid` (`/proc/PID/task`).
 pub(super) fn task_ids(pid: u32) -> Result<Vec<u32>, CgroupError> {
@@ -127,7 +131,7 @@ fn set_affinity(tid: u32, cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// Pin each vCPU thread (`vcpu<N>`) of process `pid` to one CPU of `cpus` (CPU list
+/// Pin each vCPU thread (`fc_vcpu N`) of process `pid` to one CPU of `cpus` (CPU list
 /// syntax): vCPU N to the Nth CPU of the list, round-robin. Other threads are left
 /// alone. Returns how many threads were pinned (threads that end meanwhile are skipped).
 pub fn pin_vcpu_threads(pid: u32, cpus: &str) -> Result<usize, CgroupError> {

@@ -45,7 +45,7 @@ fn vcpu_threads_are_pinned_round_robin() {
             let tids_tx = tids_tx.clone();
             let stopped = std::sync::Arc::clone(&stopped);
             std::thread::Builder::new()
-                .name(format!("vcpu{n}"))
+                .name(format!("fc_vcpu {n}"))
                 .spawn(move || {
                     tids_tx.send((n, gettid())).unwrap();
                     let _ = stopped.lock().unwrap().recv();
