@@ -3,8 +3,8 @@
 //! Firecracker's, see `vmm::snapshot::uffd`).
 //!
 //! It listens on PATH (the socket appears there only once it listens: it is bound under
-//! another name and renamed), takes one connection, and receives with it the VMM's
-//! userfaultfd and the JSON list of guest memory regions. Then it serves every missing
+//! another name and renamed), takes one connection (and removes PATH), and receives with
+//! it the VMM's userfaultfd and the JSON list of guest memory regions. Then it serves every missing
 //! page from FILE (mapped read-only, privately) with `UFFDIO_COPY`, one page (4 KiB, or
 //! 2 MiB for a huge-page guest) per fault. A page that lies in a hole of the sparse
 //! memory file (found with `SEEK_DATA`/`SEEK_HOLE` at the start) is mapped to the zero
@@ -190,6 +190,19 @@ fn receive(stream: &UnixStream) -> Result<(Vec<UffdRegion>, Uffd), String> {
         body.extend_from_slice(&buf[..n]);
         if let Ok(regions) = serde_json::from_slice::<Vec<UffdRegion>>(&body) {
             let fd = fd.ok_or("the VMM sent the regions without a userfaultfd")?;
+            // Events are read until none is left: the descriptor must not block (Vireo's
+            // and Firecracker's are made so; another VMM's may not be).
+            let raw = fd.as_raw_fd();
+            // SAFETY: fcntl on a descriptor this function owns; no memory is passed.
+            let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+            // SAFETY: as above.
+            let set = unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) };
+            if flags < 0 || set < 0 {
+                return Err(format!(
+                    "the userfaultfd: fcntl: {}",
+                    io::Error::last_os_error()
+                ));
+            }
             return Ok((regions, Uffd::from_fd(fd)));
         }
     }
