@@ -125,7 +125,10 @@ fn each_route_with_a_valid_body() {
     ) else {
         panic!("not a load")
     };
-    assert_eq!(load.memory_file().unwrap(), "m");
+    assert_eq!(
+        load.memory_backend().unwrap(),
+        (api::firecracker::MemoryBackendType::File, "m")
+    );
     assert_eq!(load.resume_vm, Some(true));
     assert!(!load.tracks_dirty_pages());
     assert_eq!(load.network_overrides.unwrap()[0].host_dev_name, "tap9");

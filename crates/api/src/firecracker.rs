@@ -645,7 +645,7 @@ pub struct SnapshotCreateParams {
 pub enum MemoryBackendType {
     /// A memory file, mapped privately.
     File,
-    /// A userfaultfd page server (not supported).
+    /// A userfaultfd page-fault handler listening on a Unix socket.
     Uffd,
 }
 
@@ -710,17 +710,15 @@ pub struct SnapshotLoadParams {
 }
 
 impl SnapshotLoadParams {
-    /// The memory file, from whichever of the two forms was given; exactly one must be.
-    pub fn memory_file(&self) -> Result<&str, ConfigError> {
+    /// The memory backend and its path (the memory file, or the page-fault handler's
+    /// socket), from whichever of the two forms was given; exactly one must be.
+    pub fn memory_backend(&self) -> Result<(MemoryBackendType, &str), ConfigError> {
         let err = |m: &str| Err(ConfigError::Snapshot(m.into()));
         match (&self.mem_file_path, &self.mem_backend) {
             (Some(_), Some(_)) => err("Only one of mem_file_path and mem_backend may be given."),
             (None, None) => err("One of mem_file_path and mem_backend must be given."),
-            (Some(path), None) => Ok(path),
-            (None, Some(b)) if b.backend_type == MemoryBackendType::Uffd => {
-                err("The Uffd memory backend is not supported by Vireo; use File.")
-            }
-            (None, Some(b)) => Ok(&b.backend_path),
+            (Some(path), None) => Ok((MemoryBackendType::File, path)),
+            (None, Some(b)) => Ok((b.backend_type, &b.backend_path)),
         }
     }
 

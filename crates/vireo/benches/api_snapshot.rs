@@ -8,7 +8,9 @@
 //!   128 MiB and 1 GiB, and the files' sizes (apparent and allocated: the memory file is
 //!   sparse, zero pages are holes);
 //! - snapshot load: time of `PUT /snapshot/load` with `resume_vm` in a new process, and
-//!   from the request to the guest's next console byte (the guest running again).
+//!   from the request to the guest's next console byte (the guest running again), with
+//!   the File memory backend and with the Uffd backend served by `vireo uffd-handler`
+//!   (started before the request, not counted), from the same snapshot.
 //!
 //! `cargo bench -p vireo --bench api_snapshot [-- ROUNDS]` (default 5 rounds per size;
 //! 5000 API requests). Files go to `$VIREO_BENCH_DIR` or the temp directory. Prints a
@@ -124,6 +126,8 @@ struct Round {
     mem_allocated: u64,
     load: Duration,
     running_again: Duration,
+    uffd_load: Duration,
+    uffd_running_again: Duration,
 }
 
 fn boot_count(c: &mut Client, mib: u64, serial: &str) {
@@ -163,28 +167,26 @@ fn round(dir: &Path, mib: u64, n: usize) -> Round {
         let create = t.elapsed();
         (create, file_len(&state), file_len(&mem), allocated(&mem))
     };
-    let vm = Vireo::start(&format!("bench-snap-b-{mib}-{n}"), &[]);
-    let mut c = vm.client();
-    ok(c.put(
-        "/serial",
-        &format!(r#"{{"serial_out_path": "{}"}}"#, serial_b.display()),
-    ));
-    let t = Instant::now();
-    ok(c.put(
-        "/snapshot/load",
-        &format!(
-            r#"{{"snapshot_path": "{}", "mem_file_path": "{}", "resume_vm": true}}"#,
-            state.display(),
-            mem.display()
-        ),
-    ));
-    let load = t.elapsed();
-    wait_until("the restored guest's first dot", || {
-        file_len(&serial_b) >= 1
-    });
-    let running_again = t.elapsed();
-    drop(c);
-    drop(vm);
+    // Both loads from the same snapshot, in turns first (the first one reads the memory
+    // file into the page cache for the second).
+    let socket = dir.join(format!("uffd-{mib}-{n}.sock"));
+    let file = |_: ()| load(&state, &mem, &serial_b, None, &format!("{mib}-{n}"));
+    let uffd = |_: ()| {
+        load(
+            &state,
+            &mem,
+            &serial_b,
+            Some(&socket),
+            &format!("{mib}-{n}-uffd"),
+        )
+    };
+    let ((load, running_again), (uffd_load, uffd_running_again)) = if n.is_multiple_of(2) {
+        let f = file(());
+        (f, uffd(()))
+    } else {
+        let u = uffd(());
+        (file(()), u)
+    };
     for f in [&state, &mem, &serial_a, &serial_b] {
         let _ = std::fs::remove_file(f);
     }
@@ -195,7 +197,68 @@ fn round(dir: &Path, mib: u64, n: usize) -> Round {
         mem_allocated,
         load,
         running_again,
+        uffd_load,
+        uffd_running_again,
     }
+}
+
+/// Load the snapshot in a new process (from the file, or through a handler on `socket`),
+/// resumed: the request's time, and the time to the guest's next console byte.
+fn load(
+    state: &Path,
+    mem: &Path,
+    serial: &Path,
+    socket: Option<&Path>,
+    name: &str,
+) -> (Duration, Duration) {
+    let _ = std::fs::remove_file(serial);
+    let mut handler = socket.map(|socket| {
+        let child = common::vireo(&[
+            "uffd-handler",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--mem-file",
+            mem.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+        wait_until("the handler's socket", || socket.exists());
+        child
+    });
+    let backend = match socket {
+        Some(s) => format!(
+            r#"{{"backend_type": "Uffd", "backend_path": "{}"}}"#,
+            s.display()
+        ),
+        None => format!(
+            r#"{{"backend_type": "File", "backend_path": "{}"}}"#,
+            mem.display()
+        ),
+    };
+    let vm = Vireo::start(&format!("bench-snap-b-{name}"), &[]);
+    let mut c = vm.client();
+    ok(c.put(
+        "/serial",
+        &format!(r#"{{"serial_out_path": "{}"}}"#, serial.display()),
+    ));
+    let t = Instant::now();
+    ok(c.put(
+        "/snapshot/load",
+        &format!(
+            r#"{{"snapshot_path": "{}", "mem_backend": {backend}, "resume_vm": true}}"#,
+            state.display()
+        ),
+    ));
+    let load = t.elapsed();
+    wait_until("the restored guest's first dot", || file_len(serial) >= 1);
+    let running_again = t.elapsed();
+    drop(c);
+    drop(vm);
+    if let Some(h) = handler.as_mut() {
+        // It ends with its VMM.
+        let _ = h.wait();
+    }
+    (load, running_again)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -220,19 +283,21 @@ fn main() {
     api_latency(5000);
     metrics_flush(&dir, 2000);
     println!(
-        "{:>8} | {:>12} | {:>11} | {:>22} | {:>10} | {:>16}",
+        "{:>8} | {:>12} | {:>11} | {:>22} | {:>10} | {:>16} | {:>15} | {:>21}",
         "guest",
         "create (ms)",
         "state (KiB)",
         "memory file (MiB / on disk KiB)",
         "load (ms)",
-        "to running (ms)"
+        "to running (ms)",
+        "Uffd load (ms)",
+        "Uffd to running (ms)"
     );
     for mib in [128u64, 1024] {
         let all: Vec<Round> = (0..rounds).map(|n| round(&dir, mib, n)).collect();
         let last = all.last().unwrap();
         println!(
-            "{:>5} MiB | {:>12.1} | {:>11.1} | {:>14} / {:>13} | {:>10.1} | {:>16.1}",
+            "{:>5} MiB | {:>12.1} | {:>11.1} | {:>14} / {:>13} | {:>10.1} | {:>16.1} | {:>15.1} | {:>21.1}",
             mib,
             ms(median(all.iter().map(|r| r.create).collect())),
             last.state_bytes as f64 / 1024.0,
@@ -240,6 +305,8 @@ fn main() {
             last.mem_allocated >> 10,
             ms(median(all.iter().map(|r| r.load).collect())),
             ms(median(all.iter().map(|r| r.running_again).collect())),
+            ms(median(all.iter().map(|r| r.uffd_load).collect())),
+            ms(median(all.iter().map(|r| r.uffd_running_again).collect())),
         );
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -169,6 +169,21 @@ pub enum Command {
     /// the frontend disconnects.
     #[command(subcommand)]
     VhostUser(Box<VhostUserCommand>),
+    /// Serve the guest memory of a snapshot loaded with the Uffd memory backend (by Vireo
+    /// or Firecracker) from its memory file, until the VMM goes; then print what was
+    /// served as a JSON line.
+    UffdHandler(UffdHandlerArgs),
+}
+
+/// `vireo uffd-handler`.
+#[derive(Args, Debug)]
+pub struct UffdHandlerArgs {
+    /// Listen here (the `backend_path` of the load); it must not exist.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// The snapshot's memory file.
+    #[arg(long, value_name = "FILE")]
+    pub mem_file: PathBuf,
 }
 
 /// `vireo vhost-user` devices.

@@ -12,11 +12,11 @@ use std::time::Instant;
 use api::action::{ActionError, ActionResult, VmmAction, VmmData};
 use api::firecracker::{
     Balloon, BalloonStatistics, BootSource, ConfigError, Drive, FullVmConfig, InstanceInfo,
-    MachineConfig, NetworkInterface, PartialDrive, PartialNetworkInterface, RateLimiter,
-    SnapshotCreateParams, SnapshotLoadParams, SnapshotType, TokenBucket,
+    MachineConfig, MemoryBackendType, NetworkInterface, PartialDrive, PartialNetworkInterface,
+    RateLimiter, SnapshotCreateParams, SnapshotLoadParams, SnapshotType, TokenBucket,
 };
 use vmm::builder::Vmm;
-use vmm::snapshot_vm::{RestoreOptions, SnapshotKind};
+use vmm::snapshot_vm::{MemoryBackend, RestoreOptions, SnapshotKind};
 
 use crate::metrics::{Metrics, Operation};
 
@@ -386,7 +386,10 @@ impl Controller {
                     .into(),
             ));
         }
-        let mem = p.memory_file()?;
+        let backend = match p.memory_backend()? {
+            (MemoryBackendType::File, path) => MemoryBackend::File(path.into()),
+            (MemoryBackendType::Uffd, socket) => MemoryBackend::Uffd(socket.into()),
+        };
         if p.clock_realtime == Some(true) {
             return Err(ActionError::NotSupported(
                 "clock_realtime on snapshot load.".into(),
@@ -410,7 +413,7 @@ impl Controller {
         let state = Path::new(&p.snapshot_path);
         let started = Instant::now();
         crate::signals::warn_if_kvm_is_incomplete(self.console_on_stdio());
-        let vmm = vmm::snapshot_vm::restore(state, Path::new(mem), &options)
+        let vmm = vmm::snapshot_vm::restore_from(state, &backend, &options)
             .map_err(|e| ActionError::LoadSnapshot(e.to_string()))?;
         let mut restored = match vmm.frontend_config() {
             Some(v) => serde_json::from_value::<FullVmConfig>(v.clone()).map_err(|e| {

@@ -6,7 +6,9 @@
 //! how the VM ended (see [`exit_code`]).
 //!
 //! `vireo vhost-user <device>` instead serves one device model to a vhost-user frontend
-//! on a Unix socket until the frontend disconnects (see [`vhost_user`]).
+//! on a Unix socket until the frontend disconnects (see [`vhost_user`]), and
+//! `vireo uffd-handler` serves the memory of a snapshot loaded with the Uffd backend (see
+//! [`uffd_handler`]).
 
 mod api_main;
 mod cli;
@@ -15,6 +17,7 @@ mod logger;
 mod metrics;
 mod signals;
 mod terminal;
+mod uffd_handler;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => run(*args),
         Some(Command::ProbeKvm(args)) => probe_kvm(args.iterations),
         Some(Command::VhostUser(device)) => vhost_user(*device),
+        Some(Command::UffdHandler(args)) => uffd_handler(&args),
         None => api_main::run(api_main::ApiOptions::from_cli(cli)),
     }
 }
@@ -166,6 +170,20 @@ fn probe_kvm(iterations: u32) -> ExitCode {
         }
         Err(e) => {
             eprintln!("vireo: {e}");
+            ExitCode::from(EXIT_BUILD_FAILED)
+        }
+    }
+}
+
+/// `vireo uffd-handler`: serve one VMM's guest memory, then print the figures.
+fn uffd_handler(args: &cli::UffdHandlerArgs) -> ExitCode {
+    match uffd_handler::run(&args.socket, &args.mem_file) {
+        Ok(stats) => {
+            println!("{}", serde_json::to_string(&stats).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vireo uffd-handler: {e}");
             ExitCode::from(EXIT_BUILD_FAILED)
         }
     }

@@ -923,6 +923,136 @@ fn pause_resume_and_snapshots_of_a_running_guest_survive_kill_9() {
     assert_fsck_clean(&image);
 }
 
+/// A running Linux guest with a balloon, snapshotted (Full) and killed, then loaded in a
+/// new process with the Uffd memory backend, its memory served by `vireo uffd-handler`
+/// from the memory file: the guest's counter goes on, a 16 MiB file it had in its tmpfs
+/// has the same checksum, commands run; inflating the balloon gives pages back through
+/// `madvise`, which the handler sees as remove events, and deflating gives them to the
+/// guest again (as zeros from the handler). The handler reports what it served.
+#[test]
+#[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]
+fn a_snapshot_loads_with_the_uffd_backend_and_runs_on() {
+    require_complete_kvm();
+    let dir = TempDir::new("l4-uffd");
+    let (mut vm, mut api) = ApiVm::start(&dir, None);
+    api.boot(
+        &Spec {
+            memory: "256".into(),
+            ..Spec::shell("vmlinux")
+        },
+        &[(
+            "PUT",
+            "/balloon",
+            r#"{"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 0}"#
+                .to_string(),
+        )],
+    );
+    vm.wait_shell();
+    let sum = vm.sh(
+        "dd if=/dev/urandom of=/tmp/blob bs=1M count=16 2>/dev/null && md5sum /tmp/blob | cut -c1-32",
+    );
+    assert_eq!(sum.len(), 32, "{sum:?}");
+    vm.type_in("(i=0; while :; do i=$((i+1)); echo \"TICK $i\"; sleep 0.3; done) &\n");
+    vm.wait_for("TICK 3\r\n", COMMAND_DEADLINE);
+    api.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    std::thread::sleep(Duration::from_millis(300));
+    let last_tick = last_tick(&vm.console());
+    let (state, mem) = (dir.join("vm.state"), dir.join("vm.mem"));
+    api.ok(
+        "PUT",
+        "/snapshot/create",
+        &format!(
+            r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+            state.display(),
+            mem.display()
+        ),
+    );
+    vm.kill9();
+
+    let socket = dir.join("uffd.sock");
+    let mut handler = Command::new(env!("CARGO_BIN_EXE_vireo"))
+        .args(["uffd-handler", "--socket"])
+        .arg(&socket)
+        .arg("--mem-file")
+        .arg(&mem)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start vireo uffd-handler");
+    let start = Instant::now();
+    while !socket.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no handler socket"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (mut restored, mut api2) = ApiVm::start(&dir, Some("second"));
+    let t = Instant::now();
+    api2.ok(
+        "PUT",
+        "/snapshot/load",
+        &format!(
+            r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "Uffd", "backend_path": "{}"}}, "resume_vm": true}}"#,
+            state.display(),
+            socket.display()
+        ),
+    );
+    restored.wait_for(&format!("TICK {}\r\n", last_tick + 1), COMMAND_DEADLINE);
+    eprintln!("Uffd load to the next tick: {:?}", t.elapsed());
+    restored.wait_for(&format!("TICK {}\r\n", last_tick + 2), COMMAND_DEADLINE);
+    restored.type_in("kill %1 2>/dev/null; kill $(jobs -p) 2>/dev/null\n");
+    std::thread::sleep(Duration::from_millis(500));
+    restored.type_in("stty -echo\n");
+    assert_eq!(restored.sh("md5sum /tmp/blob | cut -c1-32"), sum);
+    assert_eq!(restored.sh("uname -s"), "Linux");
+
+    // The balloon: pages given back (remove events at the handler), then taken again.
+    let before = restored.meminfo_kib("MemTotal");
+    api2.ok("PATCH", "/balloon", r#"{"amount_mib": 64}"#);
+    wait_meminfo(
+        &mut restored,
+        |total| total + 60 * 1024 <= before,
+        "the balloon to inflate",
+    );
+    api2.ok("PATCH", "/balloon", r#"{"amount_mib": 0}"#);
+    wait_meminfo(
+        &mut restored,
+        |total| total + 4 * 1024 >= before,
+        "the balloon to deflate",
+    );
+    // Memory the balloon had is usable again: fill much of the guest's free memory (its
+    // tmpfs holds half of it).
+    assert_eq!(
+        restored.sh(
+            "dd if=/dev/zero of=/tmp/fill bs=1M count=64 2>/dev/null && rm /tmp/fill && echo filled"
+        ),
+        "filled"
+    );
+    assert_eq!(restored.sh("md5sum /tmp/blob | cut -c1-32"), sum);
+    assert_eq!(restored.poweroff(), Some(0));
+
+    // The VMM has gone: the handler ends and reports.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while handler.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the handler did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut out = String::new();
+    std::io::Read::read_to_string(handler.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(handler.wait().unwrap().success(), "handler: {out}");
+    let stats: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    eprintln!("handler: {stats}");
+    assert!(
+        stats["copied_pages"].as_u64().unwrap() >= 4096,
+        "the 16 MiB blob at least: {stats}"
+    );
+    assert!(stats["remove_events"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(
+        stats["removed_bytes"].as_u64().unwrap() >= 60 << 20,
+        "{stats}"
+    );
+}
+
 /// The highest "TICK N" on a console.
 fn last_tick(console: &str) -> u64 {
     console

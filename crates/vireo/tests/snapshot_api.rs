@@ -7,9 +7,9 @@
 //! and snapshotted again. The counter read from the two memory files (the guest's RAM
 //! starts at file offset 0) shows it went on from where it stopped, and the console of
 //! the second process has exactly one dot per 256 boundary crossed in between.
-//! Bad requests (not paused, missing or corrupted files, a Uffd backend, overrides of
-//! devices the snapshot does not have) get a 400 and leave the process serving. A
-//! balloon's target changed at runtime comes back with the snapshot.
+//! Bad requests (not paused, missing or corrupted files, a Uffd backend with no handler,
+//! overrides of devices the snapshot does not have) get a 400 and leave the process
+//! serving. A balloon's target changed at runtime comes back with the snapshot.
 
 mod common;
 
@@ -113,7 +113,7 @@ fn snapshot_kill_load_and_the_count_goes_on() {
                 r#"{{"snapshot_path": "{state_kept}", "mem_backend": {{"backend_type": "Uffd", "backend_path": "/x"}}}}"#
             ),
         ),
-        "Uffd",
+        "cannot connect to the page-fault handler's socket /x",
     );
     bad(
         c.put(

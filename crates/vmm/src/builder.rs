@@ -362,6 +362,7 @@ pub fn build_and_boot_with(config: &VmConfig, mmds: &mmds::Service) -> Result<Vm
             vm,
             memory: mem_arc,
             frontend_config: None,
+            uffd: None,
         },
     )
 }
@@ -378,6 +379,8 @@ pub(crate) struct Parts {
     pub(crate) vm: VmFd,
     pub(crate) memory: Arc<GuestMemory>,
     pub(crate) frontend_config: Option<serde_json::Value>,
+    /// The page-fault handler serving guest memory (a VM restored from a Uffd backend).
+    pub(crate) uffd: Option<crate::snapshot::uffd::UffdBackend>,
 }
 
 /// Start the event loop and every vCPU thread (`running`, or paused until resumed).

@@ -14,6 +14,11 @@
 //! - [`restore`] builds a new VM from the two files: guest memory mapped privately from
 //!   the memory file (lazy: nothing is read until the guest touches it), KVM's state and
 //!   the devices' registers written back, vCPUs started paused or running.
+//!   [`restore_from`] takes the memory from a [`MemoryBackend`] instead: the file, or a
+//!   userfaultfd page-fault handler on a Unix socket (Firecracker's `Uffd` backend, see
+//!   [`crate::snapshot::uffd`]), which alone restores a `huge_pages` guest. A VM restored
+//!   from a handler takes Full snapshots (every page is read, the handler serving those
+//!   the guest has not touched) and, with dirty-page tracking, Diffs.
 //!
 //! Snapshots cover the vCPUs, the in-kernel irqchip, PIT and clock, the legacy devices
 //! and the virtio transports with their queues and each device's own state, if it has
@@ -38,6 +43,7 @@ use crate::kvm::KvmContext;
 use crate::snapshot::cpu::VcpuState;
 use crate::snapshot::format::{self, FormatError};
 use crate::snapshot::memory::{self, MemoryFileError, RegionInfo};
+use crate::snapshot::uffd::{self, UffdError};
 use crate::snapshot::vm_state::{VmState, VmStateError};
 use crate::stop::StopSignal;
 use crate::vcpu::{UnhandledLog, Vcpu, VcpuCommand, VcpuResponse};
@@ -74,6 +80,9 @@ pub enum SnapshotError {
     /// The memory file.
     #[error(transparent)]
     Memory(#[from] MemoryFileError),
+    /// The page-fault handler (a Uffd memory backend).
+    #[error(transparent)]
+    Uffd(#[from] UffdError),
     /// The snapshot does not fit this host or this request.
     #[error("{0}")]
     Mismatch(String),
@@ -270,7 +279,9 @@ impl Vmm {
                         .map_err(BuildError::from)?;
                 }
                 memory::reset_device_dirty(&self.parts.memory);
-                memory::write_memory_file(&self.parts.memory, mem_path)?
+                // Memory a handler serves has missing pages that are not zeros.
+                let trust_page_table = self.parts.uffd.is_none();
+                memory::write_memory_file_from(&self.parts.memory, mem_path, trust_page_table)?
             }
             SnapshotKind::Diff => {
                 // The vCPUs' writes (KVM's log) and the devices' (the bitmap: writes
@@ -345,10 +356,33 @@ fn overridden_config(
     Ok(config)
 }
 
+/// Where a restored guest's memory comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoryBackend {
+    /// The snapshot's memory file, mapped privately.
+    File(std::path::PathBuf),
+    /// A page-fault handler listening on this Unix socket, given a userfaultfd for guest
+    /// memory (it serves the pages, from the memory file or anything else).
+    Uffd(std::path::PathBuf),
+}
+
 /// Build a VM from a snapshot's state file and memory file.
 pub fn restore(
     state_path: &Path,
     mem_path: &Path,
+    options: &RestoreOptions,
+) -> Result<Vmm, SnapshotError> {
+    restore_from(
+        state_path,
+        &MemoryBackend::File(mem_path.to_path_buf()),
+        options,
+    )
+}
+
+/// Build a VM from a snapshot's state file, its memory from `backend`.
+pub fn restore_from(
+    state_path: &Path,
+    backend: &MemoryBackend,
     options: &RestoreOptions,
 ) -> Result<Vmm, SnapshotError> {
     let serial = &options.serial;
@@ -385,11 +419,11 @@ pub fn restore(
 
     let config = overridden_config(&snapshot.config, options)?;
     // Firecracker restores a huge-page guest only from a userfaultfd handler; its File
-    // backend (Vireo's one) maps 4 KiB pages, so such a snapshot is refused by name.
-    if config.huge_pages {
+    // backend maps 4 KiB pages, so such a snapshot is refused by name there.
+    if config.huge_pages && matches!(backend, MemoryBackend::File(_)) {
         return Err(SnapshotError::Unsupported(format!(
             "{}: the guest's memory was 2 MiB huge pages, which only a Uffd memory backend \
-             restores (Vireo has the File backend only)",
+             restores (not the File backend)",
             state_path.display()
         )));
     }
@@ -402,7 +436,14 @@ pub fn restore(
 
     let kvm = KvmContext::new().map_err(BuildError::from)?;
     crate::builder::check_vcpus(count, kvm.max_vcpus())?;
-    let mem = Arc::new(memory::map_memory_file(mem_path, &snapshot.regions)?);
+    let (mem, uffd) = match backend {
+        MemoryBackend::File(path) => (memory::map_memory_file(path, &snapshot.regions)?, None),
+        MemoryBackend::Uffd(socket) => {
+            let (mem, backend) = uffd::guest_memory(socket, &snapshot.regions, config.huge_pages)?;
+            (mem, Some(backend))
+        }
+    };
+    let mem = Arc::new(mem);
     let vm = vm::create_vm(kvm.kvm(), &mem, options.track_dirty_pages).map_err(BuildError::from)?;
     snapshot.vm.restore(&vm)?;
 
@@ -474,6 +515,7 @@ pub fn restore(
             vm,
             memory: mem,
             frontend_config: snapshot.frontend_config,
+            uffd,
         },
     )?)
 }

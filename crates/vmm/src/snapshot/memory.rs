@@ -87,6 +87,18 @@ pub fn regions(mem: &GuestMemory) -> Vec<RegionInfo> {
 /// Write every non-zero page of `mem` to a new file at `path`; its size is the sum of the
 /// regions. Returns the bytes actually written (the non-zero pages).
 pub fn write_memory_file(mem: &GuestMemory, path: &Path) -> Result<u64, MemoryFileError> {
+    write_memory_file_from(mem, path, true)
+}
+
+/// [`write_memory_file`]; `trust_page_table`: an anonymous page that is neither present
+/// nor swapped out reads as zero and is skipped unread. Not so for memory served by a
+/// userfaultfd handler (a missing page there is one the handler has not copied yet),
+/// where every page is read (the handler serves the ones not yet touched).
+pub fn write_memory_file_from(
+    mem: &GuestMemory,
+    path: &Path,
+    trust_page_table: bool,
+) -> Result<u64, MemoryFileError> {
     let io_err = |source| MemoryFileError::Io {
         path: path.display().to_string(),
         source,
@@ -97,7 +109,9 @@ pub fn write_memory_file(mem: &GuestMemory, path: &Path) -> Result<u64, MemoryFi
     let mut buf = vec![0u8; CHUNK];
     let mut file_off = 0u64;
     let mut written = 0u64;
-    let pagemap = File::open("/proc/self/pagemap").ok();
+    let pagemap = File::open("/proc/self/pagemap")
+        .ok()
+        .filter(|_| trust_page_table);
     for region in mem.iter() {
         // Anonymous memory the guest never touched is neither present nor swapped, and
         // reads as zero: the page table says so without reading (a 1 GiB guest that used

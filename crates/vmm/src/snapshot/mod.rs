@@ -9,8 +9,11 @@
 //!
 //! - [`cpu`]: one vCPU's state ([`cpu::VcpuState`]), saved and restored through KVM.
 //! - [`vm_state`]: the VM-wide KVM state ([`vm_state::VmState`]).
+//! - [`uffd`]: guest memory served by a userfaultfd page-fault handler instead of mapped
+//!   from the memory file (Firecracker's `Uffd` backend).
 
 pub mod cpu;
 pub mod format;
 pub mod memory;
+pub mod uffd;
 pub mod vm_state;
