@@ -730,6 +730,11 @@ impl SnapshotLoadParams {
     }
 }
 
+/// The version of Firecracker's API Vireo serves (its swagger's), which `GET /version`
+/// and `vireo --version` give where Firecracker gives its own version: launchers check
+/// it (Kata wants at least 0.21.1).
+pub const FIRECRACKER_API_VERSION: &str = "1.17.0";
+
 /// What `GET /` returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InstanceInfo {
@@ -737,6 +742,9 @@ pub struct InstanceInfo {
     pub id: String,
     /// `Not started`, `Running` or `Paused`.
     pub state: String,
+    /// Whether the VM was started: Firecracker's field before `state` (0.2x), which
+    /// launchers built on that API (Kata's Go runtime) still poll.
+    pub started: bool,
     /// Vireo's version.
     pub vmm_version: String,
     /// `Vireo`.

@@ -20,9 +20,16 @@ fn info_version_and_machine_config_before_boot() {
     let mut c = vm.client();
     let info = c.get("/").json();
     assert_eq!(info["state"], "Not started");
+    assert_eq!(
+        info["started"], false,
+        "Firecracker 0.2x's field, which Kata polls"
+    );
     assert_eq!(info["id"], "vm_one");
     assert_eq!(info["app_name"], "Vireo");
-    assert!(c.get("/version").json()["firecracker_version"].is_string());
+    assert_eq!(
+        c.get("/version").json()["firecracker_version"],
+        api::firecracker::FIRECRACKER_API_VERSION
+    );
     let mc = c.get("/machine-config").json();
     assert_eq!(
         (mc["vcpu_count"].as_u64(), mc["mem_size_mib"].as_u64()),
@@ -184,9 +191,9 @@ fn every_preboot_resource_and_its_errors() {
     bad(
         c.put(
             "/entropy",
-            r#"{"rate_limiter": {"ops": {"size": 1, "refill_time": 1}}}"#,
+            r#"{"rate_limiter": {"ops": {"size": 1, "refill_time": 0}}}"#,
         ),
-        "not supported",
+        "refill_time",
     );
 
     bad(c.get("/balloon"), "No balloon device found.");
@@ -228,9 +235,9 @@ fn every_preboot_resource_and_its_errors() {
     bad(
         c.put(
             "/serial",
-            r#"{"rate_limiter": {"size": 1, "refill_time": 1}}"#,
+            r#"{"rate_limiter": {"size": 1, "refill_time": 0}}"#,
         ),
-        "not supported",
+        "refill_time",
     );
 
     bad(
@@ -396,6 +403,7 @@ fn instance_start_pause_resume_and_post_boot_refusals() {
     ));
     ok(c.put("/actions", r#"{"action_type": "InstanceStart"}"#));
     assert_eq!(c.get("/").json()["state"], "Running");
+    assert_eq!(c.get("/").json()["started"], true);
 
     // Pre-boot calls after the start.
     for (method, path, body) in [
