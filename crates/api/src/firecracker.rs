@@ -153,8 +153,9 @@ pub struct MachineConfig {
     pub vcpu_count: u32,
     /// Guest memory in MiB.
     pub mem_size_mib: u64,
-    /// Simultaneous multithreading; Vireo only has `false`.
-    #[serde(default)]
+    /// Simultaneous multithreading; Vireo only has `false`. Also taken under Firecracker
+    /// 0.2x's name, `ht_enabled`, which older launchers (Kata's Go runtime) write.
+    #[serde(default, alias = "ht_enabled")]
     pub smt: bool,
     /// Firecracker CPU template; Vireo only has none (`"None"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -416,6 +416,15 @@ fn full_config_round_trips_through_json() {
 }
 
 #[test]
+fn firecracker_0_2x_names_are_taken() {
+    let c: MachineConfig =
+        serde_json::from_str(r#"{"ht_enabled": false, "mem_size_mib": 256, "vcpu_count": 2}"#)
+            .unwrap();
+    assert!(!c.smt);
+    assert!(serde_json::to_string(&c).unwrap().contains(r#""smt":false"#));
+}
+
+#[test]
 fn log_levels_any_case() {
     for (s, l) in [
         ("Error", LogLevel::Error),
