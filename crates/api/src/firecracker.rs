@@ -150,7 +150,8 @@ pub struct MachineConfig {
     pub vcpu_count: u32,
     /// Guest memory in MiB.
     pub mem_size_mib: u64,
-    /// Simultaneous multithreading; Vireo only has `false`.
+    /// Simultaneous multithreading: two threads per core in the guest's CPU topology
+    /// (then `vcpu_count` is 1 or even).
     #[serde(default)]
     pub smt: bool,
     /// Firecracker CPU template; Vireo only has none (`"None"`).
@@ -196,8 +197,11 @@ impl MachineConfig {
                 self.mem_size_mib
             ));
         }
-        if self.smt {
-            return err("SMT is not supported by Vireo.".into());
+        if self.smt && self.vcpu_count > 1 && !self.vcpu_count.is_multiple_of(2) {
+            return err(format!(
+                "The vCPU number is invalid: {} (with SMT, 1 or an even number).",
+                self.vcpu_count
+            ));
         }
         if let Some(t) = self.cpu_template.as_deref().filter(|t| *t != "None") {
             return err(format!("CPU template '{t}' is not supported by Vireo."));

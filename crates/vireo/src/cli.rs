@@ -303,6 +303,7 @@ impl RunArgs {
             initrd: self.initrd,
             cmdline: self.cmdline,
             vcpus: self.cpus,
+            smt: false,
             memory_bytes,
             serial: self.serial,
             disks: self.disks,
