@@ -18,9 +18,10 @@
 # resume and Ctrl+Alt+Del meet a running VM that costs no CPU); the rootfs an empty file
 # the guest never reads. Every case runs in new mount, network and PID namespaces
 # (`sandbox` below): Vireo at the clients' paths through overlays only that run sees,
-# /var/lib/firecracker a tmpfs, loopback, a TAP `tap0`, an `eth0` (a veth whose peer is in
-# the same namespace) as the default route and no name server, so that nothing leaves the
-# namespace; no VM or dockerd outlives the run. Builds and downloads come before, outside.
+# /tmp and /var/lib/firecracker on tmpfs, loopback, a TAP `tap0`, an `eth0` (a veth whose
+# peer is in the same namespace) as the default route and no name server, so that nothing
+# leaves the namespace; no VM or dockerd outlives the run. Builds and downloads come
+# before, outside.
 #
 # Usage: scripts/fc-clients.sh [--release] [CASE...]
 #   CASE: a case name of the table printed at the end (default: all of them).
@@ -151,7 +152,7 @@ sandbox() {
     local log=$1 dir=$2
     shift 2
     local scratch
-    scratch=$(mktemp -d)
+    scratch=$(mktemp -d "$CACHE/run.XXXXXX")
     local rc=0
     # shellcheck disable=SC2016 # expanded by the inner shell
     timeout -k 10 "${VIREO_CLIENT_TIMEOUT:-900}" \
@@ -162,6 +163,9 @@ sandbox() {
         shift 5
         mount --make-rprivate /
         mount -t tmpfs tmpfs "$s"
+        # A /tmp of its own: what the clients leave there (sockets, firepilot'"'"'s
+        # /tmp/firepilot) goes with the run.
+        mount -t tmpfs tmpfs /tmp
         for bin in /usr/bin /usr/local/bin; do
             mkdir -p "$s$bin/up" "$s$bin/work"
             ln -s "$vireo" "$s$bin/up/firecracker"
