@@ -14,6 +14,8 @@ const LEAF_POWER: u32 = 0x6;
 const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 const LEAF_HYPERVISOR: u32 = 0x4000_0000;
+const LEAF_EXT_MAX: u32 = 0x8000_0000;
+const LEAF_EXT_FEATURES: u32 = 0x8000_0001;
 const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 const LEAF_CACHE_AMD: u32 = 0x8000_001d;
 const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
@@ -24,6 +26,8 @@ const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 /// Leaf 1 EDX: the package has more than one logical processor.
 const EDX_HTT: u32 = 1 << 28;
+/// Leaf 0x8000_0001 ECX: AMD's topology extensions (leaves 0x8000_001d and 0x8000_001e).
+const ECX_TOPOEXT: u32 = 1 << 22;
 /// Leaf 6 EAX: turbo boost; leaf 6 ECX: energy-performance bias. Neither is the guest's.
 const EAX_TURBO: u32 = 1 << 1;
 const ECX_EPB: u32 = 1 << 3;
@@ -82,6 +86,26 @@ pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, topo: VcpuTopology) {
     let count = topo.cpu_count.max(1);
     let threads = topo.threads_per_core.clamp(1, count);
     let cores = count.div_ceil(threads);
+
+    // Linux takes an AMD CPU's threads per core from leaf 0x8000_001e, and only when the
+    // topology extensions bit says the leaf is there. A host whose KVM lacks them (an
+    // emulated CPU, such as the nested test host's) gets both with SMT, as Firecracker
+    // gives them to every AMD guest; the loop below fills the leaf in.
+    if vendor == Vendor::Amd && threads > 1 {
+        if !entries.iter().any(|e| e.function == LEAF_AMD_TOPOLOGY) {
+            entries.push(kvm_cpuid_entry2 {
+                function: LEAF_AMD_TOPOLOGY,
+                ..Default::default()
+            });
+        }
+        for entry in entries.iter_mut() {
+            match entry.function {
+                LEAF_EXT_MAX => entry.eax = entry.eax.max(LEAF_AMD_TOPOLOGY),
+                LEAF_EXT_FEATURES => entry.ecx |= ECX_TOPOEXT,
+                _ => {}
+            }
+        }
+    }
 
     for entry in entries.iter_mut() {
         match entry.function {
@@ -350,6 +374,37 @@ mod tests {
         let topo = find(&entries, 0x8000_001e, 0);
         assert_eq!((topo.eax, topo.ebx), (3, 0x101), "thread 1 of core 1");
         assert_eq!((find(&entries, 0x8000_001d, 0).eax >> 14) & 0xfff, 1);
+    }
+
+    /// An AMD host whose KVM has no topology extensions (an emulated CPU): with SMT the
+    /// guest gets them, with leaf 0x8000_001e; without SMT nothing changes.
+    #[test]
+    fn smt_on_amd_without_topology_extensions_adds_them() {
+        let host = || {
+            vec![
+                leaf(0, 0, [0x10, 0x6874_7541, 0x444d_4163, 0x6974_6e65]),
+                leaf(0x8000_0000, 0, [0x8000_0008, 0, 0, 0]),
+                leaf(0x8000_0001, 0, [0, 0, 0x1, 0]),
+            ]
+        };
+        let topo = |threads_per_core| VcpuTopology {
+            cpu_index: 2,
+            cpu_count: 4,
+            tsc_deadline: false,
+            threads_per_core,
+        };
+        let mut entries = host();
+        normalize(&mut entries, topo(2));
+        assert_eq!(find(&entries, 0x8000_0001, 0).ecx, 0x1 | ECX_TOPOEXT);
+        assert_eq!(find(&entries, 0x8000_0000, 0).eax, 0x8000_001e);
+        let t = find(&entries, 0x8000_001e, 0);
+        assert_eq!((t.eax, t.ebx, t.ecx), (2, 0x101, 0), "thread 0 of core 1");
+
+        let mut entries = host();
+        normalize(&mut entries, topo(1));
+        assert_eq!(find(&entries, 0x8000_0001, 0).ecx, 0x1);
+        assert_eq!(find(&entries, 0x8000_0000, 0).eax, 0x8000_0008);
+        assert!(entries.iter().all(|e| e.function != 0x8000_001e));
     }
 
     #[test]
