@@ -153,8 +153,9 @@ pub struct MachineConfig {
     pub vcpu_count: u32,
     /// Guest memory in MiB.
     pub mem_size_mib: u64,
-    /// Simultaneous multithreading; Vireo only has `false`. Also taken under Firecracker
-    /// 0.2x's name, `ht_enabled`, which older launchers (Kata's Go runtime) write.
+    /// Simultaneous multithreading: two threads per core in the guest's CPU topology
+    /// (then `vcpu_count` is 1 or even). Also taken under Firecracker 0.2x's name,
+    /// `ht_enabled`, which older launchers (Kata's Go runtime) write.
     #[serde(default, alias = "ht_enabled")]
     pub smt: bool,
     /// Firecracker CPU template; Vireo only has none (`"None"`).
@@ -200,8 +201,11 @@ impl MachineConfig {
                 self.mem_size_mib
             ));
         }
-        if self.smt {
-            return err("SMT is not supported by Vireo.".into());
+        if self.smt && self.vcpu_count > 1 && !self.vcpu_count.is_multiple_of(2) {
+            return err(format!(
+                "The vCPU number is invalid: {} (with SMT, 1 or an even number).",
+                self.vcpu_count
+            ));
         }
         if let Some(t) = self.cpu_template.as_deref().filter(|t| *t != "None") {
             return err(format!("CPU template '{t}' is not supported by Vireo."));

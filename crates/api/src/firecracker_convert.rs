@@ -33,6 +33,7 @@ impl FullVmConfig {
         let mut config = VmConfig::new(&boot.kernel_image_path);
         config.initrd = boot.initrd_path.as_ref().map(PathBuf::from);
         config.vcpus = self.machine_config.vcpu_count;
+        config.smt = self.machine_config.smt;
         config.memory_bytes = self.machine_config.mem_size_mib << 20;
         config.track_dirty_pages = self.machine_config.track_dirty_pages;
         config.huge_pages = self.machine_config.huge_pages == "2M";
@@ -108,6 +109,7 @@ impl FullVmConfig {
             initrd,
             cmdline,
             vcpus,
+            smt,
             memory_bytes,
             serial,
             serial_rate_limit,
@@ -131,6 +133,7 @@ impl FullVmConfig {
         }
         full.set_machine_config(MachineConfig {
             vcpu_count: *vcpus,
+            smt: *smt,
             mem_size_mib: memory_bytes >> 20,
             track_dirty_pages: *track_dirty_pages,
             huge_pages: if *huge_pages { "2M" } else { "None" }.into(),

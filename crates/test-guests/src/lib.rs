@@ -185,12 +185,23 @@ pub const ALL: &[&str] = &[
     VIRTIO_BALLOON,
     KBD,
     BOOT_TIMER,
+    IDLE,
 ];
 
 /// Firecracker's boot-done signal, 64-bit ELF entry at 0x200000: writes the byte 123
 /// to 0xd0000000 (the boot timer of `--boot-timer`), prints
 /// [`expected::BOOT_TIMER`] and resets.
 pub const BOOT_TIMER: &str = "boot_timer";
+
+/// A guest that runs for ever without using the host's CPU, 64-bit ELF entry at
+/// 0x200000: prints [`IDLE_OUTPUT`], then halts with interrupts off (`cli; hlt`, again
+/// after each wake-up), so its vCPU sleeps in KVM until the VMM kicks it (pause,
+/// snapshot, stop). Never resets. For the published Firecracker clients' tests
+/// (`scripts/fc-clients.sh`), which keep several VMs up at once.
+pub const IDLE: &str = "idle";
+
+/// All the serial output of [`IDLE`] (it never stops, so it has no [`expected`] entry).
+pub const IDLE_OUTPUT: &str = "idle\n";
 
 /// Guest-physical address of the u64 counter the [`COUNT`] guest increments.
 pub const COUNT_COUNTER_ADDR: u64 = 0x12000;

@@ -325,6 +325,7 @@ impl RunArgs {
             initrd: self.initrd,
             cmdline: self.cmdline,
             vcpus: self.cpus,
+            smt: false,
             memory_bytes,
             serial: self.serial,
             serial_rate_limit: api::RateLimit::default(),
