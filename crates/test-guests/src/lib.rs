@@ -185,12 +185,23 @@ pub const ALL: &[&str] = &[
     VIRTIO_BALLOON,
     KBD,
     BOOT_TIMER,
+    VMGENID,
 ];
 
 /// Firecracker's boot-done signal, 64-bit ELF entry at 0x200000: writes the byte 123
 /// to 0xd0000000 (the boot timer of `--boot-timer`), prints
 /// [`expected::BOOT_TIMER`] and resets.
 pub const BOOT_TIMER: &str = "boot_timer";
+
+/// The VM generation ID as a driver sees it, 64-bit ELF entry at 0x200000: takes IOAPIC
+/// pin 23 (the Generic Event Device's interrupt; vector 0x42, IDT and LAPIC set up by
+/// the guest), prints `"vmgenid: id "` and the 16 bytes at [`VMGENID_ADDR`] as 32 hex
+/// digits in memory order, then `"vmgenid: ready\n"`, and waits halted for ever. For
+/// each interrupt it prints `"vmgenid: notified, id "` and the 16 bytes read again.
+pub const VMGENID: &str = "vmgenid";
+
+/// Where the [`VMGENID`] guest reads the generation ID (Vireo's DSDT says so).
+pub const VMGENID_ADDR: u64 = 0xd_f000;
 
 /// Guest-physical address of the u64 counter the [`COUNT`] guest increments.
 pub const COUNT_COUNTER_ADDR: u64 = 0x12000;
@@ -449,6 +460,7 @@ mod tests {
             VIRTIO_BLK,
             VIRTIO_BALLOON,
             KBD,
+            VMGENID,
         ] {
             let b = read(name);
             let (entry, phdrs) = parse_elf(&b);
