@@ -18,9 +18,9 @@
 //! Snapshots cover the vCPUs, the in-kernel irqchip, PIT and clock, the legacy devices,
 //! the VM generation ID (a restore writes a new one and notifies the guest once its
 //! vCPUs run) and the virtio transports with their queues and each device's own state,
-//! if it has any; the devices are opened again from the saved configuration on restore (a NIC's
-//! TAP and the vsock socket may be overridden), then given their state before they are
-//! activated again. virtio-rng, virtio-blk (requests taken by the worker are finished
+//! if it has any; the devices are opened again from the saved configuration on restore
+//! (a NIC's TAP and the vsock socket may be overridden), then given their state before
+//! they are activated again. virtio-rng, virtio-blk (requests taken by the worker are finished
 //! first; throttled ones stay in the ring), virtio-net (frames in flight may be lost, as
 //! on a wire), virtio-vsock (connections are not kept: the restored device sends the
 //! driver a transport reset event, and the driver drops them) and the balloon (target,
