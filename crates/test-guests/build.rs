@@ -30,6 +30,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("kbd", "elf64.ld"),
     ("boot_timer", "elf64.ld"),
     ("idle", "elf64.ld"),
+    ("vmgenid", "elf64.ld"),
 ];
 
 /// Files every guest depends on besides its own source and link script.

@@ -431,7 +431,11 @@ fn firecracker_0_2x_names_are_taken() {
         serde_json::from_str(r#"{"ht_enabled": false, "mem_size_mib": 256, "vcpu_count": 2}"#)
             .unwrap();
     assert!(!c.smt);
-    assert!(serde_json::to_string(&c).unwrap().contains(r#""smt":false"#));
+    assert!(
+        serde_json::to_string(&c)
+            .unwrap()
+            .contains(r#""smt":false"#)
+    );
 }
 
 #[test]

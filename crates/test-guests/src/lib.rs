@@ -186,6 +186,7 @@ pub const ALL: &[&str] = &[
     KBD,
     BOOT_TIMER,
     IDLE,
+    VMGENID,
 ];
 
 /// Firecracker's boot-done signal, 64-bit ELF entry at 0x200000: writes the byte 123
@@ -202,6 +203,16 @@ pub const IDLE: &str = "idle";
 
 /// All the serial output of [`IDLE`] (it never stops, so it has no [`expected`] entry).
 pub const IDLE_OUTPUT: &str = "idle\n";
+
+/// The VM generation ID as a driver sees it, 64-bit ELF entry at 0x200000: takes IOAPIC
+/// pin 23 (the Generic Event Device's interrupt; vector 0x42, IDT and LAPIC set up by
+/// the guest), prints `"vmgenid: id "` and the 16 bytes at [`VMGENID_ADDR`] as 32 hex
+/// digits in memory order, then `"vmgenid: ready\n"`, and waits halted for ever. For
+/// each interrupt it prints `"vmgenid: notified, id "` and the 16 bytes read again.
+pub const VMGENID: &str = "vmgenid";
+
+/// Where the [`VMGENID`] guest reads the generation ID (Vireo's DSDT says so).
+pub const VMGENID_ADDR: u64 = 0xd_f000;
 
 /// Guest-physical address of the u64 counter the [`COUNT`] guest increments.
 pub const COUNT_COUNTER_ADDR: u64 = 0x12000;
@@ -460,6 +471,7 @@ mod tests {
             VIRTIO_BLK,
             VIRTIO_BALLOON,
             KBD,
+            VMGENID,
         ] {
             let b = read(name);
             let (entry, phdrs) = parse_elf(&b);

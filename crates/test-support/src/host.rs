@@ -1,5 +1,6 @@
 //! Host-side pieces the integration tests of several crates use: the Debian guest image
-//! (`scripts/guest-image.sh`), pseudo-terminals and the host's pool of 2 MiB huge pages.
+//! (`scripts/guest-image.sh`) and Debian's generic kernel (`scripts/nested-host.sh`),
+//! pseudo-terminals and the host's pool of 2 MiB huge pages.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -21,6 +22,40 @@ pub fn guest_image_dir() -> PathBuf {
         PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
     })
     .clone()
+}
+
+/// Debian's generic kernel (a bzImage of `linux-image-amd64`), which has drivers the
+/// guest image's cloud kernel lacks (the VM generation ID's `vmgenid`: the cloud kernel
+/// is built without `CONFIG_VIRT_DRIVERS`). It is the nested test host's own kernel:
+/// `scripts/nested-host.sh --prepare` builds its cache (from Debian's packages) or
+/// checks it, once per test process. `Err` says why there is none, for the skip policy.
+pub fn generic_kernel() -> Result<PathBuf, String> {
+    static KERNEL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    KERNEL
+        .get_or_init(|| {
+            let script =
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/nested-host.sh");
+            let out = Command::new("bash")
+                .arg(&script)
+                .arg("--prepare")
+                .stderr(Stdio::inherit())
+                .output()
+                .map_err(|e| format!("cannot run scripts/nested-host.sh --prepare: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "scripts/nested-host.sh --prepare failed ({}): no generic kernel",
+                    out.status
+                ));
+            }
+            let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let kernel = PathBuf::from(dir).join("vmlinuz");
+            if kernel.is_file() {
+                Ok(kernel)
+            } else {
+                Err(format!("no {}", kernel.display()))
+            }
+        })
+        .clone()
 }
 
 /// A new pseudo-terminal: (master, slave).

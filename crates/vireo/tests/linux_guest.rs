@@ -1,6 +1,7 @@
 //! Layer 4: full Linux boots under `vireo`, every feature used by Linux's own drivers and
 //! checked from outside (the Debian cloud kernel and busybox initramfs of
-//! scripts/guest-image.sh).
+//! scripts/guest-image.sh; the VM generation ID's test boots Debian's generic kernel, which
+//! has the vmgenid driver the cloud kernel lacks, with the same initramfs).
 //!
 //! They need a complete KVM (`vireo probe-kvm` says `kvm=complete`), so they are
 //! `#[ignore]`d in a plain `cargo test`; scripts/test.sh runs them with `--ignored`
@@ -1093,6 +1094,180 @@ fn last_tick(console: &str) -> u64 {
         .filter_map(|l| l.trim().strip_prefix("TICK ")?.parse().ok())
         .max()
         .expect("a tick on the console")
+}
+
+/// The VM generation ID under Linux's own drivers: `vmgenid` binds to the DSDT's `VGEN`
+/// device and `ged` to its Generic Event Device; the guest finds the ID's address in its
+/// DSDT (`ADDR`) and reads the 16 bytes there, the same ones the snapshot keeps. Loaded
+/// in a new vireo, the guest reads another ID, its GED interrupt has fired, the driver
+/// has reseeded the kernel's RNG with it, and a second snapshot keeps the new ID.
+///
+/// Debian's cloud kernel (the guest image's) has no vmgenid driver (it is built without
+/// `CONFIG_VIRT_DRIVERS`), so this test boots Debian's generic kernel, which has it
+/// built in, with the guest image's initramfs (whose cloud-kernel modules then do not
+/// load; the test needs none).
+#[test]
+#[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]
+fn a_restored_guest_reads_a_new_generation_id_and_reseeds_its_rng() {
+    require_complete_kvm();
+    let kernel = test_support::require!(
+        "a_restored_guest_reads_a_new_generation_id_and_reseeds_its_rng",
+        test_support::host::generic_kernel()
+    );
+    let dir = TempDir::new("l4-vmgenid");
+    let (mut vm, mut api) = ApiVm::start(&dir, None);
+    api.boot(
+        &Spec {
+            kernel,
+            ..Spec::shell("bzImage")
+        },
+        &[],
+    );
+    vm.wait_shell();
+    // The drivers bound to the devices: vmgenid (an ACPI driver) and evged's acpi-ged
+    // (a platform driver).
+    let vmgenid = vm.sh("ls /sys/bus/acpi/drivers/vmgenid/");
+    assert!(vmgenid.contains("VMGENCTR:00"), "vmgenid bound: {vmgenid}");
+    let ged = vm.sh("readlink /sys/bus/platform/devices/ACPI0013:00/driver");
+    assert!(ged.ends_with("/acpi-ged"), "the GED's driver: {ged}");
+    assert_eq!(
+        vm.sh("cat /sys/bus/acpi/devices/VMGENCTR:00/path"),
+        "\\_SB_.VGEN"
+    );
+    // Where the guest's DSDT says the ID is.
+    let dsdt = unhex(&vm.sh("xxd -p /sys/firmware/acpi/tables/DSDT | tr -d '\\n'"));
+    let addr = addr_method(&dsdt).unwrap_or_else(|| vm.fail("no ADDR method in the DSDT"));
+    assert_eq!(addr, vmm::arch::x86_64::layout::VMGENID_START);
+    let read_id = |vm: &mut LinuxVm| {
+        vm.sh(&format!(
+            "dd if=/dev/mem bs=16 skip={} count=1 2>/dev/null | xxd -p",
+            addr / 16
+        ))
+    };
+    let boot_id = read_id(&mut vm);
+    assert_eq!(boot_id.len(), 32, "{boot_id:?}");
+    assert_ne!(boot_id, "0".repeat(32));
+    assert_eq!(ged_interrupts(&mut vm), 0, "a GED interrupt at boot");
+    // The driver reseeds the RNG on a change only once it is initialised.
+    let start = Instant::now();
+    while vm.sh("dmesg | grep -c 'crng init done' || true") == "0" {
+        if start.elapsed() > Duration::from_secs(60) {
+            vm.fail("the guest's RNG did not initialise within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(!vm.sh("dmesg").contains("virtual machine fork"));
+
+    // Each snapshot has its own memory file: the restored VM's memory is mapped from the
+    // first one.
+    let snapshot = |api: &mut ApiVm, state: &std::path::Path, mem: &std::path::Path| {
+        api.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+        api.ok(
+            "PUT",
+            "/snapshot/create",
+            &format!(
+                r#"{{"snapshot_type": "Full", "snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+                state.display(),
+                mem.display()
+            ),
+        );
+        let bytes = std::fs::read(state).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes[24..bytes.len() - 4]).unwrap();
+        body["vmgenid"]["generation_id"]
+            .as_str()
+            .expect("the snapshot keeps the generation ID")
+            .to_string()
+    };
+    let (state, mem) = (dir.join("vm.state"), dir.join("vm.mem"));
+    assert_eq!(snapshot(&mut api, &state, &mem), boot_id);
+    vm.kill9();
+
+    let (mut restored, mut api2) = ApiVm::start(&dir, Some("second"));
+    api2.ok(
+        "PUT",
+        "/snapshot/load",
+        &format!(
+            r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "File", "backend_path": "{}"}}, "resume_vm": true}}"#,
+            state.display(),
+            mem.display()
+        ),
+    );
+    let new_id = read_id(&mut restored);
+    assert_eq!(new_id.len(), 32, "{new_id:?}");
+    assert_ne!(
+        new_id, boot_id,
+        "the restored guest reads the old generation ID"
+    );
+    let start = Instant::now();
+    let fired = loop {
+        let fired = ged_interrupts(&mut restored);
+        let reseeded =
+            restored.sh("dmesg | grep -c 'crng reseeded due to virtual machine fork' || true");
+        if fired > 0 && reseeded == "1" {
+            break fired;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            restored.fail(&format!(
+                "30 s after the load: {fired} GED interrupts, {reseeded} reseeds in dmesg"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(fired, 1, "one notification per load");
+    let kept = snapshot(&mut api2, &dir.join("again.state"), &dir.join("again.mem"));
+    assert_eq!(kept, new_id, "the second snapshot keeps the new ID");
+    api2.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    eprintln!("generation ID at boot {boot_id}, after the load {new_id}; GED interrupts: {fired}");
+    let code = restored.poweroff();
+    assert_eq!(code, Some(0), "{}", tail(&restored.console(), 60));
+}
+
+/// The bytes of a hex string (`xxd -p`).
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len() / 2)
+        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// The address `Method (ADDR) { Return (Package (2) { low, high }) }` returns, decoded
+/// from the DSDT's AML (the encoding of ACPI's section 20: MethodOp, a one-byte PkgLength,
+/// the name, flags, ReturnOp, PackageOp, PkgLength, two elements, each an integer).
+fn addr_method(dsdt: &[u8]) -> Option<u64> {
+    let at = dsdt
+        .windows(6)
+        .position(|w| w[0] == 0x14 && &w[2..] == b"ADDR")?;
+    let mut p = dsdt.get(at + 7..)?; // MethodOp, PkgLength, "ADDR", flags
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (head, rest) = (p.get(..n)?, p.get(n..)?);
+        p = rest;
+        Some(head)
+    };
+    if take(2)? != [0xa4, 0x12] || take(2)?[1] != 2 {
+        return None; // ReturnOp PackageOp, PkgLength, NumElements 2
+    }
+    let mut int = || -> Option<u64> {
+        let le = |b: &[u8]| b.iter().rev().fold(0u64, |v, x| v << 8 | u64::from(*x));
+        Some(match take(1)?[0] {
+            0x00 => 0,
+            0x01 => 1,
+            0x0a => le(take(1)?),
+            0x0b => le(take(2)?),
+            0x0c => le(take(4)?),
+            0x0e => le(take(8)?),
+            _ => return None,
+        })
+    };
+    let (low, high) = (int()?, int()?);
+    Some(high << 32 | low)
+}
+
+/// The guest's count of its GED interrupt ("ACPI:Ged" in /proc/interrupts), all CPUs.
+fn ged_interrupts(vm: &mut LinuxVm) -> u64 {
+    let line = vm.sh("grep ACPI:Ged /proc/interrupts");
+    line.split_whitespace()
+        .skip(1)
+        .map_while(|n| n.parse::<u64>().ok())
+        .sum()
 }
 
 /// `SendCtrlAltDel` through the API reaches Linux's atkbd driver (i8042 keyboard): with

@@ -146,8 +146,8 @@ fn snapshot_kill_load_and_the_count_goes_on() {
     );
     assert_eq!(c.get("/").json()["state"], "Not started");
 
-    // The good load, paused: a snapshot taken at once has the very same memory and the
-    // same vCPU state.
+    // The good load, paused: a snapshot taken at once has the very same memory, but for
+    // the VM generation ID the load replaced, and the same vCPU state.
     ok(c.put(
         "/snapshot/load",
         &format!(
@@ -160,15 +160,33 @@ fn snapshot_kill_load_and_the_count_goes_on() {
         "/snapshot/create",
         &format!(r#"{{"snapshot_path": "{state_again}", "mem_file_path": "{mem_again}"}}"#),
     ));
+    let (again_mem, kept_mem) = (
+        std::fs::read(&mem_again).unwrap(),
+        std::fs::read(&mem_kept).unwrap(),
+    );
+    let id = vmm::arch::x86_64::layout::VMGENID_START as usize;
+    let id = id..id + vmm::devices::vmgenid::VMGENID_SIZE;
+    assert_ne!(
+        again_mem[id.clone()],
+        kept_mem[id.clone()],
+        "the load kept the generation ID"
+    );
     assert!(
-        std::fs::read(&mem_again).unwrap() == std::fs::read(&mem_kept).unwrap(),
+        again_mem.len() == kept_mem.len()
+            && again_mem[..id.start] == kept_mem[..id.start]
+            && again_mem[id.end..] == kept_mem[id.end..],
         "guest memory after load differs from the snapshot's"
     );
-    let vcpus = |path: &str| {
+    let body = |path: &str| -> serde_json::Value {
         let bytes = std::fs::read(path).unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&bytes[24..bytes.len() - 4]).unwrap();
-        body["vcpus"].clone()
+        serde_json::from_slice(&bytes[24..bytes.len() - 4]).unwrap()
     };
+    let new_id: String = again_mem[id].iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        body(&state_again)["vmgenid"]["generation_id"],
+        new_id.as_str()
+    );
+    let vcpus = |path: &str| body(path)["vcpus"].clone();
     // Everything but the time-stamp counter (MSR 0x10), which runs on while paused.
     let (mut again, mut kept) = (vcpus(&state_again), vcpus(&state_kept));
     let tsc = |v: &mut serde_json::Value| -> u64 {

@@ -156,7 +156,7 @@ impl RngWorker {
 }
 
 /// Fill `buf` from the kernel's random pool (never blocks once the pool is initialised).
-fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+pub fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
         // SAFETY: the pointer and length describe the unfilled tail of `buf`, which we

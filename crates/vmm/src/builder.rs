@@ -26,6 +26,7 @@ use crate::devices::legacy::serial::{
     COM1_BASE, COM1_IRQ, COM1_LEN, RateLimitedOutput, SerialDevice, SerialOutput, SerialSnapshot,
 };
 use crate::devices::legacy::serial_socket::{self, SocketConsole};
+use crate::devices::vmgenid::{GenerationId, VmGenId, VmGenIdError};
 use crate::event_loop::{EventLoop, EventLoopError, SerialInput, SerialSocket, Stdin, Subscriber};
 use crate::kvm::{KvmContext, KvmError};
 use crate::loader::{self, LoaderError};
@@ -98,6 +99,9 @@ pub enum BuildError {
     /// A virtio device could not be placed.
     #[error(transparent)]
     DeviceManager(#[from] DeviceManagerError),
+    /// The VM generation ID could not be set up.
+    #[error(transparent)]
+    VmGenId(#[from] VmGenIdError),
     /// KVM refused a request while wiring devices or CPUID.
     #[error("{what}: {source}")]
     KvmCall {
@@ -163,6 +167,21 @@ impl Vmm {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .send_ctrl_alt_del()
+    }
+
+    /// The VM generation ID in guest memory: a new one at every restore. `None` for a VM
+    /// restored from a snapshot taken before Vireo had the device (its guest's DSDT
+    /// does not describe one).
+    pub fn generation_id(&self) -> Option<GenerationId> {
+        self.parts.vmgenid.as_ref().map(VmGenId::generation_id)
+    }
+
+    /// Tell the guest its generation ID changed, if it did since it was last told (the
+    /// vCPUs have just started running after a restore).
+    pub(crate) fn notify_generation_change(&mut self) {
+        if let Some(vmgenid) = self.parts.vmgenid.as_mut() {
+            vmgenid.notify_if_pending();
+        }
     }
 
     /// Block until the guest stops or a stop is requested.
@@ -271,6 +290,10 @@ pub fn build_and_boot_with(config: &VmConfig, mmds: &mmds::Service) -> Result<Vm
         virtio.add(&vm, &mut mmio, &mem_arc, device)?;
     }
 
+    // The VM generation ID: a fresh one in its page, its notification line wired.
+    let vmgenid = VmGenId::new(mem)?;
+    wire_vmgenid(&vm, &vmgenid)?;
+
     // Guest software and what it is told at entry.
     let kernel = loader::load_kernel(mem, &config.kernel)?;
     let initrd = match &config.initrd {
@@ -291,6 +314,7 @@ pub fn build_and_boot_with(config: &VmConfig, mmds: &mmds::Service) -> Result<Vm
             num_cpus: config.vcpus,
             pm: AcpiPmPorts::default(),
             devices: &[legacy_dsdt_devices()?, virtio.dsdt_devices()?].concat(),
+            vmgenid: Some(vmgenid.acpi()),
         },
     )?;
     match kernel.mode {
@@ -370,8 +394,18 @@ pub fn build_and_boot_with(config: &VmConfig, mmds: &mmds::Service) -> Result<Vm
             memory: mem_arc,
             frontend_config: None,
             uffd: None,
+            vmgenid: Some(vmgenid),
         },
     )
+}
+
+/// Register the generation ID's notification eventfd as the irqfd of its GSI.
+pub(crate) fn wire_vmgenid(vm: &VmFd, vmgenid: &VmGenId) -> Result<(), BuildError> {
+    vm.register_irqfd(vmgenid.interrupt_evt(), vmgenid.gsi())
+        .map_err(|source| BuildError::KvmCall {
+            what: "cannot wire the VMGenID notification",
+            source,
+        })
 }
 
 /// What a [`Vmm`] holds besides its threads.
@@ -388,9 +422,12 @@ pub(crate) struct Parts {
     pub(crate) frontend_config: Option<serde_json::Value>,
     /// The page-fault handler serving guest memory (a VM restored from a Uffd backend).
     pub(crate) uffd: Option<crate::snapshot::uffd::UffdBackend>,
+    /// The VM generation ID (`None` only when restored from a snapshot without one).
+    pub(crate) vmgenid: Option<VmGenId>,
 }
 
-/// Start the event loop and every vCPU thread (`running`, or paused until resumed).
+/// Start the event loop and every vCPU thread (`running`, or paused until resumed); once
+/// they run, a restored VM's guest is told its generation ID changed.
 pub(crate) fn start_vm(
     vcpus: Vec<Vcpu>,
     running: bool,
@@ -410,12 +447,16 @@ pub(crate) fn start_vm(
             }
         }
     }
-    Ok(Vmm {
+    let mut vmm = Vmm {
         vcpus: handles,
         event_loop: Some(event_loop),
         paused: !running,
         parts,
-    })
+    };
+    if running {
+        vmm.notify_generation_change();
+    }
+    Ok(vmm)
 }
 
 /// The MSRs a snapshot saves: KVM's list of MSRs to save and restore.

@@ -4,7 +4,8 @@
 //! - **Windows** start at [`VIRTIO_MMIO_BASE`], one page apart; with Firecracker's boot
 //!   timer (`--boot-timer`), which takes that first page, one page higher.
 //! - **Interrupts** are IOAPIC pins not used by the legacy devices ([`VIRTIO_IRQS`]):
-//!   the transport's interrupt eventfd is a KVM irqfd on that pin.
+//!   the transport's interrupt eventfd is a KVM irqfd on that pin. The last pin, 23, is
+//!   the VM generation ID's ([`crate::devices::vmgenid::VMGENID_GSI`]).
 //! - **Kicks**: each queue's eventfd is a KVM ioeventfd on the window's `QueueNotify`
 //!   register, matching the queue index, so a notify is a write to an eventfd inside
 //!   KVM and the device's worker thread wakes without a vCPU exit to user space.

@@ -20,11 +20,12 @@
 //!   from a handler takes Full snapshots (every page is read, the handler serving those
 //!   the guest has not touched) and, with dirty-page tracking, Diffs.
 //!
-//! Snapshots cover the vCPUs, the in-kernel irqchip, PIT and clock, the legacy devices
-//! and the virtio transports with their queues and each device's own state, if it has
-//! any; the devices are opened again from the saved configuration on restore (a NIC's
-//! TAP and the vsock socket may be overridden), then given their state before they are
-//! activated again. virtio-rng, virtio-blk (requests taken by the worker are finished
+//! Snapshots cover the vCPUs, the in-kernel irqchip, PIT and clock, the legacy devices,
+//! the VM generation ID (a restore writes a new one and notifies the guest once its
+//! vCPUs run) and the virtio transports with their queues and each device's own state,
+//! if it has any; the devices are opened again from the saved configuration on restore
+//! (a NIC's TAP and the vsock socket may be overridden), then given their state before
+//! they are activated again. virtio-rng, virtio-blk (requests taken by the worker are finished
 //! first; throttled ones stay in the ring), virtio-net (frames in flight may be lost, as
 //! on a wire), virtio-vsock (connections are not kept: the restored device sends the
 //! driver a transport reset event, and the driver drops them) and the balloon (target,
@@ -39,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::builder::{BuildError, LegacyDevices, LegacyState, Parts, Vmm, msrs_to_save, start_vm};
 use crate::device_manager::VirtioDevices;
+use crate::devices::vmgenid::{VmGenId, VmGenIdState};
 use crate::kvm::KvmContext;
 use crate::snapshot::cpu::VcpuState;
 use crate::snapshot::format::{self, FormatError};
@@ -133,6 +135,11 @@ pub struct VmSnapshot {
     /// back on restore.
     #[serde(default)]
     pub frontend_config: Option<serde_json::Value>,
+    /// The VM generation ID device: where it is and the ID the guest held. Absent from
+    /// snapshots of VMs built before Vireo had the device: their guests' DSDTs describe
+    /// none, so they are restored without one.
+    #[serde(default)]
+    pub vmgenid: Option<VmGenIdState>,
 }
 
 impl Vmm {
@@ -167,7 +174,8 @@ impl Vmm {
         Ok(())
     }
 
-    /// Let every virtio worker, then every vCPU, run again. Resuming a running VM does
+    /// Let every virtio worker, then every vCPU, run again; then, for a VM restored
+    /// paused, tell the guest its generation ID changed. Resuming a running VM does
     /// nothing.
     pub fn resume(&mut self) -> Result<(), SnapshotError> {
         if !self.paused {
@@ -184,6 +192,7 @@ impl Vmm {
             }
         }
         self.paused = false;
+        self.notify_generation_change();
         Ok(())
     }
 
@@ -269,6 +278,7 @@ impl Vmm {
             config: self.parts.config.clone(),
             virtio,
             frontend_config: self.parts.frontend_config.clone(),
+            vmgenid: self.parts.vmgenid.as_ref().map(VmGenId::state),
         };
         let memory_bytes_written = match kind {
             SnapshotKind::Full => {
@@ -446,6 +456,22 @@ pub fn restore_from(
     let mem = Arc::new(mem);
     let vm = vm::create_vm(kvm.kvm(), &mem, options.track_dirty_pages).map_err(BuildError::from)?;
     snapshot.vm.restore(&vm)?;
+    // A new generation ID over the snapshot's, before any vCPU runs; the guest is told
+    // once they do (`start_vm`, or the first resume).
+    let vmgenid = match &snapshot.vmgenid {
+        Some(state) => {
+            let device = VmGenId::restore(&*mem, state).map_err(BuildError::from)?;
+            crate::builder::wire_vmgenid(&vm, &device)?;
+            Some(device)
+        }
+        None => {
+            log::info!(
+                "{}: a snapshot without a VM generation ID device: restored without one",
+                state_path.display()
+            );
+            None
+        }
+    };
 
     let stop = Arc::new(StopSignal::new().map_err(|source| BuildError::Io {
         what: "cannot create the stop event".into(),
@@ -516,6 +542,7 @@ pub fn restore_from(
             memory: mem,
             frontend_config: snapshot.frontend_config,
             uffd,
+            vmgenid,
         },
     )?)
 }

@@ -3,14 +3,20 @@
 //! 0x12000 and prints "." every 256 iterations.
 //!
 //! Paused, its counter and console stand still; a Full snapshot of it, restored into a
-//! new VM after the first is shut down, has identical memory and the same counter, and
-//! once resumed counts on from there.
+//! new VM after the first is shut down, has identical memory (but for the VM generation
+//! ID, a new one) and the same counter, and once resumed counts on from there.
+//!
+//! The `vmgenid` guest (crates/test-guests/guests/vmgenid.s) prints the generation ID at
+//! boot and again on each change notification: a restored VM holds a new ID, and its
+//! guest is told once its vCPUs run.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use api::{SerialConfig, VmConfig};
 use vm_memory::{Bytes, GuestAddress};
+use vmm::arch::x86_64::layout::VMGENID_START;
+use vmm::devices::vmgenid::{GenerationId, VMGENID_GSI, VMGENID_SIZE};
 use vmm::snapshot::format::FormatError;
 use vmm::snapshot::memory::same_contents;
 use vmm::snapshot_vm::{RestoreOptions, SnapshotError, SnapshotKind, VmSnapshot, restore};
@@ -40,6 +46,35 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 fn console_len(path: &Path) -> usize {
     std::fs::read(path).map_or(0, |b| b.len())
+}
+
+/// The generation ID in `mem`.
+fn generation_id_in(mem: &vmm::memory::GuestMemory) -> GenerationId {
+    let mut id = [0u8; VMGENID_SIZE];
+    mem.read_slice(&mut id, GuestAddress(VMGENID_START))
+        .unwrap();
+    id
+}
+
+/// A restored VM's memory is the snapshot's but for the generation ID, which the restore
+/// replaced: `expected` (the snapshotted VM's memory, copied) and the restored VM's
+/// differ there, the restored one holding the ID the VM reports, and nowhere else.
+fn assert_same_but_the_generation_id(
+    expected: &vmm::memory::GuestMemory,
+    restored: &vmm::builder::Vmm,
+) {
+    let old = generation_id_in(expected);
+    let new = generation_id_in(restored.guest_memory());
+    assert_ne!(old, new, "the restore kept the snapshot's generation ID");
+    assert_eq!(restored.generation_id(), Some(new));
+    expected
+        .write_slice(&new, GuestAddress(VMGENID_START))
+        .unwrap();
+    assert!(same_contents(expected, restored.guest_memory()));
+}
+
+fn hex(id: &GenerationId) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn count_guest(memory: u64, console: &Path) -> vmm::builder::Vmm {
@@ -105,7 +140,7 @@ fn a_paused_count_guest_restores_identical_and_counts_on() {
     };
     let mut restored = restore(&state, &mem, &options).expect("restore");
     assert!(restored.is_paused());
-    assert!(same_contents(&before, restored.guest_memory()));
+    assert_same_but_the_generation_id(&before, &restored);
     assert_eq!(counter(&restored), paused_at);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(counter(&restored), paused_at, "ran while restored paused");
@@ -247,7 +282,7 @@ fn a_diff_snapshot_on_a_full_one_restores_the_later_state() {
     };
     let restored = restore(&state_diff, &mem, &opts).unwrap();
     assert_eq!(counter(&restored), at_diff);
-    assert!(same_contents(&expected, restored.guest_memory()));
+    assert_same_but_the_generation_id(&expected, &restored);
     restored.shutdown();
     for f in [&state_full, &state_diff, &mem] {
         let _ = std::fs::remove_file(f);
@@ -357,7 +392,7 @@ fn a_diff_snapshot_holds_what_a_virtio_disk_wrote_into_guest_memory() {
         pattern,
         "the device's write is in the memory file"
     );
-    assert!(same_contents(&expected, restored.guest_memory()));
+    assert_same_but_the_generation_id(&expected, &restored);
     // The interrupt for the read was raised while the vCPU was paused: the restored
     // guest takes it, checks the data and goes on to the end.
     let mut restored = restored;
@@ -410,5 +445,149 @@ fn smt_gives_the_vcpus_a_topology_of_two_threads_per_core() {
         }
         let _ = std::fs::remove_file(&state);
         let _ = std::fs::remove_file(&mem);
+    }
+}
+
+/// The `vmgenid` guest's console, once it has printed `needle`.
+fn console_with(path: &Path, needle: &str) -> String {
+    let mut text = String::new();
+    wait_until(needle, || {
+        text = std::fs::read_to_string(path).unwrap_or_default();
+        text.contains(needle)
+    });
+    text
+}
+
+/// The IDs a `vmgenid` guest printed after `prefix`, in order.
+fn printed_ids(console: &str, prefix: &str) -> Vec<String> {
+    console
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The VM generation ID across snapshots, as a guest driver sees it: the ID the guest
+/// reads at boot is the one the VM reports and the snapshot keeps; a restore writes a
+/// new one before any vCPU runs and raises the notification (GSI 23) once they do, on
+/// the first resume of a VM restored paused, once; a second clone of the same snapshot,
+/// restored running, gets yet another ID and is told at once.
+#[test]
+fn a_restored_guest_is_notified_of_a_new_generation_id() {
+    assert_eq!(test_guests::VMGENID_ADDR, VMGENID_START);
+    let console = scratch("console-g");
+    let mut config = VmConfig::new(test_guests::path(test_guests::VMGENID));
+    config.memory_bytes = 16 << 20;
+    config.serial = SerialConfig::File(console.clone());
+    let mut vm = vmm::builder::build_and_boot(&config).expect("boot the vmgenid guest");
+    let text = console_with(&console, "vmgenid: ready\n");
+    let boot_id = vm.generation_id().expect("a new VM has a generation ID");
+    assert_eq!(printed_ids(&text, "vmgenid: id "), [hex(&boot_id)]);
+    assert!(!text.contains("notified"), "notified at boot: {text}");
+
+    vm.pause().unwrap();
+    let state = scratch("state-g");
+    let mem = scratch("mem-g");
+    vm.snapshot(SnapshotKind::Full, &state, &mem).unwrap();
+    vm.shutdown();
+    let saved: serde_json::Value = vmm::snapshot::format::read_file(&state).unwrap();
+    assert_eq!(
+        saved["vmgenid"],
+        serde_json::json!({
+            "address": VMGENID_START,
+            "gsi": VMGENID_GSI,
+            "generation_id": hex(&boot_id),
+        })
+    );
+
+    // Restored paused: the new ID is in memory, the guest not told yet.
+    let console_a = scratch("console-g-a");
+    let options = RestoreOptions {
+        serial: SerialConfig::File(console_a.clone()),
+        ..Default::default()
+    };
+    let mut clone_a = restore(&state, &mem, &options).expect("restore");
+    let id_a = clone_a.generation_id().unwrap();
+    assert_ne!(id_a, boot_id);
+    assert_eq!(generation_id_in(clone_a.guest_memory()), id_a);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(console_len(&console_a), 0, "the paused guest ran");
+    clone_a.resume().unwrap();
+    let text = console_with(&console_a, "\n");
+    assert_eq!(printed_ids(&text, "vmgenid: notified, id "), [hex(&id_a)]);
+    // One notification per restore: another pause and resume raise none.
+    clone_a.pause().unwrap();
+    clone_a.resume().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let text = std::fs::read_to_string(&console_a).unwrap();
+    assert_eq!(
+        printed_ids(&text, "vmgenid: notified, id ").len(),
+        1,
+        "{text}"
+    );
+    clone_a.shutdown();
+
+    // A second clone of the same snapshot, restored running.
+    let console_b = scratch("console-g-b");
+    let options = RestoreOptions {
+        serial: SerialConfig::File(console_b.clone()),
+        resume: true,
+        ..Default::default()
+    };
+    let clone_b = restore(&state, &mem, &options).expect("restore");
+    let id_b = clone_b.generation_id().unwrap();
+    assert!(id_b != boot_id && id_b != id_a);
+    let text = console_with(&console_b, "\n");
+    assert_eq!(printed_ids(&text, "vmgenid: notified, id "), [hex(&id_b)]);
+    clone_b.shutdown();
+    for f in [&state, &mem, &console, &console_a, &console_b] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// A snapshot written before Vireo had the device (no `vmgenid` in its state): its
+/// guest's DSDT describes none, so it is restored without one, its memory as saved.
+#[test]
+fn a_snapshot_without_a_generation_id_restores_without_one() {
+    let console = scratch("console-o");
+    let mut config = VmConfig::new(test_guests::path(test_guests::VMGENID));
+    config.memory_bytes = 16 << 20;
+    config.serial = SerialConfig::File(console.clone());
+    let mut vm = vmm::builder::build_and_boot(&config).expect("boot the vmgenid guest");
+    console_with(&console, "vmgenid: ready\n");
+    vm.pause().unwrap();
+    let state = scratch("state-o");
+    let mem = scratch("mem-o");
+    vm.snapshot(SnapshotKind::Full, &state, &mem).unwrap();
+    let boot_id = vm.generation_id().unwrap();
+    vm.shutdown();
+    let mut saved: serde_json::Value = vmm::snapshot::format::read_file(&state).unwrap();
+    assert!(saved.as_object_mut().unwrap().remove("vmgenid").is_some());
+    vmm::snapshot::format::write_file(&state, &saved).unwrap();
+
+    let console_r = scratch("console-o-r");
+    let options = RestoreOptions {
+        serial: SerialConfig::File(console_r.clone()),
+        resume: true,
+        ..Default::default()
+    };
+    let restored = restore(&state, &mem, &options).expect("restore");
+    assert_eq!(restored.generation_id(), None);
+    assert_eq!(generation_id_in(restored.guest_memory()), boot_id);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        console_len(&console_r),
+        0,
+        "a notification without a device"
+    );
+    // Its own snapshots have none either.
+    let mut restored = restored;
+    restored.pause().unwrap();
+    restored.snapshot(SnapshotKind::Full, &state, &mem).unwrap();
+    restored.shutdown();
+    let again: serde_json::Value = vmm::snapshot::format::read_file(&state).unwrap();
+    assert!(again["vmgenid"].is_null(), "{}", again["vmgenid"]);
+    for f in [&state, &mem, &console, &console_r] {
+        let _ = std::fs::remove_file(f);
     }
 }

@@ -2,3 +2,4 @@
 
 pub mod boot_timer;
 pub mod legacy;
+pub mod vmgenid;

@@ -28,6 +28,11 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const EBDA_START: u64 = 0x9fc00;
 /// End of conventional low memory; 0xa0000..1 MiB is the legacy VGA/BIOS hole.
 pub const LOW_RAM_END: u64 = EBDA_START;
+/// The VM generation ID's page ([`crate::devices::vmgenid`]): in the legacy hole, which
+/// the memory maps leave out of RAM, just below the ACPI tables.
+pub const VMGENID_START: u64 = 0xd_f000;
+/// Length of the VM generation ID's page (the ID is its first 16 bytes).
+pub const VMGENID_LEN: u64 = 0x1000;
 /// Where high memory starts; kernels load at or above it.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO hole below 4 GiB (virtio-mmio, IOAPIC, LAPIC live here).

@@ -15,7 +15,8 @@
 //! | table | points at     | what                                                          |
 //! |-------|---------------|---------------------------------------------------------------|
 //! | RSDP  | XSDT          | revision 2, no RSDT                                           |
-//! | DSDT  |               | `\_S5_`, and `\_SB_` with the devices handed in               |
+//! | DSDT  |               | `\_S5_`, and `\_SB_` with the devices handed in and the VM    |
+//! |       |               | generation ID's `VGEN` and `GED_` ([`VmGenIdAcpi`])           |
 //! | MADT  |               | local APICs, the IOAPIC, the LINT1 NMI                        |
 //! | FADT  | DSDT (X_DSDT) | hardware-reduced ACPI: sleep control/status and reset regs    |
 //! | XSDT  | FADT, MADT    |                                                               |
@@ -79,8 +80,10 @@ use super::layout::{APIC_START, HIMEM_START, IOAPIC_START};
 use crate::devices::legacy::acpi_pm::{AcpiPmPorts, RESET_VALUE, S5_SLP_TYP};
 
 mod dsdt;
+mod vmgenid;
 
 pub use dsdt::{DsdtDevice, DsdtResource, IrqPolarity, IrqTrigger};
+pub use vmgenid::{GED_DEVICE_NAME, VMGENID_DEVICE_NAME, VmGenIdAcpi};
 
 /// Where the RSDP, and with it the ACPI tables, start: the first address Linux's scan of
 /// the BIOS area looks at.
@@ -183,12 +186,19 @@ pub struct AcpiConfig<'a> {
     pub pm: AcpiPmPorts,
     /// The devices the DSDT lists in `\_SB_`, with unique names.
     pub devices: &'a [DsdtDevice],
+    /// The VM generation ID, if the machine has one: the `VGEN` and `GED_` devices.
+    pub vmgenid: Option<VmGenIdAcpi>,
 }
 
-/// The DSDT: `\_S5_` and the devices.
-fn dsdt(devices: &[DsdtDevice]) -> Result<Sdt, AcpiError> {
+/// The DSDT: `\_S5_`, the devices and the VM generation ID's two.
+fn dsdt(devices: &[DsdtDevice], vmgenid: Option<&VmGenIdAcpi>) -> Result<Sdt, AcpiError> {
+    let fixed: &[&str] = match vmgenid {
+        Some(_) => &[VMGENID_DEVICE_NAME, GED_DEVICE_NAME],
+        None => &[],
+    };
     for (i, device) in devices.iter().enumerate() {
-        if devices[..i].iter().any(|d| d.name() == device.name()) {
+        if devices[..i].iter().any(|d| d.name() == device.name()) || fixed.contains(&device.name())
+        {
             return Err(AcpiError::DuplicateName(device.name().to_owned()));
         }
     }
@@ -196,8 +206,11 @@ fn dsdt(devices: &[DsdtDevice]) -> Result<Sdt, AcpiError> {
     // SLP_TYPa = S5 for the sleep control register; SLP_TYPb has no register here.
     aml::Name::new("_S5_".into(), &aml::Package::new(vec![&S5_SLP_TYP, &0u8]))
         .to_aml_bytes(&mut body);
-    if !devices.is_empty() {
-        let children: Vec<&dyn Aml> = devices.iter().map(|d| d as &dyn Aml).collect();
+    let mut children: Vec<&dyn Aml> = devices.iter().map(|d| d as &dyn Aml).collect();
+    if let Some(vmgenid) = vmgenid {
+        children.push(vmgenid);
+    }
+    if !children.is_empty() {
         aml::Scope::new("\\_SB_".into(), children).to_aml_bytes(&mut body);
     }
     let mut table = Sdt::new(
@@ -293,7 +306,7 @@ pub fn setup_acpi_tables<M: GuestMemoryBackend>(
     // Place the tables one after the other, each built once the tables it points at have
     // their places; the RSDP's place is fixed, ahead of them all, so it is built last.
     let rsdp_addr = ACPI_START;
-    let dsdt = dsdt(config.devices)?;
+    let dsdt = dsdt(config.devices, config.vmgenid.as_ref())?;
     let dsdt_addr = align(rsdp_addr + Rsdp::len() as u64);
     let madt = madt(num_cpus);
     let madt_addr = align(dsdt_addr + dsdt.len() as u64);
@@ -355,6 +368,7 @@ mod test_util {
             num_cpus,
             pm: AcpiPmPorts::default(),
             devices,
+            vmgenid: None,
         }
     }
 
@@ -543,6 +557,7 @@ mod tests {
                 num_cpus: 1,
                 pm,
                 devices: &[],
+                vmgenid: None,
             },
         )
         .unwrap();
@@ -646,6 +661,162 @@ mod tests {
             Err(AcpiError::DuplicateName(n)) if n == "RTC_"
         ));
         assert_eq!(bytes(&mem, ACPI_START, 64), [0; 64]);
+    }
+
+    const VMGENID: VmGenIdAcpi = VmGenIdAcpi {
+        addr: 0xd_f000,
+        gsi: 23,
+    };
+
+    fn setup_with_vmgenid(devices: &[DsdtDevice]) -> vm_memory::GuestMemoryMmap<()> {
+        let mem = memory(2 * MIB);
+        let config = AcpiConfig {
+            vmgenid: Some(VMGENID),
+            ..config(2, devices)
+        };
+        setup_acpi_tables(&mem, &config).unwrap();
+        mem
+    }
+
+    #[test]
+    fn dsdt_holds_the_generation_id_and_its_event_device_in_sb() {
+        let dsdt = dsdt_of(&setup_with_vmgenid(&pc_devices()));
+        let mut vmgenid = Vec::new();
+        VMGENID.to_aml_bytes(&mut vmgenid);
+        let at = dsdt
+            .windows(vmgenid.len())
+            .position(|w| w == vmgenid)
+            .expect("the VGEN and GED_ devices");
+        // After the PC devices, inside \_SB_ (ScopeOp, a PkgLength reaching past them).
+        let scope = dsdt.iter().position(|b| *b == 0x10).unwrap();
+        assert_eq!(&dsdt[scope + 3..scope + 8], b"\\_SB_", "two-byte PkgLength");
+        let scope_len = (dsdt[scope + 1] & 0xf) as usize | (dsdt[scope + 2] as usize) << 4;
+        assert_eq!(
+            scope + 1 + scope_len,
+            dsdt.len(),
+            "the scope ends the table"
+        );
+        assert!(at > scope && contains(&dsdt[..at], b"RTC_"));
+        // Without it, neither device.
+        let plain = dsdt_of(&setup(2, &pc_devices()));
+        assert!(!contains(&plain, b"VGEN") && !contains(&plain, b"ACPI0013"));
+    }
+
+    #[test]
+    fn no_device_may_take_the_generation_id_names() {
+        for name in ["VGEN", "GED_"] {
+            let devices = [DsdtDevice::new(name, "PNP0C02", 0).unwrap()];
+            let mem = memory(2 * MIB);
+            let config = AcpiConfig {
+                vmgenid: Some(VMGENID),
+                ..config(1, &devices)
+            };
+            assert!(matches!(
+                setup_acpi_tables(&mem, &config),
+                Err(AcpiError::DuplicateName(n)) if n == name
+            ));
+            // Free without the generation ID.
+            setup_acpi_tables(&mem, &super::test_util::config(1, &devices)).unwrap();
+        }
+    }
+
+    /// ACPICA's `acpiexec`, the interpreter Linux runs, on `dsdt` (the whole table):
+    /// the output of each `evaluate` command, in order.
+    fn acpiexec(dsdt: &[u8], commands: &[&str]) -> Option<Vec<String>> {
+        let tool = match test_support::skip::tool("acpiexec", "acpica-tools") {
+            Ok(tool) => tool,
+            Err(why) => {
+                test_support::skip::missing(&test_support::skip::current_test(), &why);
+                return None;
+            }
+        };
+        let path = std::env::temp_dir().join(format!(
+            "vireo-acpi-dsdt-{}-{:?}.aml",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&path, dsdt).unwrap();
+        let out = std::process::Command::new(tool)
+            .arg("-b")
+            .arg(commands.join("; "))
+            .arg(&path)
+            .output()
+            .expect("run acpiexec");
+        std::fs::remove_file(&path).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "acpiexec: {}\n{text}", out.status);
+        assert!(!text.contains("Error") && !text.contains("AE_"), "{text}");
+        let sections: Vec<String> = text
+            .split("\nEvaluating ")
+            .skip(1)
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(sections.len(), commands.len(), "{text}");
+        Some(sections)
+    }
+
+    /// What Linux's ACPI core sees: `_HID` and `_CID` as its vmgenid driver matches them
+    /// (ACPICA upper-cases the `_CID` string), `ADDR` returning the address as two
+    /// integers, `_CRS` with the interrupt, and `_EVT` notifying VGEN with 0x80 for the
+    /// device's GSI and for no other.
+    #[test]
+    fn acpica_evaluates_the_generation_id_devices_as_linux_needs() {
+        let dsdt = dsdt_of(&setup_with_vmgenid(&pc_devices()));
+        let Some(out) = acpiexec(
+            &dsdt,
+            &[
+                "evaluate \\_SB.VGEN._HID",
+                "evaluate \\_SB.VGEN._CID",
+                "evaluate \\_SB.VGEN.ADDR",
+                "evaluate \\_SB.GED_._HID",
+                "evaluate \\_SB.GED_._CRS",
+                "evaluate \\_SB.GED_._EVT 23",
+                "evaluate \\_SB.GED_._EVT 5",
+            ],
+        ) else {
+            return;
+        };
+        assert!(
+            out[0].contains(r#"[String] Length 08 = "VMGENCTR""#),
+            "{}",
+            out[0]
+        );
+        assert!(
+            out[1].contains(r#"[String] Length 0E = "VM_GEN_COUNTER""#),
+            "{}",
+            out[1]
+        );
+        let addr: Vec<&str> = out[2].lines().map(str::trim).collect();
+        assert!(
+            addr.contains(&"[Package] Contains 2 Elements:"),
+            "{}",
+            out[2]
+        );
+        let ints: Vec<&&str> = addr.iter().filter(|l| l.starts_with("[Integer]")).collect();
+        assert_eq!(
+            ints,
+            [
+                &"[Integer] = 00000000000DF000",
+                &"[Integer] = 0000000000000000"
+            ],
+            "{}",
+            out[2]
+        );
+        assert!(out[3].contains(r#"= "ACPI0013""#), "{}", out[3]);
+        // The buffer: extended interrupt descriptor, consumer, edge, active high, GSI 23.
+        assert!(out[4].contains("[Buffer]"), "{}", out[4]);
+        assert!(
+            out[4].contains("89 06 00 03 01 17 00 00 00 79 00"),
+            "{}",
+            out[4]
+        );
+        assert!(
+            out[5].contains("Device Notify on [VGEN]") && out[5].contains("Value 0x80"),
+            "{}",
+            out[5]
+        );
+        assert!(!out[6].contains("Notify"), "GSI 5 is not ours: {}", out[6]);
     }
 
     #[test]
