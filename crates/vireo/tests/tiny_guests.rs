@@ -177,7 +177,8 @@ fn a_halted_guest_sleeps_in_kvm_and_stops_on_sigterm() {
             .ok()?
             .filter_map(Result::ok)
             .find(|t| {
-                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "vcpu0")
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "fc_vcpu 0")
             })
             .map(|t| t.path().join("stat"))
     };

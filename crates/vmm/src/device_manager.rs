@@ -4,7 +4,12 @@
 //! - **Windows** start at [`VIRTIO_MMIO_BASE`], one page apart; with Firecracker's boot
 //!   timer (`--boot-timer`), which takes that first page, one page higher.
 //! - **Interrupts** are IOAPIC pins not used by the legacy devices ([`VIRTIO_IRQS`]):
-//!   the transport's interrupt eventfd is a KVM irqfd on that pin. The last pin, 23, is
+//!   the transport's interrupt eventfd is a KVM irqfd on that pin. The first
+//!   `VIRTIO_IRQS.len()` devices have a pin each; the next ones (up to
+//!   [`MAX_VIRTIO_DEVICES`]) share the PCI pins ([`SHARED_IRQS`]) in turn, described as
+//!   shared in the DSDT: Linux's virtio-mmio driver takes its interrupt shared and reads
+//!   each device's InterruptStatus, and every irqfd write is an edge of its own, so a
+//!   device's interrupt is never lost in another's. The last pin, 23, is
 //!   the VM generation ID's ([`crate::devices::vmgenid::VMGENID_GSI`]).
 //! - **Kicks**: each queue's eventfd is a KVM ioeventfd on the window's `QueueNotify`
 //!   register, matching the queue index, so a notify is a write to an eventfd inside
@@ -33,12 +38,16 @@ pub const BOOT_TIMER_BASE: u64 = VIRTIO_MMIO_BASE;
 /// (PIT 0, keyboard 1, cascade 2, COM2/COM1 3-4, RTC 8, mouse 12, ATA 13) leave free,
 /// then the PCI pins.
 pub const VIRTIO_IRQS: [u32; 15] = [5, 6, 7, 9, 10, 11, 14, 15, 16, 17, 18, 19, 20, 21, 22];
+/// The pins devices past the first `VIRTIO_IRQS.len()` share, in turn.
+pub const SHARED_IRQS: [u32; 7] = [16, 17, 18, 19, 20, 21, 22];
+/// Most virtio devices a VM can have (Firecracker's virtio-mmio: 19 on x86).
+pub const MAX_VIRTIO_DEVICES: usize = 32;
 
 /// Why a virtio device could not be placed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceManagerError {
-    /// Every interrupt line is taken.
-    #[error("too many virtio devices: at most {} fit", VIRTIO_IRQS.len())]
+    /// Every slot is taken.
+    #[error("too many virtio devices: at most {MAX_VIRTIO_DEVICES} fit")]
     TooManyDevices,
     /// The transport's eventfds could not be made.
     #[error("{name}: cannot create the transport: {source}")]
@@ -78,11 +87,18 @@ pub struct VirtioSlot {
 }
 
 impl VirtioSlot {
-    /// The slot of the `index`th virtio device, if there is a free interrupt for it.
+    /// The slot of the `index`th virtio device, if it fits ([`MAX_VIRTIO_DEVICES`]).
     pub fn nth(index: usize) -> Option<Self> {
+        if index >= MAX_VIRTIO_DEVICES {
+            return None;
+        }
+        let irq = match VIRTIO_IRQS.get(index) {
+            Some(&irq) => irq,
+            None => SHARED_IRQS[(index - VIRTIO_IRQS.len()) % SHARED_IRQS.len()],
+        };
         Some(Self {
             base: VIRTIO_MMIO_BASE + index as u64 * MMIO_WINDOW_SIZE,
-            irq: *VIRTIO_IRQS.get(index)?,
+            irq,
         })
     }
 
@@ -255,13 +271,11 @@ impl VirtioDevices {
             .join(" ")
     }
 
-    /// The DSDT entries declaring every device (`VR00`, `VR01`...; HID `LNRO0005`).
+    /// The DSDT entries declaring every device (`VR00`, `VR01`...; HID `LNRO0005`), an
+    /// interrupt another device also has marked shared.
     pub fn dsdt_devices(&self) -> Result<Vec<DsdtDevice>, AcpiError> {
-        self.devices
-            .iter()
-            .enumerate()
-            .map(|(i, (slot, _, _))| dsdt_entry(i, slot))
-            .collect()
+        let slots: Vec<VirtioSlot> = self.devices.iter().map(|(slot, _, _)| *slot).collect();
+        dsdt_entries(&slots)
     }
 
     /// Park every running device's worker thread at a request boundary (the VM pauses);
@@ -295,7 +309,18 @@ impl VirtioDevices {
     }
 }
 
-fn dsdt_entry(index: usize, slot: &VirtioSlot) -> Result<DsdtDevice, AcpiError> {
+fn dsdt_entries(slots: &[VirtioSlot]) -> Result<Vec<DsdtDevice>, AcpiError> {
+    slots
+        .iter()
+        .enumerate()
+        .map(|(i, slot)| {
+            let shared = slots.iter().filter(|s| s.irq == slot.irq).count() > 1;
+            dsdt_entry(i, slot, shared)
+        })
+        .collect()
+}
+
+fn dsdt_entry(index: usize, slot: &VirtioSlot, shared: bool) -> Result<DsdtDevice, AcpiError> {
     Ok(
         DsdtDevice::new(&format!("VR{index:02X}"), "LNRO0005", index as u32)?
             .with_resource(DsdtResource::Mmio32 {
@@ -306,6 +331,7 @@ fn dsdt_entry(index: usize, slot: &VirtioSlot) -> Result<DsdtDevice, AcpiError> 
                 gsi: slot.irq,
                 trigger: IrqTrigger::Edge,
                 polarity: IrqPolarity::ActiveHigh,
+                shared,
             }),
     )
 }
@@ -321,14 +347,19 @@ mod tests {
         assert_eq!(a.base, 0xd000_0000);
         assert_eq!(b.base, 0xd000_1000);
         assert_eq!((a.irq, b.irq), (5, 6));
-        assert!(VirtioSlot::nth(VIRTIO_IRQS.len()).is_none());
+        // Past the dedicated pins, the PCI pins in turn; then none.
+        let shared: Vec<u32> = (VIRTIO_IRQS.len()..MAX_VIRTIO_DEVICES)
+            .map(|i| VirtioSlot::nth(i).unwrap().irq)
+            .collect();
+        assert_eq!(shared[..8], [16, 17, 18, 19, 20, 21, 22, 16]);
+        assert!(VirtioSlot::nth(MAX_VIRTIO_DEVICES).is_none());
         for irq in VIRTIO_IRQS {
             assert!(
                 ![0, 1, 2, 3, 4, 8, 12, 13].contains(&irq),
                 "{irq} is a legacy line"
             );
         }
-        let last = VirtioSlot::nth(VIRTIO_IRQS.len() - 1).unwrap();
+        let last = VirtioSlot::nth(MAX_VIRTIO_DEVICES - 1).unwrap();
         assert!(last.base + MMIO_WINDOW_SIZE <= crate::arch::x86_64::layout::IOAPIC_START);
     }
 
@@ -360,17 +391,26 @@ mod tests {
 
     #[test]
     fn dsdt_names_are_unique_and_valid() {
-        let names: Vec<String> = (0..VIRTIO_IRQS.len())
-            .map(|i| {
-                dsdt_entry(i, &VirtioSlot::nth(i).unwrap())
-                    .unwrap()
-                    .name()
-                    .to_string()
-            })
+        let slots: Vec<VirtioSlot> = (0..MAX_VIRTIO_DEVICES)
+            .map(|i| VirtioSlot::nth(i).unwrap())
             .collect();
+        let entries = dsdt_entries(&slots).unwrap();
+        let names: Vec<String> = entries.iter().map(|d| d.name().to_string()).collect();
         let mut sorted = names.clone();
+        sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), names.len());
         assert_eq!(names[10], "VR0A");
+        assert_eq!(names[31], "VR1F");
+        // Only pins with two devices are shared: 5 is not, 16 is (slots 8 and 15).
+        let shared = |d: &DsdtDevice| {
+            d.resources()
+                .iter()
+                .any(|r| matches!(r, DsdtResource::Interrupt { shared: true, .. }))
+        };
+        assert!(!shared(&entries[0]));
+        assert!(shared(&entries[8]) && shared(&entries[15]));
+        let alone = dsdt_entries(&slots[..15]).unwrap();
+        assert!(alone.iter().all(|d| !shared(d)), "15 devices share nothing");
     }
 }

@@ -46,7 +46,7 @@ pub enum DsdtResource {
         /// Length in bytes.
         len: u32,
     },
-    /// An interrupt line, by its GSI (= IOAPIC pin); exclusive to the device.
+    /// An interrupt line, by its GSI (= IOAPIC pin).
     Interrupt {
         /// Global system interrupt.
         gsi: u32,
@@ -54,6 +54,8 @@ pub enum DsdtResource {
         trigger: IrqTrigger,
         /// Active high or low.
         polarity: IrqPolarity,
+        /// Other devices raise it too (their drivers must take it shared).
+        shared: bool,
     },
 }
 
@@ -71,11 +73,12 @@ impl Aml for DsdtResource {
                 gsi,
                 trigger,
                 polarity,
+                shared,
             } => aml::Interrupt::new(
                 true,
                 trigger == IrqTrigger::Edge,
                 polarity == IrqPolarity::ActiveLow,
-                false,
+                shared,
                 gsi,
             )
             .to_aml_bytes(sink),
@@ -210,6 +213,11 @@ impl DsdtDevice {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// What its `_CRS` lists.
+    pub fn resources(&self) -> &[DsdtResource] {
+        &self.resources
+    }
 }
 
 /// An ISA interrupt line: edge triggered, active high.
@@ -218,6 +226,7 @@ fn isa_interrupt(gsi: u32) -> DsdtResource {
         gsi,
         trigger: IrqTrigger::Edge,
         polarity: IrqPolarity::ActiveHigh,
+        shared: false,
     }
 }
 
@@ -267,6 +276,7 @@ mod tests {
                     gsi: 5,
                     trigger: IrqTrigger::Edge,
                     polarity: IrqPolarity::ActiveHigh,
+                    shared: true,
                 }),
         );
         devices.push(
@@ -276,6 +286,7 @@ mod tests {
                     gsi: 23,
                     trigger: IrqTrigger::Level,
                     polarity: IrqPolarity::ActiveLow,
+                    shared: false,
                 }),
         );
         let mem = setup(1, &devices);
@@ -321,10 +332,10 @@ mod tests {
             b.extend_from_slice(&gsi.to_le_bytes());
             b
         };
-        // Consumer (bit 0), edge (bit 1), active low (bit 2).
+        // Consumer (bit 0), edge (bit 1), active low (bit 2), shared (bit 3).
         assert!(contains(&dsdt, &irq(0b011, 4)), "COM1 IRQ");
         assert!(contains(&dsdt, &irq(0b011, 1)), "keyboard IRQ");
-        assert!(contains(&dsdt, &irq(0b011, 5)), "virtio IRQ");
+        assert!(contains(&dsdt, &irq(0b1011, 5)), "a shared virtio IRQ");
         assert!(contains(&dsdt, &irq(0b101, 23)), "level, active low");
         let mut mmio = vec![0x86, 9, 0, 1];
         mmio.extend_from_slice(&0xd000_0000u32.to_le_bytes());
