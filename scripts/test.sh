@@ -68,6 +68,12 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-15} scripts/fuzz.sh
 stage "API schema check (schemathesis)"
 scripts/api-fuzz.sh
 
+# Published Firecracker clients (firecracker-rs-sdk, firepilot, hysn-firecracker-python),
+# unchanged, with vireo as their "firecracker" and a tiny guest: their own tests and
+# examples (docs/firecracker-clients.md). ~5 min the first time (their builds), ~3 min after.
+stage "published Firecracker clients (scripts/fc-clients.sh)"
+scripts/fc-clients.sh
+
 # Layer 4: the full Linux boots are the ignored tests of linux_guest.rs, and vireod's
 # with Linux guests those of linux_vms.rs (other ignored tests are ignored for a reason
 # of their own, see their #[ignore]). Both run in one nested host, one after the other.

@@ -29,6 +29,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("virtio_balloon", "elf64.ld"),
     ("kbd", "elf64.ld"),
     ("boot_timer", "elf64.ld"),
+    ("idle", "elf64.ld"),
     ("cpuid", "elf64.ld"),
 ];
 

@@ -2,8 +2,9 @@
 //! `httparse`, the body by `Content-Length`), and a response into bytes.
 //!
 //! Only what the API needs: no chunked bodies, no pipelining limits beyond the buffer,
-//! keep-alive unless the client says `Connection: close` (or speaks HTTP/1.0 without
-//! keep-alive). Every malformed input is a 400 response, never a panic.
+//! keep-alive unless the client says `Connection: close`, HTTP/1.0 included (as Firecracker's
+//! server: clients written against it send several HTTP/1.0 requests on one connection).
+//! Every malformed input is a 400 response, never a panic.
 
 /// Most header lines a request may have.
 const MAX_HEADERS: usize = 32;
@@ -67,10 +68,11 @@ pub fn parse(buf: &[u8], body_limit: usize) -> Parsed {
     }
     let method = req.method.unwrap_or_default().to_string();
     let target = req.path.unwrap_or_default();
-    let version = req.version.unwrap_or(1);
 
     let mut content_length: Option<usize> = None;
-    let mut keep_alive = version == 1;
+    // HTTP/1.0's default would be to close, but Firecracker keeps every connection open
+    // and its clients count on it (firecracker-rs-sdk reuses one HTTP/1.0 connection).
+    let mut keep_alive = true;
     let mut expects_continue = false;
     let mut upgrade = String::new();
     for h in req.headers.iter() {
@@ -264,7 +266,10 @@ mod tests {
         let (r, _) =
             complete(b"GET http://localhost/version HTTP/1.1\r\nConnection: close\r\n\r\n");
         assert_eq!((r.path.as_str(), r.keep_alive), ("/version", false));
+        // HTTP/1.0 stays open too, as with Firecracker, unless the client says close.
         let (r, _) = complete(b"GET / HTTP/1.0\r\n\r\n");
+        assert!(r.keep_alive);
+        let (r, _) = complete(b"GET / HTTP/1.0\r\nConnection: close\r\n\r\n");
         assert!(!r.keep_alive);
     }
 

@@ -288,11 +288,13 @@ fn responses_carry_the_data_or_the_fault() {
     let r = respond(&Ok(VmmData::InstanceInfo(InstanceInfo {
         id: "anonymous-instance".into(),
         state: "Not started".into(),
+        started: false,
         vmm_version: "0.1.0".into(),
         app_name: "Vireo".into(),
     })));
     assert_eq!(r.status, 200);
     assert!(r.body.contains(r#""state":"Not started""#));
+    assert!(r.body.contains(r#""started":false"#));
     let r = respond(&Err(ActionError::NotSupportedPostBoot));
     assert_eq!(
         (r.status, r.body.as_str()),

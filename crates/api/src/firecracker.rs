@@ -156,8 +156,10 @@ pub struct MachineConfig {
     pub vcpu_count: u32,
     /// Guest memory in MiB.
     pub mem_size_mib: u64,
-    /// Simultaneous multithreading; Vireo only has `false`.
-    #[serde(default)]
+    /// Simultaneous multithreading: two threads per core in the guest's CPU topology
+    /// (then `vcpu_count` is 1 or even). Also taken under Firecracker 0.2x's name,
+    /// `ht_enabled`, which older launchers (Kata's Go runtime) write.
+    #[serde(default, alias = "ht_enabled")]
     pub smt: bool,
     /// Firecracker's static CPU template (C3, T2, T2S, T2CL, T2A, or `"None"` to drop
     /// any template); deprecated by Firecracker. Absent from a PUT, the template set
@@ -204,8 +206,11 @@ impl MachineConfig {
                 self.mem_size_mib
             ));
         }
-        if self.smt {
-            return err("SMT is not supported by Vireo.".into());
+        if self.smt && self.vcpu_count > 1 && !self.vcpu_count.is_multiple_of(2) {
+            return err(format!(
+                "The vCPU number is invalid: {} (with SMT, 1 or an even number).",
+                self.vcpu_count
+            ));
         }
         if let Some(t) = self.cpu_template.as_deref() {
             crate::StaticCpuTemplate::parse(t).map_err(ConfigError::MachineConfig)?;
@@ -735,6 +740,11 @@ impl SnapshotLoadParams {
     }
 }
 
+/// The version of Firecracker's API Vireo serves (its swagger's), which `GET /version`
+/// and `vireo --version` give where Firecracker gives its own version: launchers check
+/// it (Kata wants at least 0.21.1).
+pub const FIRECRACKER_API_VERSION: &str = "1.17.0";
+
 /// What `GET /` returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InstanceInfo {
@@ -742,6 +752,9 @@ pub struct InstanceInfo {
     pub id: String,
     /// `Not started`, `Running` or `Paused`.
     pub state: String,
+    /// Whether the VM was started: Firecracker's field before `state` (0.2x), which
+    /// launchers built on that API (Kata's Go runtime) still poll.
+    pub started: bool,
     /// Vireo's version.
     pub vmm_version: String,
     /// `Vireo`.

@@ -33,6 +33,7 @@ impl FullVmConfig {
         let mut config = VmConfig::new(&boot.kernel_image_path);
         config.initrd = boot.initrd_path.as_ref().map(PathBuf::from);
         config.vcpus = self.machine_config.vcpu_count;
+        config.smt = self.machine_config.smt;
         config.memory_bytes = self.machine_config.mem_size_mib << 20;
         config.track_dirty_pages = self.machine_config.track_dirty_pages;
         config.huge_pages = self.machine_config.huge_pages == "2M";
@@ -115,6 +116,7 @@ impl FullVmConfig {
             initrd,
             cmdline,
             vcpus,
+            smt,
             memory_bytes,
             serial,
             serial_rate_limit,
@@ -139,6 +141,7 @@ impl FullVmConfig {
         }
         full.set_machine_config(MachineConfig {
             vcpu_count: *vcpus,
+            smt: *smt,
             mem_size_mib: memory_bytes >> 20,
             track_dirty_pages: *track_dirty_pages,
             huge_pages: if *huge_pages { "2M" } else { "None" }.into(),
@@ -146,7 +149,6 @@ impl FullVmConfig {
                 Some(CpuTemplate::Static(t)) => Some(t.name().into()),
                 _ => None,
             },
-            ..MachineConfig::default()
         })
         .map_err(|e| e.to_string())?;
         if let Some(CpuTemplate::Custom(t)) = cpu_template {

@@ -91,16 +91,26 @@ fn machine_config_limits() {
         .to_string();
     assert!(e.contains("\"None\" or \"2M\""), "{e}");
     c.set_machine_config(mc(2, 256)).unwrap();
-    let smt = MachineConfig {
+    // SMT as Firecracker has it on x86: 1 or an even number of vCPUs, two threads a core.
+    let smt = |v| MachineConfig {
         smt: true,
-        ..mc(2, 256)
+        ..mc(v, 256)
     };
-    assert!(
-        c.set_machine_config(smt)
-            .unwrap_err()
-            .to_string()
-            .contains("SMT")
-    );
+    for v in [1, 2, 4, 254] {
+        c.set_machine_config(smt(v)).unwrap();
+    }
+    let e = c.set_machine_config(smt(3)).unwrap_err().to_string();
+    assert!(e.contains("with SMT, 1 or an even number"), "{e}");
+    assert_eq!(c.machine_config.vcpu_count, 254, "refused: unchanged");
+    c.set_boot_source(BootSource {
+        kernel_image_path: "/vmlinux".into(),
+        initrd_path: None,
+        boot_args: None,
+    })
+    .unwrap();
+    assert!(c.to_vm_config().unwrap().smt, "SMT reaches the VM's config");
+    c.set_machine_config(mc(2, 256)).unwrap();
+    assert!(!c.to_vm_config().unwrap().smt);
     let tpl = |name: &str| MachineConfig {
         cpu_template: Some(name.into()),
         ..mc(2, 256)
@@ -420,6 +430,19 @@ fn full_config_round_trips_through_json() {
 }
 
 #[test]
+fn firecracker_0_2x_names_are_taken() {
+    let c: MachineConfig =
+        serde_json::from_str(r#"{"ht_enabled": false, "mem_size_mib": 256, "vcpu_count": 2}"#)
+            .unwrap();
+    assert!(!c.smt);
+    assert!(
+        serde_json::to_string(&c)
+            .unwrap()
+            .contains(r#""smt":false"#)
+    );
+}
+
+#[test]
 fn log_levels_any_case() {
     for (s, l) in [
         ("Error", LogLevel::Error),
@@ -556,6 +579,7 @@ fn every_field() -> VmConfig {
         initrd: Some("/vm/initrd.img".into()),
         cmdline: Some("console=ttyS0 root=/dev/vda rw quiet".into()),
         vcpus: 4,
+        smt: true,
         memory_bytes: 1 << 30,
         serial: SerialConfig::Socket("/run/vireo/web/console.sock".into()),
         serial_rate_limit: RateLimit {

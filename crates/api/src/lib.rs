@@ -80,6 +80,10 @@ pub struct VmConfig {
     pub cmdline: Option<String>,
     /// Number of vCPUs.
     pub vcpus: u32,
+    /// Two threads per core in the CPU topology the guest sees (Firecracker's `smt`);
+    /// `vcpus` is then 1 or even.
+    #[serde(default)]
+    pub smt: bool,
     /// Guest memory in bytes (whole 4 KiB pages).
     pub memory_bytes: u64,
     /// Serial console destination.
@@ -130,6 +134,7 @@ impl VmConfig {
             initrd: None,
             cmdline: None,
             vcpus: 1,
+            smt: false,
             memory_bytes: DEFAULT_MEMORY_BYTES,
             serial: SerialConfig::default(),
             serial_rate_limit: RateLimit::default(),

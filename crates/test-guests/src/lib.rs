@@ -185,6 +185,7 @@ pub const ALL: &[&str] = &[
     VIRTIO_BALLOON,
     KBD,
     BOOT_TIMER,
+    IDLE,
     CPUID,
 ];
 
@@ -192,6 +193,16 @@ pub const ALL: &[&str] = &[
 /// to 0xd0000000 (the boot timer of `--boot-timer`), prints
 /// [`expected::BOOT_TIMER`] and resets.
 pub const BOOT_TIMER: &str = "boot_timer";
+
+/// A guest that runs for ever without using the host's CPU, 64-bit ELF entry at
+/// 0x200000: prints [`IDLE_OUTPUT`], then halts with interrupts off (`cli; hlt`, again
+/// after each wake-up), so its vCPU sleeps in KVM until the VMM kicks it (pause,
+/// snapshot, stop). Never resets. For the published Firecracker clients' tests
+/// (`scripts/fc-clients.sh`), which keep several VMs up at once.
+pub const IDLE: &str = "idle";
+
+/// All the serial output of [`IDLE`] (it never stops, so it has no [`expected`] entry).
+pub const IDLE_OUTPUT: &str = "idle\n";
 
 /// What CPUID and an MSR tell the guest (for CPU templates), 64-bit ELF entry at
 /// 0x200000: runs CPUID leaf 1 and leaf 7 subleaf 0 and reads IA32_PAT (MSR 0x277), and

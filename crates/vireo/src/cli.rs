@@ -6,12 +6,21 @@ use std::path::PathBuf;
 use api::{BalloonConfig, DiskConfig, NetConfig, SerialConfig, VmConfig, VsockConfig, parse_size};
 use clap::{Args, Parser, Subcommand};
 
+/// `vireo --version`: first the version of Firecracker's API Vireo serves, where
+/// Firecracker prints its own (`Firecracker v1.17.0`; launchers such as Kata parse that
+/// word), then Vireo's own version.
+pub const VERSION: &str = concat!(
+    "v1.17.0 (the Firecracker API it serves; Vireo ",
+    env!("CARGO_PKG_VERSION"),
+    ")"
+);
+
 /// Vireo: a KVM virtual machine monitor. One process runs one VM.
 ///
 /// Without a subcommand Vireo is a drop-in for Firecracker: it serves Firecracker's API on
 /// --api-sock (default /run/firecracker.socket) and takes Firecracker's flags.
 #[derive(Parser, Debug)]
-#[command(name = "vireo", version, about, propagate_version = true)]
+#[command(name = "vireo", version = VERSION, about, propagate_version = true)]
 pub struct Cli {
     /// Log level: off, error, warn (Warning), info, debug or trace, any case [default:
     /// warn on stderr, info with --log-path].
@@ -316,6 +325,7 @@ impl RunArgs {
             initrd: self.initrd,
             cmdline: self.cmdline,
             vcpus: self.cpus,
+            smt: false,
             memory_bytes,
             serial: self.serial,
             serial_rate_limit: api::RateLimit::default(),

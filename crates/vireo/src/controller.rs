@@ -203,10 +203,13 @@ impl Controller {
             A::GetInstanceInfo => Ok(VmmData::InstanceInfo(InstanceInfo {
                 id: self.id.clone(),
                 state: self.state().into(),
+                started: self.vmm.is_some(),
                 vmm_version: env!("CARGO_PKG_VERSION").into(),
                 app_name: "Vireo".into(),
             })),
-            A::GetVersion => Ok(VmmData::Version(env!("CARGO_PKG_VERSION").into())),
+            A::GetVersion => Ok(VmmData::Version(
+                api::firecracker::FIRECRACKER_API_VERSION.into(),
+            )),
             A::GetFullVmConfig => Ok(VmmData::FullVmConfig(Box::new(self.config.clone()))),
             A::GetMachineConfig => Ok(VmmData::MachineConfig(self.config.machine_config.clone())),
             A::GetBalloon => self.balloon_config().map(VmmData::Balloon),

@@ -150,8 +150,21 @@ fn version_and_help() {
     assert_eq!(out.code(), Some(0));
     assert_eq!(
         out.stdout.trim(),
-        format!("vireo {}", env!("CARGO_PKG_VERSION"))
+        format!(
+            "vireo v{} (the Firecracker API it serves; Vireo {})",
+            api::firecracker::FIRECRACKER_API_VERSION,
+            env!("CARGO_PKG_VERSION")
+        )
     );
+    // As Kata parses Firecracker's: the second word, without its v, a version of at
+    // least 0.21.1.
+    let word = out.stdout.split_whitespace().nth(1).unwrap();
+    let parts: Vec<u32> = word
+        .trim_start_matches('v')
+        .split('.')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(parts >= vec![0, 21, 1], "{word}");
     let out = run(&["run", "--help"]);
     assert_eq!(out.code(), Some(0));
     for option in [

@@ -125,6 +125,39 @@ fn one_two_and_four_vcpus_come_online_with_synchronised_tscs() {
     }
 }
 
+/// Firecracker's `smt` through the API: without it each of 4 vCPUs is a core of its own,
+/// with it Linux (parsing CPUID's topology leaves itself) pairs them, two threads a core.
+#[test]
+#[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]
+fn smt_gives_linux_two_threads_per_core() {
+    require_complete_kvm();
+    let dir = TempDir::new("l4-smt");
+    for (smt, siblings_of_3, core_of_3) in [(false, "3", "3"), (true, "2-3", "1")] {
+        let (mut vm, mut api) = ApiVm::start(&dir, Some(&format!("smt-{smt}")));
+        api.boot(
+            &Spec {
+                cpus: 4,
+                ..Spec::shell("vmlinux")
+            },
+            &[("PATCH", "/machine-config", format!(r#"{{"smt": {smt}}}"#))],
+        );
+        vm.wait_shell();
+        let topology =
+            |cpu: u32, file: &str| format!("cat /sys/devices/system/cpu/cpu{cpu}/topology/{file}");
+        assert_eq!(vm.sh("cat /sys/devices/system/cpu/online"), "0-3");
+        assert_eq!(
+            vm.sh(&topology(3, "thread_siblings_list")),
+            siblings_of_3,
+            "smt {smt}"
+        );
+        assert_eq!(vm.sh(&topology(3, "core_id")), core_of_3, "smt {smt}");
+        if smt {
+            assert_eq!(vm.sh(&topology(0, "thread_siblings_list")), "0-1");
+        }
+        assert_eq!(vm.poweroff(), Some(0));
+    }
+}
+
 /// From 128 MiB to 2 GiB, the guest sees the memory it was given.
 #[test]
 #[ignore = "layer 4: needs a complete KVM; scripts/test.sh runs it directly or in the nested host"]

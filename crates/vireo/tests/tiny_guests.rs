@@ -164,6 +164,50 @@ fn sigterm_and_sigint_stop_a_running_guest_cleanly() {
     }
 }
 
+/// The idle guest halts with interrupts off: its vCPU thread sleeps in KVM (state S, not
+/// running) and SIGTERM still stops the VM at once, waking the halted vCPU.
+#[test]
+fn a_halted_guest_sleeps_in_kvm_and_stops_on_sigterm() {
+    let kernel = test_guests::path(test_guests::IDLE);
+    let child = vireo(&["run", "--kernel", kernel.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let vcpu0 = || {
+        std::fs::read_dir(format!("/proc/{}/task", child.id()))
+            .ok()?
+            .filter_map(Result::ok)
+            .find(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "vcpu0")
+            })
+            .map(|t| t.path().join("stat"))
+    };
+    // The state is the field after the parenthesised name.
+    let state = |stat: &std::path::Path| {
+        let text = std::fs::read_to_string(stat).unwrap_or_default();
+        text.rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+    };
+    let start = std::time::Instant::now();
+    let mut states = Vec::new();
+    while states.len() < 20 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(25));
+        if let Some(s) = vcpu0().as_deref().and_then(state) {
+            states.push(s);
+        }
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let run = finish(child, Duration::from_secs(5));
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout, test_guests::IDLE_OUTPUT, "{}", run.stderr);
+    // The first samples may fall before the guest halted (while it prints).
+    assert!(states.len() >= 20, "vcpu0 seen {} times", states.len());
+    assert!(
+        states[10..].iter().all(|&s| s == 'S'),
+        "vcpu0 states: {states:?}"
+    );
+}
+
 #[test]
 fn threads_are_named_and_a_guest_above_4gib_boots() {
     // 5 GiB: RAM below the MMIO hole and again from 4 GiB; reserved lazily, so cheap.

@@ -334,6 +334,13 @@ pub fn build_and_boot_with(config: &VmConfig, mmds: &mmds::Service) -> Result<Vm
         supported_cpuid: &vcpu_cpuid,
         msr_modifiers: &msr_modifiers,
         cpu_count: config.vcpus,
+        // SMT pairs vCPUs into cores; the API refuses it with an odd count above one, and
+        // one vCPU is one thread either way.
+        threads_per_core: if config.smt && config.vcpus.is_multiple_of(2) {
+            2
+        } else {
+            1
+        },
         tsc_deadline: kvm.kvm().check_extension(Cap::TscDeadlineTimer),
         mode: kernel.mode,
         entry: vm_memory::Address::raw_value(&kernel.entry),

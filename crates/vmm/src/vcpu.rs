@@ -161,6 +161,8 @@ pub struct BootState<'a> {
     pub msr_modifiers: &'a [api::cpu_template::MsrModifier],
     /// Number of vCPUs.
     pub cpu_count: u32,
+    /// Threads per core in the guest's CPU topology: 1, or 2 with SMT.
+    pub threads_per_core: u32,
     /// Whether KVM has the TSC deadline timer.
     pub tsc_deadline: bool,
     /// Entry mode.
@@ -198,6 +200,7 @@ impl Vcpu {
             VcpuTopology {
                 cpu_index: index,
                 cpu_count: boot.cpu_count,
+                threads_per_core: boot.threads_per_core,
                 tsc_deadline: boot.tsc_deadline,
             },
         );

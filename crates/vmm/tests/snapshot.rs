@@ -13,7 +13,7 @@ use api::{SerialConfig, VmConfig};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::snapshot::format::FormatError;
 use vmm::snapshot::memory::same_contents;
-use vmm::snapshot_vm::{RestoreOptions, SnapshotError, SnapshotKind, restore};
+use vmm::snapshot_vm::{RestoreOptions, SnapshotError, SnapshotKind, VmSnapshot, restore};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vireo-vmm-snapshot-{}", std::process::id()));
@@ -370,5 +370,45 @@ fn a_diff_snapshot_holds_what_a_virtio_disk_wrote_into_guest_memory() {
     restored.shutdown();
     for f in [&state_full, &state_diff, &mem, &image, &console] {
         let _ = std::fs::remove_file(f);
+    }
+}
+
+/// Firecracker's `smt`: each vCPU's CPUID, as KVM holds it (read back into the snapshot),
+/// describes two threads per core with it and one without.
+#[test]
+fn smt_gives_the_vcpus_a_topology_of_two_threads_per_core() {
+    for (smt, threads) in [(false, 1), (true, 2)] {
+        let mut config = VmConfig::new(test_guests::path(test_guests::COUNT));
+        config.memory_bytes = 16 << 20;
+        config.vcpus = 2;
+        config.smt = smt;
+        config.serial = SerialConfig::None;
+        let mut vm = vmm::builder::build_and_boot(&config).expect("boot the count guest");
+        vm.pause().unwrap();
+        let state = scratch(&format!("state-smt-{smt}"));
+        let mem = scratch(&format!("mem-smt-{smt}"));
+        vm.snapshot(SnapshotKind::Full, &state, &mem).unwrap();
+        vm.shutdown();
+        let snapshot: VmSnapshot = vmm::snapshot::format::read_file(&state).unwrap();
+        assert_eq!(snapshot.vcpus.len(), 2);
+        for (index, vcpu) in (0u32..).zip(&snapshot.vcpus) {
+            let leaf = |function, index| {
+                vcpu.cpuid
+                    .iter()
+                    .find(|e| e.function == function && e.index == index)
+            };
+            // Intel's topology leaf, or AMD's, whichever the host's KVM has.
+            let seen = match (leaf(0xb, 0), leaf(0x8000_001e, 0)) {
+                (Some(l), _) => {
+                    assert_eq!(l.edx, index, "x2APIC id");
+                    l.ebx & 0xffff
+                }
+                (None, Some(l)) => ((l.ebx >> 8) & 0xff) + 1,
+                (None, None) => panic!("KVM reports neither CPUID leaf 0xb nor 0x8000_001e"),
+            };
+            assert_eq!(seen, threads, "vCPU {index}, smt {smt}");
+        }
+        let _ = std::fs::remove_file(&state);
+        let _ = std::fs::remove_file(&mem);
     }
 }

@@ -1,8 +1,9 @@
 //! CPUID as each vCPU sees it: KVM's supported set, normalised per vCPU.
 //!
 //! KVM reports what the host can virtualise; the VMM must still say who this vCPU is (APIC
-//! id), how the vCPUs are arranged (one thread per core, all cores in one package), that a
-//! hypervisor is present, and keep cache leaves consistent with that topology.
+//! id), how the vCPUs are arranged (one or two threads per core, as Firecracker's `smt`
+//! says, all cores in one package), that a hypervisor is present, and keep cache leaves
+//! consistent with that topology.
 
 use kvm_bindings::{KVM_CPUID_FLAG_SIGNIFCANT_INDEX, kvm_cpuid_entry2};
 
@@ -13,6 +14,8 @@ const LEAF_POWER: u32 = 0x6;
 const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 const LEAF_HYPERVISOR: u32 = 0x4000_0000;
+const LEAF_EXT_MAX: u32 = 0x8000_0000;
+const LEAF_EXT_FEATURES: u32 = 0x8000_0001;
 const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 const LEAF_CACHE_AMD: u32 = 0x8000_001d;
 const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
@@ -23,6 +26,8 @@ const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 /// Leaf 1 EDX: the package has more than one logical processor.
 const EDX_HTT: u32 = 1 << 28;
+/// Leaf 0x8000_0001 ECX: AMD's topology extensions (leaves 0x8000_001d and 0x8000_001e).
+const ECX_TOPOEXT: u32 = 1 << 22;
 /// Leaf 6 EAX: turbo boost; leaf 6 ECX: energy-performance bias. Neither is the guest's.
 const EAX_TURBO: u32 = 1 << 1;
 const ECX_EPB: u32 = 1 << 3;
@@ -48,8 +53,11 @@ pub enum Vendor {
 pub struct VcpuTopology {
     /// This vCPU's index, which is also its APIC id.
     pub cpu_index: u32,
-    /// How many vCPUs the VM has (all cores of one package, one thread each).
+    /// How many vCPUs the VM has (all in one package).
     pub cpu_count: u32,
+    /// Threads per core: 1, or 2 with SMT (then `cpu_count` is even, or 1); APIC id bit 0
+    /// is then the thread, the bits above it the core.
+    pub threads_per_core: u32,
     /// Whether KVM emulates the TSC deadline timer.
     pub tsc_deadline: bool,
 }
@@ -76,6 +84,28 @@ pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, topo: VcpuTopology) {
     let vendor = vendor(entries);
     let apic_id = topo.cpu_index;
     let count = topo.cpu_count.max(1);
+    let threads = topo.threads_per_core.clamp(1, count);
+    let cores = count.div_ceil(threads);
+
+    // Linux takes an AMD CPU's threads per core from leaf 0x8000_001e, and only when the
+    // topology extensions bit says the leaf is there. A host whose KVM lacks them (an
+    // emulated CPU, such as the nested test host's) gets both with SMT, as Firecracker
+    // gives them to every AMD guest; the loop below fills the leaf in.
+    if vendor == Vendor::Amd && threads > 1 {
+        if !entries.iter().any(|e| e.function == LEAF_AMD_TOPOLOGY) {
+            entries.push(kvm_cpuid_entry2 {
+                function: LEAF_AMD_TOPOLOGY,
+                ..Default::default()
+            });
+        }
+        for entry in entries.iter_mut() {
+            match entry.function {
+                LEAF_EXT_MAX => entry.eax = entry.eax.max(LEAF_AMD_TOPOLOGY),
+                LEAF_EXT_FEATURES => entry.ecx |= ECX_TOPOEXT,
+                _ => {}
+            }
+        }
+    }
 
     for entry in entries.iter_mut() {
         match entry.function {
@@ -97,12 +127,12 @@ pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, topo: VcpuTopology) {
                 }
             }
             LEAF_CACHE_INTEL if vendor == Vendor::Intel => {
-                cache_sharing(entry, count);
+                cache_sharing(entry, count, threads);
                 // EAX[31:26]: addressable core ids in the package, minus one.
-                let cores = (1u32 << id_bits(count)).min(64);
-                entry.eax = (entry.eax & 0x03ff_ffff) | ((cores - 1) << 26);
+                let core_ids = (1u32 << id_bits(cores)).min(64);
+                entry.eax = (entry.eax & 0x03ff_ffff) | ((core_ids - 1) << 26);
             }
-            LEAF_CACHE_AMD if vendor == Vendor::Amd => cache_sharing(entry, count),
+            LEAF_CACHE_AMD if vendor == Vendor::Amd => cache_sharing(entry, count, threads),
             LEAF_POWER => {
                 entry.eax &= !EAX_TURBO;
                 entry.ecx &= !ECX_EPB;
@@ -113,7 +143,8 @@ pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, topo: VcpuTopology) {
             }
             LEAF_AMD_TOPOLOGY if vendor == Vendor::Amd => {
                 entry.eax = apic_id; // Extended APIC id.
-                entry.ebx = apic_id & 0xff; // Core id; threads per core - 1 = 0.
+                // EBX[15:8]: threads per core - 1; [7:0]: core id.
+                entry.ebx = ((threads - 1) << 8) | ((apic_id / threads) & 0xff);
                 entry.ecx = 0; // Node 0, one node per package.
             }
             _ => {}
@@ -124,7 +155,8 @@ pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, topo: VcpuTopology) {
         // Only rewrite the topology leaves the host's KVM reports at all.
         if entries.iter().any(|e| e.function == leaf) {
             entries.retain(|e| e.function != leaf);
-            entries.extend((0..3).map(|index| topology_entry(leaf, index, apic_id, count)));
+            entries
+                .extend((0..3).map(|index| topology_entry(leaf, index, apic_id, count, threads)));
         }
     }
 
@@ -142,19 +174,32 @@ pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, topo: VcpuTopology) {
 }
 
 /// Cache leaves 4 and 0x8000_001d, EAX bits 25..14: logical processors sharing this cache minus
-/// one. Level 1 and 2 caches are per core (one thread each); the last level is shared by all.
-fn cache_sharing(entry: &mut kvm_cpuid_entry2, count: u32) {
+/// one. Level 1 and 2 caches are per core (its threads share them); the last level is shared
+/// by all.
+fn cache_sharing(entry: &mut kvm_cpuid_entry2, count: u32, threads: u32) {
     let level = (entry.eax >> 5) & 0x7;
-    let sharing = if level >= 3 { count } else { 1 };
+    let sharing = if level >= 3 { count } else { threads };
     entry.eax = (entry.eax & !(0xfff << 14)) | (((sharing - 1) & 0xfff) << 14);
 }
 
-/// Leaf 0xb/0x1f sub-leaf `index`: SMT level (one thread), core level (all vCPUs), then the
-/// invalid level that ends the list; EDX is always the x2APIC id.
-fn topology_entry(function: u32, index: u32, apic_id: u32, count: u32) -> kvm_cpuid_entry2 {
+/// Leaf 0xb/0x1f sub-leaf `index`: SMT level (the threads of a core), core level (all vCPUs),
+/// then the invalid level that ends the list; EAX is the APIC id shift to the next level, EDX
+/// always the x2APIC id.
+fn topology_entry(
+    function: u32,
+    index: u32,
+    apic_id: u32,
+    count: u32,
+    threads: u32,
+) -> kvm_cpuid_entry2 {
+    let thread_bits = id_bits(threads);
     let (eax, ebx, level) = match index {
-        0 => (0, 1, LEVEL_SMT),
-        1 => (id_bits(count), count, LEVEL_CORE),
+        0 => (thread_bits, threads, LEVEL_SMT),
+        1 => (
+            thread_bits + id_bits(count.div_ceil(threads)),
+            count,
+            LEVEL_CORE,
+        ),
         _ => (0, 0, 0),
     };
     kvm_cpuid_entry2 {
@@ -214,6 +259,7 @@ mod tests {
                 cpu_index: 2,
                 cpu_count: 3,
                 tsc_deadline: true,
+                threads_per_core: 1,
             },
         );
         let l1 = find(&entries, 1, 0);
@@ -235,6 +281,7 @@ mod tests {
                 cpu_index: 0,
                 cpu_count: 1,
                 tsc_deadline: false,
+                threads_per_core: 1,
             },
         );
         let l1 = find(&entries, 1, 0);
@@ -252,6 +299,7 @@ mod tests {
                 cpu_index: 5,
                 cpu_count: 6,
                 tsc_deadline: false,
+                threads_per_core: 1,
             },
         );
         let smt = find(&entries, 0xb, 0);
@@ -269,6 +317,96 @@ mod tests {
         assert!(entries.iter().all(|e| e.function != 0x1f));
     }
 
+    /// Firecracker's `smt`: two threads per core; APIC id bit 0 is the thread.
+    #[test]
+    fn smt_puts_two_threads_in_each_core() {
+        let mut entries = intel_host();
+        normalize(
+            &mut entries,
+            VcpuTopology {
+                cpu_index: 3,
+                cpu_count: 4,
+                tsc_deadline: false,
+                threads_per_core: 2,
+            },
+        );
+        let smt = find(&entries, 0xb, 0);
+        let core = find(&entries, 0xb, 1);
+        assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (1, 2, 0x100, 3));
+        assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 4, 0x201, 3));
+        let l1d = find(&entries, 4, 0);
+        let l3 = find(&entries, 4, 3);
+        assert_eq!(
+            (l1d.eax >> 14) & 0xfff,
+            1,
+            "L1 shared by a core's 2 threads"
+        );
+        assert_eq!((l3.eax >> 14) & 0xfff, 3, "L3 shared by all 4");
+        assert_eq!(l3.eax >> 26, 1, "2 core ids");
+
+        // One vCPU with SMT is one thread (Firecracker allows 1 or an even count).
+        let mut entries = intel_host();
+        normalize(
+            &mut entries,
+            VcpuTopology {
+                cpu_index: 0,
+                cpu_count: 1,
+                tsc_deadline: false,
+                threads_per_core: 2,
+            },
+        );
+        assert_eq!(find(&entries, 0xb, 0).ebx, 1);
+
+        let mut entries = vec![
+            leaf(0, 0, [0x10, 0x6874_7541, 0x444d_4163, 0x6974_6e65]),
+            leaf(0x8000_001d, 0, [0x121, 0, 0, 0]),
+            leaf(0x8000_001e, 0, [9, 0x105, 3, 0]),
+        ];
+        normalize(
+            &mut entries,
+            VcpuTopology {
+                cpu_index: 3,
+                cpu_count: 4,
+                tsc_deadline: false,
+                threads_per_core: 2,
+            },
+        );
+        let topo = find(&entries, 0x8000_001e, 0);
+        assert_eq!((topo.eax, topo.ebx), (3, 0x101), "thread 1 of core 1");
+        assert_eq!((find(&entries, 0x8000_001d, 0).eax >> 14) & 0xfff, 1);
+    }
+
+    /// An AMD host whose KVM has no topology extensions (an emulated CPU): with SMT the
+    /// guest gets them, with leaf 0x8000_001e; without SMT nothing changes.
+    #[test]
+    fn smt_on_amd_without_topology_extensions_adds_them() {
+        let host = || {
+            vec![
+                leaf(0, 0, [0x10, 0x6874_7541, 0x444d_4163, 0x6974_6e65]),
+                leaf(0x8000_0000, 0, [0x8000_0008, 0, 0, 0]),
+                leaf(0x8000_0001, 0, [0, 0, 0x1, 0]),
+            ]
+        };
+        let topo = |threads_per_core| VcpuTopology {
+            cpu_index: 2,
+            cpu_count: 4,
+            tsc_deadline: false,
+            threads_per_core,
+        };
+        let mut entries = host();
+        normalize(&mut entries, topo(2));
+        assert_eq!(find(&entries, 0x8000_0001, 0).ecx, 0x1 | ECX_TOPOEXT);
+        assert_eq!(find(&entries, 0x8000_0000, 0).eax, 0x8000_001e);
+        let t = find(&entries, 0x8000_001e, 0);
+        assert_eq!((t.eax, t.ebx, t.ecx), (2, 0x101, 0), "thread 0 of core 1");
+
+        let mut entries = host();
+        normalize(&mut entries, topo(1));
+        assert_eq!(find(&entries, 0x8000_0001, 0).ecx, 0x1);
+        assert_eq!(find(&entries, 0x8000_0000, 0).eax, 0x8000_0008);
+        assert!(entries.iter().all(|e| e.function != 0x8000_001e));
+    }
+
     #[test]
     fn cache_leaves_follow_the_topology() {
         let mut entries = intel_host();
@@ -278,6 +416,7 @@ mod tests {
                 cpu_index: 0,
                 cpu_count: 4,
                 tsc_deadline: false,
+                threads_per_core: 1,
             },
         );
         let l1d = find(&entries, 4, 0);
@@ -297,6 +436,7 @@ mod tests {
                 cpu_index: 0,
                 cpu_count: 1,
                 tsc_deadline: false,
+                threads_per_core: 1,
             },
         );
         let l6 = find(&entries, 6, 0);
@@ -319,6 +459,7 @@ mod tests {
                 cpu_index: 0,
                 cpu_count: 1,
                 tsc_deadline: false,
+                threads_per_core: 1,
             },
         );
         assert_eq!(find(&entries, 0x4000_0000, 0).ebx, KVM_SIGNATURE[0]);
@@ -340,6 +481,7 @@ mod tests {
                 cpu_index: 3,
                 cpu_count: 4,
                 tsc_deadline: false,
+                threads_per_core: 1,
             },
         );
         let sizes = find(&entries, 0x8000_0008, 0);
@@ -365,6 +507,7 @@ mod tests {
                     cpu_index: 1,
                     cpu_count: 2,
                     tsc_deadline: true,
+                    threads_per_core: 1,
                 },
             );
             assert_eq!(find(&entries, 0x8000_0007, 0).edx, edx);
