@@ -18,6 +18,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/machine-config"),
     ("PUT", "/machine-config"),
     ("PATCH", "/machine-config"),
+    ("PUT", "/cpu-config"),
     ("PUT", "/boot-source"),
     ("PUT", "/drives/{drive_id}"),
     ("PATCH", "/drives/{drive_id}"),
@@ -113,7 +114,7 @@ pub fn route(method: &str, path: &str, body: Option<&[u8]>) -> Result<VmmAction,
                 (method, first, rest),
                 (
                     "PUT",
-                    "machine-config" | "boot-source" | "vsock" | "entropy",
+                    "machine-config" | "cpu-config" | "boot-source" | "vsock" | "entropy",
                     []
                 ) | (
                     "PUT",
@@ -153,6 +154,7 @@ fn body_action(
             }
             VmmAction::PatchMachineConfig(update)
         }
+        ("PUT", "cpu-config") => VmmAction::PutCpuConfig(body_json(body)?),
         ("PUT", "boot-source") => VmmAction::PutBootSource(body_json(body)?),
         ("PUT", "vsock") => VmmAction::PutVsock(body_json(body)?),
         ("PUT", "entropy") => VmmAction::PutEntropy(body_json(body)?),

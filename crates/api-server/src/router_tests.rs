@@ -38,6 +38,11 @@ fn each_route_with_a_valid_body() {
         ok("PUT", "/boot-source", Some(r#"{"kernel_image_path":"/k"}"#)),
         VmmAction::PutBootSource(_)
     ));
+    let template = r#"{"kvm_capabilities":["!56"],"cpuid_modifiers":[{"leaf":"0x1","subleaf":"0x0","flags":0,"modifiers":[{"register":"ecx","bitmap":"0bx0xxxx"}]}]}"#;
+    assert!(matches!(
+        ok("PUT", "/cpu-config", Some(template)),
+        VmmAction::PutCpuConfig(t) if t.cpuid_modifiers[0].modifiers[0].bitmap.mask == 1 << 4
+    ));
     let drive = r#"{"drive_id":"root","path_on_host":"/r","is_root_device":true}"#;
     assert!(matches!(
         ok("PUT", "/drives/root", Some(drive)),
@@ -257,6 +262,14 @@ fn firecracker_errors_for_what_does_not_fit() {
         ("/actions", r#"{"action_type":"Reboot"}"#),
         ("/boot-source", "[]"),
         ("/entropy", "\u{0}"),
+        (
+            "/cpu-config",
+            r#"{"msr_modifiers":[{"addr":"0x10a","bitmap":"0b012"}]}"#,
+        ),
+        (
+            "/cpu-config",
+            r#"{"cpuid_modifiers":[{"leaf":"1","subleaf":"0","modifiers":[]}]}"#,
+        ),
     ] {
         let e = err("PUT", path, Some(body));
         assert!(
@@ -324,7 +337,6 @@ fn openapi_document_matches_the_router() {
     );
 
     let not_served = [
-        "/cpu-config",
         "/pmem/x",
         "/hotplug/memory",
         "/balloon/hinting/start",

@@ -25,6 +25,8 @@ pub enum VmmAction {
     PutMachineConfig(MachineConfig),
     /// `PATCH /machine-config`.
     PatchMachineConfig(MachineConfigUpdate),
+    /// `PUT /cpu-config`.
+    PutCpuConfig(crate::CustomCpuTemplate),
     /// `PUT /boot-source`.
     PutBootSource(BootSource),
     /// `PUT /drives/{id}`.

@@ -61,6 +61,9 @@ pub enum ConfigError {
     /// `snapshot/load` parameters.
     #[error("Load snapshot error: {0}")]
     Snapshot(String),
+    /// `cpu-config`: a custom CPU template.
+    #[error("CPU config error: {0}")]
+    CpuConfig(String),
     /// InstanceStart without a boot source.
     #[error("Start microvm error: Cannot start microvm without kernel configuration.")]
     MissingKernel,
@@ -158,7 +161,9 @@ pub struct MachineConfig {
     /// `ht_enabled`, which older launchers (Kata's Go runtime) write.
     #[serde(default, alias = "ht_enabled")]
     pub smt: bool,
-    /// Firecracker CPU template; Vireo only has none (`"None"`).
+    /// Firecracker's static CPU template (C3, T2, T2S, T2CL, T2A, or `"None"` to drop
+    /// any template); deprecated by Firecracker. Absent from a PUT, the template set
+    /// before is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_template: Option<String>,
     /// Dirty page tracking, for diff snapshots.
@@ -207,8 +212,8 @@ impl MachineConfig {
                 self.vcpu_count
             ));
         }
-        if let Some(t) = self.cpu_template.as_deref().filter(|t| *t != "None") {
-            return err(format!("CPU template '{t}' is not supported by Vireo."));
+        if let Some(t) = self.cpu_template.as_deref() {
+            crate::StaticCpuTemplate::parse(t).map_err(ConfigError::MachineConfig)?;
         }
         match self.huge_pages.as_str() {
             "None" => {}
@@ -795,16 +800,14 @@ pub struct FullVmConfig {
     /// Serial console.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialDevice>,
-    /// Firecracker's sections that Vireo does not implement yet, taken so that its config
-    /// files parse and refused by name when they ask for anything (`null`, `{}` and `[]`
-    /// ask for nothing; [`FullVmConfig::unsupported_sections`]): `cpu-config`, a custom
-    /// CPU template, `memory-hotplug` and `pmem`.
+    /// `cpu-config`: a custom CPU template (`PUT /cpu-config`). Firecracker leaves it
+    /// out of `GET /vm/config`; Vireo shows it, so that the file boots the same VM.
     #[serde(
         rename = "cpu-config",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub cpu_config: Option<serde_json::Value>,
+    pub cpu_config: Option<crate::CustomCpuTemplate>,
     /// `mmds-config`: the metadata service (`PUT /mmds/config`).
     #[serde(
         rename = "mmds-config",
@@ -812,7 +815,10 @@ pub struct FullVmConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub mmds_config: Option<crate::MmdsConfig>,
-    /// `memory-hotplug`: virtio-mem.
+    /// Firecracker's sections that Vireo does not implement yet, taken so that its config
+    /// files parse and refused by name when they ask for anything (`null`, `{}` and `[]`
+    /// ask for nothing; [`FullVmConfig::unsupported_sections`]): `memory-hotplug` and
+    /// `pmem`. `memory-hotplug`: virtio-mem.
     #[serde(
         rename = "memory-hotplug",
         default,
@@ -858,6 +864,10 @@ impl FullVmConfig {
         self.unsupported_sections()?;
         let mut fresh = Self::default();
         fresh.set_machine_config(self.machine_config.clone())?;
+        // After the machine config: as in Firecracker, the custom template wins.
+        if let Some(t) = &self.cpu_config {
+            fresh.set_cpu_config(t.clone())?;
+        }
         if let Some(b) = &self.boot_source {
             fresh.set_boot_source(b.clone())?;
         }
@@ -890,8 +900,7 @@ impl FullVmConfig {
     /// The first of Firecracker's sections Vireo lacks that asks for something, as an
     /// error naming it.
     pub fn unsupported_sections(&self) -> Result<(), ConfigError> {
-        // An object asks for something when one of its fields does: a CPU template with
-        // empty modifier lists changes nothing.
+        // An object asks for something when one of its fields does.
         fn asks(v: &serde_json::Value) -> bool {
             match v {
                 serde_json::Value::Null => false,
@@ -901,7 +910,6 @@ impl FullVmConfig {
             }
         }
         for (section, value, what) in [
-            ("cpu-config", &self.cpu_config, "custom CPU templates"),
             (
                 "memory-hotplug",
                 &self.memory_hotplug,
@@ -936,11 +944,34 @@ impl FullVmConfig {
         Ok(())
     }
 
-    /// `PUT /machine-config`.
-    pub fn set_machine_config(&mut self, config: MachineConfig) -> Result<(), ConfigError> {
+    /// `PUT /machine-config`. A CPU template given replaces the one set before, custom
+    /// or static (`"None"` drops it); none given keeps it, as in Firecracker.
+    pub fn set_machine_config(&mut self, mut config: MachineConfig) -> Result<(), ConfigError> {
         config.validate()?;
         self.check_balloon_fits(self.balloon.as_ref(), config.mem_size_mib)?;
+        match config.cpu_template.as_deref() {
+            None => config.cpu_template = self.machine_config.cpu_template.take(),
+            Some(name) => {
+                if name == "None" {
+                    config.cpu_template = None;
+                }
+                self.cpu_config = None;
+            }
+        }
         self.machine_config = config;
+        Ok(())
+    }
+
+    /// `PUT /cpu-config`: a custom CPU template, which replaces any template set before
+    /// (a static one included). Its form is checked here; whether the host's KVM has
+    /// what it changes, at InstanceStart.
+    pub fn set_cpu_config(
+        &mut self,
+        template: crate::CustomCpuTemplate,
+    ) -> Result<(), ConfigError> {
+        template.validate().map_err(ConfigError::CpuConfig)?;
+        self.cpu_config = Some(template.normalized());
+        self.machine_config.cpu_template = None;
         Ok(())
     }
 

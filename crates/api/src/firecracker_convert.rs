@@ -15,8 +15,8 @@ use super::{
     SerialDevice, TokenBucket, Vsock, too_many_devices,
 };
 use crate::{
-    BalloonConfig, DISK_SERIAL_MAX, DiskConfig, DiskFormat, IoEngine, NetConfig, RateLimit,
-    SerialConfig, VmConfig, VsockConfig, parse_mac,
+    BalloonConfig, CpuTemplate, DISK_SERIAL_MAX, DiskConfig, DiskFormat, IoEngine, NetConfig,
+    RateLimit, SerialConfig, StaticCpuTemplate, VmConfig, VsockConfig, parse_mac,
 };
 
 impl FullVmConfig {
@@ -89,6 +89,13 @@ impl FullVmConfig {
             free_page_reporting: b.free_page_reporting,
         });
         config.mmds = self.mmds_config.clone();
+        config.cpu_template = match (&self.cpu_config, &self.machine_config.cpu_template) {
+            (Some(custom), _) => Some(CpuTemplate::Custom(custom.clone())),
+            (None, Some(name)) => StaticCpuTemplate::parse(name)
+                .map_err(ConfigError::MachineConfig)?
+                .map(CpuTemplate::Static),
+            (None, None) => None,
+        };
         Ok(config)
     }
 
@@ -124,6 +131,7 @@ impl FullVmConfig {
             boot_timer: _,
             huge_pages,
             mmds,
+            cpu_template,
         } = config;
         let mut full = FullVmConfig::default();
         if !memory_bytes.is_multiple_of(1 << 20) {
@@ -137,9 +145,15 @@ impl FullVmConfig {
             mem_size_mib: memory_bytes >> 20,
             track_dirty_pages: *track_dirty_pages,
             huge_pages: if *huge_pages { "2M" } else { "None" }.into(),
-            ..MachineConfig::default()
+            cpu_template: match cpu_template {
+                Some(CpuTemplate::Static(t)) => Some(t.name().into()),
+                _ => None,
+            },
         })
         .map_err(|e| e.to_string())?;
+        if let Some(CpuTemplate::Custom(t)) = cpu_template {
+            full.set_cpu_config(t.clone()).map_err(|e| e.to_string())?;
+        }
         full.set_boot_source(BootSource {
             kernel_image_path: utf8(kernel, "kernel")?,
             initrd_path: initrd.as_deref().map(|p| utf8(p, "initrd")).transpose()?,

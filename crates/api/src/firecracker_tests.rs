@@ -111,16 +111,20 @@ fn machine_config_limits() {
     assert!(c.to_vm_config().unwrap().smt, "SMT reaches the VM's config");
     c.set_machine_config(mc(2, 256)).unwrap();
     assert!(!c.to_vm_config().unwrap().smt);
-    let tpl = MachineConfig {
-        cpu_template: Some("None".into()),
+    let tpl = |name: &str| MachineConfig {
+        cpu_template: Some(name.into()),
         ..mc(2, 256)
     };
-    assert!(c.set_machine_config(tpl).is_ok());
-    let tpl = MachineConfig {
-        cpu_template: Some("T2".into()),
-        ..mc(2, 256)
-    };
-    assert!(c.set_machine_config(tpl).is_err());
+    assert!(c.set_machine_config(tpl("None")).is_ok());
+    assert_eq!(
+        c.machine_config.cpu_template, None,
+        "\"None\" is no template"
+    );
+    for bad in ["t2", "V1N1", ""] {
+        let e = c.set_machine_config(tpl(bad)).unwrap_err().to_string();
+        assert!(e.starts_with("Machine config error: "), "{e}");
+    }
+    assert!(c.set_machine_config(tpl("T2")).is_ok());
     c.update_machine_config(MachineConfigUpdate {
         mem_size_mib: Some(512),
         ..Default::default()
@@ -655,6 +659,15 @@ fn every_field() -> VmConfig {
             ipv4_address: Some("169.254.170.2".parse().unwrap()),
             imds_compat: true,
         }),
+        cpu_template: Some(crate::CpuTemplate::Custom(
+            serde_json::from_str(
+                r#"{"kvm_capabilities": ["171", "!56"],
+                    "cpuid_modifiers": [{"leaf": "0x7", "subleaf": "0x0", "flags": 1,
+                        "modifiers": [{"register": "ebx", "bitmap": "0bxxxxxxxxxxxxxxxxxxxxxxxxxx0xxxxx"}]}],
+                    "msr_modifiers": [{"addr": "0x277", "bitmap": "0b00000001"}]}"#,
+            )
+            .unwrap(),
+        )),
     }
 }
 
@@ -680,6 +693,8 @@ fn from_vm_config_round_trips_every_field() {
         r#""serial": "CLOUD-INIT-01""#,
         r#""socket": "/run/vireo/web/console.sock""#,
         r#""guest_mac": "02:ab:cd:ef:00:01""#,
+        r#""cpu-config": {"#,
+        r#""bitmap": "0bxxxxxxxxxxxxxxxxxxxxxxxxxx0xxxxx""#,
     ] {
         assert!(json.contains(extension), "no {extension} in {json}");
     }
@@ -703,6 +718,15 @@ fn from_vm_config_round_trips_every_field() {
     let full = FullVmConfig::from_vm_config(&c).unwrap();
     assert_eq!(full.serial, None);
     assert_eq!(full.to_vm_config().unwrap(), c);
+
+    // A static template goes in machine-config.
+    c.cpu_template = Some(crate::CpuTemplate::Static(crate::StaticCpuTemplate::T2CL));
+    let full = FullVmConfig::from_vm_config(&c).unwrap();
+    assert_eq!(full.machine_config.cpu_template.as_deref(), Some("T2CL"));
+    assert_eq!(full.cpu_config, None);
+    assert_eq!(full.to_vm_config().unwrap(), c);
+    let json = serde_json::to_string(&full).unwrap();
+    assert_eq!(FullVmConfig::from_json(&json).unwrap(), full);
 }
 
 #[test]
@@ -849,10 +873,6 @@ fn firecrackers_other_sections_parse_and_are_refused_when_they_ask_for_something
     }
     for (asks, named) in [
         (
-            r#""cpu-config": {"cpuid_modifiers": [{"leaf": "0x1"}]}"#,
-            "cpu-config: custom CPU templates",
-        ),
-        (
             r#""memory-hotplug": {"total_size_mib": 1024}"#,
             "memory-hotplug",
         ),
@@ -864,4 +884,120 @@ fn firecrackers_other_sections_parse_and_are_refused_when_they_ask_for_something
     // Still no field Firecracker does not have.
     let err = FullVmConfig::from_json(&format!(r#"{{{base}, "cpu-configs": {{}}}}"#)).unwrap_err();
     assert!(err.contains("unknown field"), "{err}");
+}
+
+fn template(text: &str) -> crate::CustomCpuTemplate {
+    serde_json::from_str(text).unwrap()
+}
+
+/// The template set last wins, static or custom; a machine config without
+/// `cpu_template` keeps the one set before; `"None"` drops both (Firecracker's rules).
+#[test]
+fn the_cpu_template_set_last_wins() {
+    let mut c = FullVmConfig::default();
+    let machine = |t: Option<&str>| MachineConfig {
+        vcpu_count: 2,
+        mem_size_mib: 256,
+        cpu_template: t.map(str::to_string),
+        ..MachineConfig::default()
+    };
+    let custom = template(r#"{"kvm_capabilities": ["171"]}"#);
+    c.set_machine_config(machine(Some("T2S"))).unwrap();
+    c.set_cpu_config(custom.clone()).unwrap();
+    assert_eq!(c.cpu_config.as_ref(), Some(&custom));
+    assert_eq!(c.machine_config.cpu_template, None);
+    // A machine config without a template keeps the custom one...
+    c.set_machine_config(machine(None)).unwrap();
+    assert_eq!(c.cpu_config.as_ref(), Some(&custom));
+    // ...a static one replaces it...
+    c.set_machine_config(machine(Some("C3"))).unwrap();
+    assert_eq!(
+        (
+            c.cpu_config.as_ref(),
+            c.machine_config.cpu_template.as_deref()
+        ),
+        (None, Some("C3"))
+    );
+    // ...and is kept by the next PUT and PATCH without one.
+    c.set_machine_config(machine(None)).unwrap();
+    c.update_machine_config(MachineConfigUpdate {
+        vcpu_count: Some(1),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(c.machine_config.cpu_template.as_deref(), Some("C3"));
+    let mut vm = c.clone();
+    vm.boot_source = Some(BootSource {
+        kernel_image_path: "/k".into(),
+        initrd_path: None,
+        boot_args: None,
+    });
+    assert_eq!(
+        vm.to_vm_config().unwrap().cpu_template,
+        Some(crate::CpuTemplate::Static(crate::StaticCpuTemplate::C3))
+    );
+    // "None" drops whichever template there is.
+    c.set_cpu_config(custom.clone()).unwrap();
+    c.update_machine_config(MachineConfigUpdate {
+        cpu_template: Some("None".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        (&c.cpu_config, &c.machine_config.cpu_template),
+        (&None, &None)
+    );
+    // A refused template changes nothing.
+    c.set_cpu_config(custom.clone()).unwrap();
+    let arm = template(r#"{"reg_modifiers": [{"addr": "0x1", "bitmap": "0b1"}]}"#);
+    let e = c.set_cpu_config(arm).unwrap_err().to_string();
+    assert!(
+        e.starts_with("CPU config error: reg_modifiers is for aarch64"),
+        "{e}"
+    );
+    assert!(c.set_machine_config(machine(Some("V1N1"))).is_err());
+    assert_eq!(c.cpu_config.as_ref(), Some(&custom));
+}
+
+#[test]
+fn cpu_config_in_a_config_file() {
+    let base = r#""boot-source": {"kernel_image_path": "/k"}"#;
+    // Leaf 1 ECX bit 30 (RDRAND) hidden.
+    let bitmap = format!("0bx0{}", "x".repeat(30));
+    let text = format!(
+        r#"{{{base}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "T2"}},
+            "cpu-config": {{"cpuid_modifiers": [{{"leaf": "0x1", "subleaf": "0x0", "flags": 0,
+                "modifiers": [{{"register": "ecx", "bitmap": "{bitmap}"}}]}}]}}}}"#
+    );
+    let full = FullVmConfig::from_json(&text).unwrap();
+    // The custom template wins over machine-config's, as in Firecracker.
+    assert_eq!(full.machine_config.cpu_template, None);
+    let vm = full.to_vm_config().unwrap();
+    let Some(crate::CpuTemplate::Custom(t)) = &vm.cpu_template else {
+        panic!("{:?}", vm.cpu_template)
+    };
+    assert_eq!(t.cpuid_modifiers[0].modifiers[0].bitmap.mask, 1 << 30);
+    // GET /vm/config shows it; the file boots the same VM.
+    let json = serde_json::to_string(&full).unwrap();
+    let shown = format!(
+        r#""cpu-config":{{"kvm_capabilities":[],"cpuid_modifiers":[{{"leaf":"0x1","subleaf":"0x0","flags":0,"modifiers":[{{"register":"ecx","bitmap":"{bitmap}"}}]}}],"msr_modifiers":[]}}"#
+    );
+    assert!(json.contains(&shown), "{json}");
+    assert_eq!(FullVmConfig::from_json(&json).unwrap(), full);
+    // A malformed one is refused with the field's reason.
+    let err = FullVmConfig::from_json(&format!(
+        r#"{{{base}, "cpu-config": {{"msr_modifiers": [{{"addr": "0x10a", "bitmap": "0b2"}}]}}}}"#
+    ))
+    .unwrap_err();
+    assert!(err.contains("'2' is not 0, 1, x or _"), "{err}");
+    let err = FullVmConfig::from_json(&format!(
+        r#"{{{base}, "cpu-config": {{"vcpu_features": [{{"index": 0, "bitmap": "0b1"}}]}}}}"#
+    ))
+    .unwrap_err();
+    assert!(err.starts_with("CPU config error: vcpu_features"), "{err}");
+    let err = FullVmConfig::from_json(&format!(
+        r#"{{{base}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "T3"}}}}"#
+    ))
+    .unwrap_err();
+    assert!(err.contains("unknown CPU template 'T3'"), "{err}");
 }

@@ -7,11 +7,13 @@
 //! to the VMM.
 
 pub mod action;
+pub mod cpu_template;
 mod devices;
 pub mod firecracker;
 mod mmds;
 mod size;
 
+pub use cpu_template::{CpuTemplate, CustomCpuTemplate, StaticCpuTemplate};
 pub use devices::{
     BalloonConfig, Burst, DISK_SERIAL_MAX, DeviceOptionError, DiskConfig, DiskFormat, IoEngine,
     MTU_RANGE, NetConfig, RateLimit, VsockConfig, parse_mac,
@@ -118,6 +120,10 @@ pub struct VmConfig {
     /// The metadata service: which NICs (by id) answer its address, and how.
     #[serde(default)]
     pub mmds: Option<MmdsConfig>,
+    /// The CPU template each vCPU's CPUID and MSRs are built with (Firecracker's static
+    /// `cpu_template` or a custom `cpu-config`); `None`: what KVM offers, normalised.
+    #[serde(default)]
+    pub cpu_template: Option<CpuTemplate>,
 }
 
 impl VmConfig {
@@ -142,6 +148,7 @@ impl VmConfig {
             boot_timer: false,
             huge_pages: false,
             mmds: None,
+            cpu_template: None,
         }
     }
 

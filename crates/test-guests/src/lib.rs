@@ -187,6 +187,7 @@ pub const ALL: &[&str] = &[
     BOOT_TIMER,
     IDLE,
     VMGENID,
+    CPUID,
 ];
 
 /// Firecracker's boot-done signal, 64-bit ELF entry at 0x200000: writes the byte 123
@@ -213,6 +214,58 @@ pub const VMGENID: &str = "vmgenid";
 
 /// Where the [`VMGENID`] guest reads the generation ID (Vireo's DSDT says so).
 pub const VMGENID_ADDR: u64 = 0xd_f000;
+
+/// What CPUID and an MSR tell the guest (for CPU templates), 64-bit ELF entry at
+/// 0x200000: runs CPUID leaf 1 and leaf 7 subleaf 0 and reads IA32_PAT (MSR 0x277), and
+/// prints them as [`expected::cpuid`] formats them (parse them back with
+/// [`parse_cpuid_report`]). Then it polls COM1 for a byte: `q` resets, any other byte
+/// prints the report again (CPUID and RDMSR run again).
+pub const CPUID: &str = "cpuid";
+
+/// What the [`CPUID`] guest reports: leaf 1 ECX, EDX; leaf 7.0 EBX, ECX, EDX; IA32_PAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuidReport {
+    /// CPUID leaf 1 ECX.
+    pub leaf1_ecx: u32,
+    /// CPUID leaf 1 EDX.
+    pub leaf1_edx: u32,
+    /// CPUID leaf 7 subleaf 0 EBX.
+    pub leaf7_ebx: u32,
+    /// CPUID leaf 7 subleaf 0 ECX.
+    pub leaf7_ecx: u32,
+    /// CPUID leaf 7 subleaf 0 EDX.
+    pub leaf7_edx: u32,
+    /// MSR 0x277.
+    pub pat: u64,
+}
+
+/// The first whole report of the [`CPUID`] guest in `console`, and the rest of it.
+pub fn parse_cpuid_report(console: &str) -> Option<(CpuidReport, &str)> {
+    let start = console.find("cpuid 1 ")?;
+    let mut lines = console[start..].splitn(4, '\n');
+    let (l1, l7, msr) = (lines.next()?, lines.next()?, lines.next()?);
+    let rest = lines.next()?; // the third line ended
+    let field = |line: &str, name: &str| -> Option<u64> {
+        let at = line.find(&format!("{name}="))? + name.len() + 1;
+        let hex: String = line[at..]
+            .chars()
+            .take_while(char::is_ascii_hexdigit)
+            .collect();
+        u64::from_str_radix(&hex, 16).ok()
+    };
+    let r32 = |line: &str, name: &str| field(line, name).and_then(|v| u32::try_from(v).ok());
+    Some((
+        CpuidReport {
+            leaf1_ecx: r32(l1, "ecx")?,
+            leaf1_edx: r32(l1, "edx")?,
+            leaf7_ebx: r32(l7.strip_prefix("cpuid 7 ")?, "ebx")?,
+            leaf7_ecx: r32(l7, "ecx")?,
+            leaf7_edx: r32(l7, "edx")?,
+            pat: field(msr.strip_prefix("msr ")?, "0x277")?,
+        },
+        rest,
+    ))
+}
 
 /// Guest-physical address of the u64 counter the [`COUNT`] guest increments.
 pub const COUNT_COUNTER_ADDR: u64 = 0x12000;
@@ -271,6 +324,14 @@ pub mod expected {
 
     /// [`BOOT_TIMER`](crate::BOOT_TIMER).
     pub const BOOT_TIMER: &str = "boot timer signalled\n";
+
+    /// One report of the [`CPUID`](crate::CPUID) guest.
+    pub fn cpuid(r: &crate::CpuidReport) -> String {
+        format!(
+            "cpuid 1 ecx={:08x} edx={:08x}\ncpuid 7 ebx={:08x} ecx={:08x} edx={:08x}\nmsr 0x277={:016x}\n",
+            r.leaf1_ecx, r.leaf1_edx, r.leaf7_ebx, r.leaf7_ecx, r.leaf7_edx, r.pat
+        )
+    }
 
     /// [`ACPI_POWEROFF`](crate::ACPI_POWEROFF).
     pub const ACPI_POWEROFF: &str = "vireo-guest: powering off via ACPI S5\n";
@@ -472,6 +533,7 @@ mod tests {
             VIRTIO_BALLOON,
             KBD,
             VMGENID,
+            CPUID,
         ] {
             let b = read(name);
             let (entry, phdrs) = parse_elf(&b);
@@ -483,6 +545,25 @@ mod tests {
                 "{name}: unexpected PT_NOTE"
             );
         }
+    }
+
+    #[test]
+    fn cpuid_reports_parse_back() {
+        let r = CpuidReport {
+            leaf1_ecx: 0xfffa_3203,
+            leaf1_edx: 0x178b_fbff,
+            leaf7_ebx: 0x0000_07a9,
+            leaf7_ecx: 0,
+            leaf7_edx: 0x8000_0400,
+            pat: 0x0007_0406_0007_0406,
+        };
+        let text = expected::cpuid(&r);
+        let console = format!("noise{text}{text}");
+        let (first, rest) = parse_cpuid_report(&console).unwrap();
+        assert_eq!(first, r);
+        assert_eq!(parse_cpuid_report(rest).unwrap(), (r, ""));
+        // A report cut short is not one yet.
+        assert_eq!(parse_cpuid_report(&text[..text.len() - 1]), None);
     }
 
     #[test]

@@ -139,7 +139,7 @@ pub fn run(opts: ApiOptions) -> ExitCode {
         let loaded = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))
             .and_then(|text| {
-                FullVmConfig::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))
+                config_from_file_text(&text).map_err(|e| format!("{}: {e}", path.display()))
             })
             .and_then(|config| controller.load(config).map_err(|e| e.to_string()));
         if let Err(e) = loaded {
@@ -265,5 +265,19 @@ pub fn run(opts: ApiOptions) -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// A `--config-file`'s configuration; its `cpu-config` may be, as in Firecracker, the
+/// path of a JSON file holding the template (read here, relative to the working
+/// directory).
+fn config_from_file_text(text: &str) -> Result<FullVmConfig, String> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(mut value) if value.get("cpu-config").is_some_and(|v| v.is_string()) => {
+            api::cpu_template::inline_template_file(&mut value, |p| std::fs::read_to_string(p))?;
+            FullVmConfig::from_json(&value.to_string())
+        }
+        // Errors are reported against the file's own text (its lines and columns).
+        _ => FullVmConfig::from_json(text),
     }
 }

@@ -338,6 +338,7 @@ impl RunArgs {
             track_dirty_pages: false,
             boot_timer: self.boot_timer,
             huge_pages: self.huge_pages,
+            cpu_template: None,
             // The metadata service is configured through the API (`/mmds/config`).
             mmds: None,
         })

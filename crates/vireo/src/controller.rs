@@ -230,6 +230,7 @@ impl Controller {
             // Pre-boot only.
             A::PutMachineConfig(_)
             | A::PatchMachineConfig(_)
+            | A::PutCpuConfig(_)
             | A::PutBootSource(_)
             | A::PutDrive(_)
             | A::PutNetworkInterface(_)
@@ -247,6 +248,7 @@ impl Controller {
             }
             A::PutMachineConfig(c) => empty(self.config.set_machine_config(c)),
             A::PatchMachineConfig(u) => empty(self.config.update_machine_config(u)),
+            A::PutCpuConfig(t) => empty(self.config.set_cpu_config(t)),
             A::PutBootSource(b) => {
                 self.check_boot_source(&b)?;
                 empty(self.config.set_boot_source(b))

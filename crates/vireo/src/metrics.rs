@@ -310,6 +310,7 @@ impl Metrics {
                 &self.patch.machine_cfg_count,
                 Some(&self.patch.machine_cfg_fails),
             ),
+            A::PutCpuConfig(_) => (&self.put.cpu_cfg_count, Some(&self.put.cpu_cfg_fails)),
             A::PutBootSource(_) => (
                 &self.put.boot_source_count,
                 Some(&self.put.boot_source_fails),

@@ -6,13 +6,16 @@
 
 use std::sync::{Arc, Mutex};
 
-use api::{SerialConfig, VmConfig};
+use api::cpu_template::MsrModifier;
+use api::{CpuTemplate, SerialConfig, VmConfig};
 use balloon::BalloonHandle;
+use kvm_bindings::CpuId;
 use kvm_ioctls::{Cap, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::acpi::{self, AcpiConfig, AcpiError, DsdtDevice};
 use crate::arch::x86_64::boot::{self, BootError};
+use crate::arch::x86_64::cpu_template::{self, TemplateError};
 use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::arch::x86_64::regs::{self, EntryMode, RegsError};
 use crate::bus::{Bus, BusError, SharedDevice};
@@ -90,6 +93,9 @@ pub enum BuildError {
     /// A vCPU.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// The CPU template does not fit this host.
+    #[error(transparent)]
+    CpuTemplate(#[from] TemplateError),
     /// The event loop.
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),
@@ -271,8 +277,19 @@ pub fn build_and_boot(config: &VmConfig) -> Result<Vmm, BuildError> {
 /// [`build_and_boot`], the NICs `config.mmds` names answering from `mmds` (the API's
 /// `/mmds` store).
 pub fn build_and_boot_with(config: &VmConfig, mmds: &mmds::Service) -> Result<Vmm, BuildError> {
-    let kvm = KvmContext::new()?;
+    let template = config.cpu_template.as_ref();
+    let kvm = KvmContext::with_capabilities(template.map_or(&[], |t| t.kvm_capabilities()))?;
     check_vcpus(config.vcpus, kvm.max_vcpus())?;
+    // The vCPUs' CPUID first: a template made for another host is refused before
+    // anything is built.
+    let supported_cpuid = kvm
+        .kvm()
+        .get_supported_cpuid(CPUID_ENTRIES)
+        .map_err(|source| BuildError::KvmCall {
+            what: "cannot read KVM's supported CPUID",
+            source,
+        })?;
+    let (vcpu_cpuid, msr_modifiers) = templated_cpuid(&supported_cpuid, template)?;
     let mem_arc = Arc::new(memory::create_guest_memory(
         config.memory_bytes,
         config.huge_pages,
@@ -337,15 +354,9 @@ pub fn build_and_boot_with(config: &VmConfig, mmds: &mmds::Service) -> Result<Vm
     let subscribers = legacy.subscribers(&config.serial);
 
     // vCPUs: all created and configured before any runs.
-    let supported_cpuid = kvm
-        .kvm()
-        .get_supported_cpuid(CPUID_ENTRIES)
-        .map_err(|source| BuildError::KvmCall {
-            what: "cannot read KVM's supported CPUID",
-            source,
-        })?;
     let boot_state = BootState {
-        supported_cpuid: &supported_cpuid,
+        supported_cpuid: &vcpu_cpuid,
+        msr_modifiers: &msr_modifiers,
         cpu_count: config.vcpus,
         // SMT pairs vCPUs into cores; the API refuses it with an odd count above one, and
         // one vCPU is one thread either way.
@@ -377,7 +388,7 @@ pub fn build_and_boot_with(config: &VmConfig, mmds: &mmds::Service) -> Result<Vm
         })
         .collect::<Result<Vec<_>, _>>()?;
 
-    let msr_indices = msrs_to_save(&kvm)?;
+    let msr_indices = msrs_to_save(&kvm, template)?;
     start_vm(
         vcpus,
         true,
@@ -459,8 +470,32 @@ pub(crate) fn start_vm(
     Ok(vmm)
 }
 
-/// The MSRs a snapshot saves: KVM's list of MSRs to save and restore.
-pub(crate) fn msrs_to_save(kvm: &KvmContext) -> Result<Arc<[u32]>, BuildError> {
+/// KVM's supported CPUID as `template` changes it (a static template only on a host it
+/// was made for), and the template's MSR changes.
+fn templated_cpuid(
+    supported: &CpuId,
+    template: Option<&CpuTemplate>,
+) -> Result<(CpuId, Vec<MsrModifier>), BuildError> {
+    let Some(template) = template else {
+        return Ok((supported.clone(), Vec::new()));
+    };
+    let mut entries = supported.as_slice().to_vec();
+    let custom = cpu_template::resolve(template, &entries)?;
+    cpu_template::apply_cpuid(&mut entries, &custom)?;
+    // As many entries as KVM gave: it fits.
+    let cpuid = CpuId::from_entries(&entries).map_err(|_| BuildError::KvmCall {
+        what: "the CPU template's CPUID",
+        source: kvm_ioctls::Error::new(libc::E2BIG),
+    })?;
+    Ok((cpuid, custom.msr_modifiers.clone()))
+}
+
+/// The MSRs a snapshot saves: KVM's list of MSRs to save and restore, and those the CPU
+/// template changes.
+pub(crate) fn msrs_to_save(
+    kvm: &KvmContext,
+    template: Option<&CpuTemplate>,
+) -> Result<Arc<[u32]>, BuildError> {
     let list = kvm
         .kvm()
         .get_msr_index_list()
@@ -468,7 +503,16 @@ pub(crate) fn msrs_to_save(kvm: &KvmContext) -> Result<Arc<[u32]>, BuildError> {
             what: "cannot read KVM's MSR list",
             source,
         })?;
-    Ok(list.as_slice().into())
+    let mut indices = list.as_slice().to_vec();
+    for addr in template
+        .map(cpu_template::msr_addresses)
+        .unwrap_or_default()
+    {
+        if !indices.contains(&addr) {
+            indices.push(addr);
+        }
+    }
+    Ok(indices.into())
 }
 
 /// The devices on the PIO bus, and the handles a snapshot needs.

@@ -444,7 +444,11 @@ pub fn restore_from(
         )));
     }
 
-    let kvm = KvmContext::new().map_err(BuildError::from)?;
+    // The KVM capabilities the template asked for are still asked for (as Firecracker
+    // does); its CPUID and MSRs are in the vCPUs' state.
+    let template = config.cpu_template.as_ref();
+    let kvm = KvmContext::with_capabilities(template.map_or(&[], |t| t.kvm_capabilities()))
+        .map_err(BuildError::from)?;
     crate::builder::check_vcpus(count, kvm.max_vcpus())?;
     let (mem, uffd) = match backend {
         MemoryBackend::File(path) => (memory::map_memory_file(path, &snapshot.regions)?, None),
@@ -525,7 +529,7 @@ pub fn restore_from(
         .collect::<Result<Vec<_>, _>>()
         .map_err(BuildError::from)?;
     let subscribers = legacy.subscribers(serial);
-    let msr_indices = msrs_to_save(&kvm)?;
+    let msr_indices = msrs_to_save(&kvm, template)?;
     Ok(start_vm(
         vcpus,
         options.resume,

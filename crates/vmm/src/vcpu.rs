@@ -21,7 +21,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::signal::{Killable, register_signal_handler};
 
 use crate::arch::x86_64::cpuid::{self, VcpuTopology};
-use crate::arch::x86_64::{interrupts, msr, regs};
+use crate::arch::x86_64::{cpu_template, interrupts, msr, regs};
 use crate::bus::Bus;
 use crate::metrics::VcpuMetrics;
 use crate::snapshot::cpu::{CpuStateError, VcpuState};
@@ -61,6 +61,15 @@ pub enum VcpuError {
         set: usize,
         /// How many were given.
         wanted: usize,
+    },
+    /// The CPU template's MSRs could not be set.
+    #[error("vCPU {index}: {source}")]
+    Template {
+        /// The vCPU.
+        index: u32,
+        /// Why.
+        #[source]
+        source: crate::arch::x86_64::cpu_template::TemplateError,
     },
     /// The vCPU thread could not be started.
     #[error("cannot start the thread of vCPU {0}: {1}")]
@@ -144,8 +153,12 @@ pub struct Vcpu {
 
 /// Boot state shared by every vCPU.
 pub struct BootState<'a> {
-    /// KVM's supported CPUID, before per-vCPU normalisation.
+    /// KVM's supported CPUID with the CPU template's changes, before per-vCPU
+    /// normalisation.
     pub supported_cpuid: &'a CpuId,
+    /// The CPU template's MSR changes, applied to each vCPU's MSRs once it has its CPUID
+    /// and before the boot MSRs (which win).
+    pub msr_modifiers: &'a [api::cpu_template::MsrModifier],
     /// Number of vCPUs.
     pub cpu_count: u32,
     /// Threads per core in the guest's CPU topology: 1, or 2 with SMT.
@@ -198,6 +211,10 @@ impl Vcpu {
         })?;
         fd.set_cpuid2(&cpuid).map_err(setup("CPUID"))?;
 
+        if !boot.msr_modifiers.is_empty() {
+            cpu_template::set_msrs(&fd, boot.msr_modifiers)
+                .map_err(|source| VcpuError::Template { index, source })?;
+        }
         let msrs = msr::boot_msrs();
         let set = fd.set_msrs(&msrs).map_err(setup("MSRs"))?;
         if set != msrs.as_slice().len() {
