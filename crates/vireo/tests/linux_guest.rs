@@ -1329,12 +1329,8 @@ fn fifo_lines(path: &std::path::Path) -> std::sync::Arc<std::sync::Mutex<Vec<Str
     use std::io::BufRead;
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: mkfifo(3) with a NUL-terminated path we own.
-    assert_eq!(
-        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
-        0,
-        "mkfifo {}",
-        path.display()
-    );
+    let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(made, 0, "mkfifo {}", path.display());
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
