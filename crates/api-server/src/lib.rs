@@ -78,6 +78,9 @@ pub fn start(path: &Path, payload_limit: usize) -> Result<ApiChannel, ServerErro
         event.try_clone().map_err(ServerError::Setup)?,
     )
     .map_err(ServerError::Setup)?;
+    // Before the thread can log its first request: the line launchers wait for comes
+    // first in the log.
+    log::info!("API server started.");
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || server.run())

@@ -7,133 +7,23 @@
 //! with and without checksum offload. Needs root, `/dev/net/tun`, `ip` and curl
 //! (test-support's skip policy: a failure under `CI=true`).
 
-use std::io::{IoSlice, IoSliceMut, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+mod mmds_served;
+
 use std::time::{Duration, Instant};
 
-use mmds::{DEFAULT_IPV4, Mmds, MmdsMetrics, MmdsStack};
-use net::{NET_HDR_LEN, Tap};
+use mmds_served::{Served, body, store};
 use serde_json::json;
-use test_support::netns::Netns;
 use test_support::skip;
 
-const TAP: &str = "mmds0";
-
-/// The stack served on a TAP by a thread, as a NIC's worker serves it.
-struct Served {
-    ns: Netns,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    store: mmds::SharedMmds,
-    metrics: Arc<MmdsMetrics>,
-}
-
-impl Served {
-    fn new(test: &str, offload: u32, store: Mmds) -> Option<Self> {
-        let ns = match Netns::new("mmds") {
-            Ok(ns) => ns,
-            Err(why) => {
-                skip::missing(test, &why);
-                return None;
-            }
-        };
-        let _ = ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
-        ns.add_tap(TAP, "10.0.0.2/24").unwrap();
-        ns.exec(&["ip", "route", "add", "169.254.169.254/32", "dev", TAP])
-            .unwrap();
-        let tap = ns.run(|| Tap::open(TAP)).unwrap();
-        tap.set_offload(offload).unwrap();
-        let store = Arc::new(Mutex::new(store));
-        let metrics = Arc::new(MmdsMetrics::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut stack = MmdsStack::new(DEFAULT_IPV4, store.clone(), metrics.clone());
-        let quit = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut buf = vec![0u8; NET_HDR_LEN + 65_550];
-            let mut out = vec![0u8; NET_HDR_LEN + 2048];
-            while !quit.load(Ordering::Relaxed) {
-                let mut pfd = libc::pollfd {
-                    fd: tap.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd on the stack, for the call's duration.
-                unsafe { libc::poll(&mut pfd, 1, 5) };
-                let now = Instant::now();
-                while let Ok(n) = tap.readv(&mut [IoSliceMut::new(&mut buf)]) {
-                    if n > NET_HDR_LEN {
-                        let partial = buf[0] & 1 != 0;
-                        stack.detour(&buf[NET_HDR_LEN..n], partial, now);
-                    }
-                }
-                stack.on_timer(now);
-                while let Some(n) = stack.write_frame(&mut out[NET_HDR_LEN..], now) {
-                    out[..NET_HDR_LEN].fill(0);
-                    tap.writev(&[IoSlice::new(&out[..NET_HDR_LEN + n])])
-                        .unwrap();
-                }
-            }
-        });
-        Some(Self {
-            ns,
-            stop,
-            thread: Some(thread),
-            store,
-            metrics,
-        })
-    }
-
-    /// Send `request` from inside the namespace and read until the service closes.
-    fn request(&self, request: String) -> String {
-        self.ns.run(move || {
-            let addr: SocketAddr = "169.254.169.254:80".parse().unwrap();
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            s.write_all(request.as_bytes()).unwrap();
-            let mut out = Vec::new();
-            s.read_to_end(&mut out).unwrap();
-            String::from_utf8(out).unwrap()
-        })
-    }
-
-    fn curl(&self, args: &[&str]) -> (bool, String) {
-        let out = self
-            .ns
-            .command("curl")
-            .args(["-sS", "--max-time", "10"])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+/// [`Served::start`], or the skip policy's verdict on why not.
+fn served(test: &str, offload: u32, store: mmds::Mmds) -> Option<Served> {
+    match Served::start(offload, store) {
+        Ok(s) => Some(s),
+        Err(why) => {
+            skip::missing(test, &why);
+            None
         }
     }
-}
-
-fn body(response: &str) -> &str {
-    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
-}
-
-fn store(doc: serde_json::Value, version: api::MmdsVersion) -> Mmds {
-    let mut m = Mmds::new(4 << 20);
-    m.put(doc).unwrap();
-    m.configure(version, false);
-    m
 }
 
 /// TUN_F_CSUM: the kernel may hand the TAP reader frames with partial checksums.
@@ -144,7 +34,7 @@ fn linux_tcp_reads_mmds_v1_with_and_without_checksum_offload() {
     let big = "0123456789abcdef".repeat(16 * 1024);
     for offload in [0, TUN_F_CSUM] {
         let doc = json!({"latest": {"meta-data": {"ami-id": "ami-1", "big": big}}});
-        let Some(s) = Served::new(
+        let Some(s) = served(
             "linux_tcp_reads_mmds_v1_with_and_without_checksum_offload",
             offload,
             store(doc, api::MmdsVersion::V1),
@@ -192,7 +82,7 @@ fn curl_drives_the_v2_token_flow_as_firecrackers_guide_does() {
         return;
     }
     let doc = json!({"latest": {"meta-data": {"ami-id": "ami-87654321", "reservation-id": "r-79054aef"}}});
-    let Some(s) = Served::new(test, TUN_F_CSUM, store(doc, api::MmdsVersion::V2)) else {
+    let Some(s) = served(test, TUN_F_CSUM, store(doc, api::MmdsVersion::V2)) else {
         return;
     };
     let url = "http://169.254.169.254/latest/meta-data";

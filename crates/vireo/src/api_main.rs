@@ -148,10 +148,7 @@ pub fn run(opts: ApiOptions) -> ExitCode {
     }
     let api = match &opts.api_sock {
         Some(path) => match api_server::start(path, opts.payload_limit) {
-            Ok(api) => {
-                log::info!("API server started.");
-                Some(api)
-            }
+            Ok(api) => Some(api),
             Err(e) => return fail(e),
         },
         None => None,
