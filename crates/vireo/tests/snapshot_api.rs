@@ -164,24 +164,17 @@ fn snapshot_kill_load_and_the_count_goes_on() {
         std::fs::read(&mem_again).unwrap(),
         std::fs::read(&mem_kept).unwrap(),
     );
-    let id = vmm::arch::x86_64::layout::VMGENID_START as usize;
-    let id = id..id + vmm::devices::vmgenid::VMGENID_SIZE;
-    assert_ne!(
-        again_mem[id.clone()],
-        kept_mem[id.clone()],
-        "the load kept the generation ID"
-    );
-    assert!(
-        again_mem.len() == kept_mem.len()
-            && again_mem[..id.start] == kept_mem[..id.start]
-            && again_mem[id.end..] == kept_mem[id.end..],
-        "guest memory after load differs from the snapshot's"
-    );
+    if let Err(e) = common::same_but_a_new_generation_id(&again_mem, &kept_mem) {
+        panic!("guest memory after load: {e}");
+    }
     let body = |path: &str| -> serde_json::Value {
         let bytes = std::fs::read(path).unwrap();
         serde_json::from_slice(&bytes[24..bytes.len() - 4]).unwrap()
     };
-    let new_id: String = again_mem[id].iter().map(|b| format!("{b:02x}")).collect();
+    let new_id: String = again_mem[common::generation_id_range()]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(
         body(&state_again)["vmgenid"]["generation_id"],
         new_id.as_str()

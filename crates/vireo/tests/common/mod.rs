@@ -103,3 +103,26 @@ pub fn collect_output(mut out: impl Read + Send + 'static) -> Arc<Mutex<String>>
     });
     text
 }
+
+/// Where the VM generation ID is in a memory file (its guest-physical address: the file
+/// starts at address 0).
+pub fn generation_id_range() -> std::ops::Range<usize> {
+    let at = vmm::arch::x86_64::layout::VMGENID_START as usize;
+    at..at + vmm::devices::vmgenid::VMGENID_SIZE
+}
+
+/// Whether guest memory `after` a load is `before`'s (a snapshot's) but for the VM
+/// generation ID, which a load writes anew: `Err` says which part differs.
+pub fn same_but_a_new_generation_id(after: &[u8], before: &[u8]) -> Result<(), String> {
+    let id = generation_id_range();
+    if after.len() != before.len() {
+        return Err(format!("{} bytes, not {}", after.len(), before.len()));
+    }
+    if after[id.clone()] == before[id.clone()] {
+        return Err("the load kept the generation ID".into());
+    }
+    if after[..id.start] != before[..id.start] || after[id.end..] != before[id.end..] {
+        return Err("guest memory differs from the snapshot's".into());
+    }
+    Ok(())
+}
