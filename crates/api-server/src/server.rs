@@ -28,20 +28,42 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bind `path`, replacing a socket file nobody listens on.
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
-    match UnixListener::bind(path) {
-        Err(e) if e.kind() == ErrorKind::AddrInUse => {
-            let is_socket = std::fs::symlink_metadata(path)
-                .map(|m| m.file_type().is_socket())
-                .unwrap_or(false);
-            if !is_socket || UnixStream::connect(path).is_ok() {
-                return Err(e);
-            }
-            std::fs::remove_file(path)?;
-            UnixListener::bind(path)
-        }
-        other => other,
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && (!meta.file_type().is_socket() || UnixStream::connect(path).is_ok())
+    {
+        return Err(io::Error::new(
+            ErrorKind::AddrInUse,
+            "in use: another process serves it, or it is not a socket",
+        ));
     }
+    // Listening under a name of its own first, then renamed into place (replacing a stale
+    // socket file): a client that waits for the path to appear never finds it bound but
+    // not yet listening (a refused connection).
+    let Some(name) = path.file_name() else {
+        return UnixListener::bind(path);
+    };
+    let mut temp = std::ffi::OsString::from(".");
+    temp.push(name);
+    temp.push(format!(".{}.binding", std::process::id()));
+    let temp = path.with_file_name(temp);
+    if temp.as_os_str().len() > UNIX_PATH_MAX {
+        // No room for the longer name: bind in place (a stale socket file goes first).
+        if std::fs::symlink_metadata(path).is_ok() {
+            std::fs::remove_file(path)?;
+        }
+        return UnixListener::bind(path);
+    }
+    let _ = std::fs::remove_file(&temp);
+    let listener = UnixListener::bind(&temp)?;
+    if let Err(e) = std::fs::rename(&temp, path) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
+    Ok(listener)
 }
+
+/// Longest path a Unix socket can be bound to (`sun_path` less its NUL).
+const UNIX_PATH_MAX: usize = 107;
 
 struct Connection {
     stream: UnixStream,
@@ -291,6 +313,35 @@ mod tests {
             body: body.map(|b| b.as_bytes().to_vec()),
             keep_alive: true,
         }
+    }
+
+    #[test]
+    fn the_socket_appears_listening_and_replaces_only_a_stale_one() {
+        let dir = std::env::temp_dir().join(format!("vireo-api-bind-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("api.sock");
+        let live = bind(&path).unwrap();
+        // Listening as soon as it is there, and nothing left beside it.
+        assert!(UnixStream::connect(&path).is_ok());
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["api.sock"]);
+        let in_use = bind(&path).unwrap_err();
+        assert_eq!(in_use.kind(), ErrorKind::AddrInUse);
+        drop(live);
+        // A stale socket file (nobody listening) is replaced.
+        let again = bind(&path).unwrap();
+        assert!(UnixStream::connect(&path).is_ok());
+        drop(again);
+        let file = dir.join("not-a-socket");
+        std::fs::write(&file, b"keep me").unwrap();
+        assert_eq!(bind(&file).unwrap_err().kind(), ErrorKind::AddrInUse);
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
