@@ -31,6 +31,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/balloon"),
     ("GET", "/balloon/statistics"),
     ("PATCH", "/balloon/statistics"),
+    ("PATCH", "/balloon/hinting/start"),
+    ("GET", "/balloon/hinting/status"),
+    ("PATCH", "/balloon/hinting/stop"),
     ("PUT", "/actions"),
     ("PATCH", "/vm"),
     ("PUT", "/snapshot/create"),
@@ -101,6 +104,7 @@ pub fn route(method: &str, path: &str, body: Option<&[u8]>) -> Result<VmmAction,
                 ("machine-config", []) => VmmAction::GetMachineConfig,
                 ("balloon", []) => VmmAction::GetBalloon,
                 ("balloon", ["statistics"]) => VmmAction::GetBalloonStats,
+                ("balloon", ["hinting", "status"]) => VmmAction::GetBalloonHintingStatus,
                 ("mmds", []) => VmmAction::GetMmds,
                 _ => return Err(invalid()),
             };
@@ -108,6 +112,9 @@ pub fn route(method: &str, path: &str, body: Option<&[u8]>) -> Result<VmmAction,
                 Some(_) => Err(RouteError::GetWithBody),
                 None => Ok(action),
             }
+        }
+        "PATCH" if first == "balloon" && matches!(rest, ["hinting", "start" | "stop"]) => {
+            hinting_action(rest[1] == "start", body)
         }
         "PUT" | "PATCH" => {
             let known = matches!(
@@ -137,6 +144,19 @@ pub fn route(method: &str, path: &str, body: Option<&[u8]>) -> Result<VmmAction,
         }
         _ => Err(invalid()),
     }
+}
+
+/// `PATCH /balloon/hinting/start` or `/stop`, whose body is optional (as in Firecracker):
+/// none starts a run with the defaults; stop takes none or an empty object.
+fn hinting_action(start: bool, body: Option<&[u8]>) -> Result<VmmAction, RouteError> {
+    if start {
+        let cmd = body.map(body_json).transpose()?.unwrap_or_default();
+        return Ok(VmmAction::StartBalloonHinting(cmd));
+    }
+    if let Some(body) = body {
+        body_json::<api::firecracker::BalloonStopCmd>(body)?;
+    }
+    Ok(VmmAction::StopBalloonHinting)
 }
 
 fn body_action(
@@ -240,6 +260,7 @@ pub fn respond(result: &ActionResult) -> Response {
         Ok(VmmData::MachineConfig(c)) => json(serde_json::to_string(c)),
         Ok(VmmData::Balloon(b)) => json(serde_json::to_string(b)),
         Ok(VmmData::BalloonStats(s)) => json(serde_json::to_string(s)),
+        Ok(VmmData::BalloonHintingStatus(s)) => json(serde_json::to_string(s)),
         Ok(VmmData::FullVmConfig(c)) => json(serde_json::to_string(c)),
         Ok(VmmData::Mmds(v)) => json(serde_json::to_string(v)),
         Err(e) => fault(e),

@@ -176,6 +176,93 @@ fn each_route_with_a_valid_body() {
     );
 }
 
+/// Free page hinting's three paths: start's body is optional (no body, an empty one or
+/// `{}` take the default, which acknowledges the end of the run), stop takes none or
+/// `{}`, status is a GET.
+#[test]
+fn balloon_hinting_routes_and_their_optional_bodies() {
+    use api::firecracker::BalloonStartCmd;
+    let start = |ack| {
+        VmmAction::StartBalloonHinting(BalloonStartCmd {
+            acknowledge_on_stop: ack,
+        })
+    };
+    assert_eq!(ok("PATCH", "/balloon/hinting/start", None), start(true));
+    assert_eq!(
+        ok("PATCH", "/balloon/hinting/start", Some("{}")),
+        start(true)
+    );
+    assert_eq!(
+        ok(
+            "PATCH",
+            "/balloon/hinting/start",
+            Some(r#"{"acknowledge_on_stop": false}"#)
+        ),
+        start(false)
+    );
+    assert_eq!(
+        ok("PATCH", "/balloon/hinting/stop", None),
+        VmmAction::StopBalloonHinting
+    );
+    assert_eq!(
+        ok("PATCH", "/balloon/hinting/stop/", Some("{}")),
+        VmmAction::StopBalloonHinting
+    );
+    assert_eq!(
+        ok("GET", "/balloon/hinting/status", None),
+        VmmAction::GetBalloonHintingStatus
+    );
+    for (path, body) in [
+        ("/balloon/hinting/start", r#"{"acknowledge_on_stop": 1}"#),
+        (
+            "/balloon/hinting/start",
+            r#"{"acknowledge_on_stop": true, "x": 1}"#,
+        ),
+        ("/balloon/hinting/start", "{"),
+        ("/balloon/hinting/stop", r#"{"acknowledge_on_stop": true}"#),
+        ("/balloon/hinting/stop", "stop"),
+    ] {
+        let e = err("PATCH", path, Some(body));
+        assert!(
+            e.starts_with("An error occurred when deserializing the json body of a request: "),
+            "{path} {body}: {e}"
+        );
+    }
+    assert_eq!(
+        err("GET", "/balloon/hinting/status", Some("{}")),
+        "GET request cannot have a body."
+    );
+    for (method, path) in [
+        ("PUT", "/balloon/hinting/start"),
+        ("POST", "/balloon/hinting/start"),
+        ("GET", "/balloon/hinting/start"),
+        ("PATCH", "/balloon/hinting/status"),
+        ("PATCH", "/balloon/hinting"),
+        ("GET", "/balloon/hinting"),
+        ("PATCH", "/balloon/hinting/pause"),
+        ("PATCH", "/balloon/hinting/start/now"),
+    ] {
+        assert_eq!(
+            err(method, path, Some("{}")),
+            format!(
+                "Invalid request method and/or path: {method} {}.",
+                path.trim_start_matches('/')
+            ),
+            "{method} {path}"
+        );
+    }
+    let r = respond(&Ok(VmmData::BalloonHintingStatus(
+        api::firecracker::BalloonHintingStatus {
+            host_cmd: 2,
+            guest_cmd: None,
+        },
+    )));
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, r#"{"host_cmd":2,"guest_cmd":null}"#)
+    );
+}
+
 #[test]
 fn deprecated_fields_are_named_as_firecracker_names_them() {
     let v1 = ok(
@@ -339,8 +426,8 @@ fn openapi_document_matches_the_router() {
     let not_served = [
         "/pmem/x",
         "/hotplug/memory",
-        "/balloon/hinting/start",
-        "/balloon/hinting/status",
+        "/balloon/hinting",
+        "/balloon/hinting/nope",
         "/snapshot",
         "/vm/state",
         "/nope",

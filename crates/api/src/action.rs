@@ -3,10 +3,10 @@
 //! [`VmmAction`] with an [`ActionResult`].
 
 use crate::firecracker::{
-    Balloon, BalloonStatistics, BalloonStatsUpdate, BalloonUpdate, BootSource, ConfigError, Drive,
-    EntropyDevice, FullVmConfig, InstanceInfo, Logger, MachineConfig, MachineConfigUpdate, Metrics,
-    NetworkInterface, PartialDrive, PartialNetworkInterface, SerialDevice, SnapshotCreateParams,
-    SnapshotLoadParams, Vsock,
+    Balloon, BalloonHintingStatus, BalloonStartCmd, BalloonStatistics, BalloonStatsUpdate,
+    BalloonUpdate, BootSource, ConfigError, Drive, EntropyDevice, FullVmConfig, InstanceInfo,
+    Logger, MachineConfig, MachineConfigUpdate, Metrics, NetworkInterface, PartialDrive,
+    PartialNetworkInterface, SerialDevice, SnapshotCreateParams, SnapshotLoadParams, Vsock,
 };
 use crate::{MmdsConfig, MmdsVersion};
 
@@ -51,6 +51,12 @@ pub enum VmmAction {
     GetBalloonStats,
     /// `PATCH /balloon/statistics`.
     PatchBalloonStats(BalloonStatsUpdate),
+    /// `PATCH /balloon/hinting/start`.
+    StartBalloonHinting(BalloonStartCmd),
+    /// `GET /balloon/hinting/status`.
+    GetBalloonHintingStatus,
+    /// `PATCH /balloon/hinting/stop`.
+    StopBalloonHinting,
     /// `PUT /logger`.
     PutLogger(Logger),
     /// `PUT /metrics`.
@@ -125,6 +131,8 @@ pub enum VmmData {
     Balloon(Balloon),
     /// `GET /balloon/statistics`.
     BalloonStats(BalloonStatistics),
+    /// `GET /balloon/hinting/status`.
+    BalloonHintingStatus(BalloonHintingStatus),
     /// `GET /vm/config`.
     FullVmConfig(Box<FullVmConfig>),
     /// `GET /mmds`.

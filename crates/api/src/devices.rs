@@ -402,7 +402,8 @@ impl FromStr for VsockConfig {
 }
 
 /// The memory balloon: `--balloon [size=MIB][,deflate_on_oom][,stats=SECONDS]
-/// [,free_page_reporting]` (an empty value is accepted: `--balloon ""`).
+/// [,free_page_hinting][,free_page_reporting]` (an empty value is accepted:
+/// `--balloon ""`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BalloonConfig {
     /// Target balloon size in MiB (how much memory the guest should give back).
@@ -411,6 +412,10 @@ pub struct BalloonConfig {
     pub deflate_on_oom: bool,
     /// Statistics polling interval in seconds; 0 disables the statistics queue.
     pub stats_interval_s: u64,
+    /// The host may ask the guest for hints of its free pages (runs started through the
+    /// API), and discards the hinted pages.
+    #[serde(default)]
+    pub free_page_hinting: bool,
     /// The guest reports free pages, which the host discards.
     pub free_page_reporting: bool,
 }
@@ -425,12 +430,19 @@ impl FromStr for BalloonConfig {
         let mut o = Options::parse(
             "--balloon",
             s,
-            &["size", "deflate_on_oom", "stats", "free_page_reporting"],
+            &[
+                "size",
+                "deflate_on_oom",
+                "stats",
+                "free_page_hinting",
+                "free_page_reporting",
+            ],
         )?;
         Ok(Self {
             amount_mib: o.number("size")?.unwrap_or(0),
             deflate_on_oom: o.flag("deflate_on_oom")?,
             stats_interval_s: o.number("stats")?.unwrap_or(0),
+            free_page_hinting: o.flag("free_page_hinting")?,
             free_page_reporting: o.flag("free_page_reporting")?,
         })
     }
@@ -547,6 +559,15 @@ mod tests {
         assert_eq!(b.stats_interval_s, 5);
         assert_eq!(b.amount_mib, 64);
         assert!(!b.free_page_reporting);
+        assert!(!b.free_page_hinting);
+        let b: BalloonConfig = "free_page_hinting,free_page_reporting".parse().unwrap();
+        assert!(b.free_page_hinting && b.free_page_reporting);
         assert!("stats=x".parse::<BalloonConfig>().is_err());
+        // A VmConfig saved before hinting existed (a snapshot's) still reads.
+        let old: BalloonConfig = serde_json::from_str(
+            r#"{"amount_mib": 1, "deflate_on_oom": false, "stats_interval_s": 0, "free_page_reporting": true}"#,
+        )
+        .unwrap();
+        assert!(!old.free_page_hinting && old.free_page_reporting);
     }
 }

@@ -425,7 +425,7 @@ pub struct Balloon {
     /// Statistics interval in seconds; 0 disables statistics.
     #[serde(default)]
     pub stats_polling_interval_s: u16,
-    /// Free page hinting (not supported).
+    /// Free page hinting: runs started and stopped through `/balloon/hinting/*`.
     #[serde(default)]
     pub free_page_hinting: bool,
     /// Free page reporting.
@@ -447,6 +447,46 @@ pub struct BalloonUpdate {
 pub struct BalloonStatsUpdate {
     /// New interval in seconds.
     pub stats_polling_interval_s: u16,
+}
+
+/// `PATCH /balloon/hinting/start` (Firecracker's `BalloonStartCmd`); no body is the
+/// default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonStartCmd {
+    /// When the guest reports the end of the run, tell it at once that it may take its
+    /// hinted pages back (otherwise that waits for `/balloon/hinting/stop`).
+    #[serde(default = "default_true")]
+    pub acknowledge_on_stop: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for BalloonStartCmd {
+    fn default() -> Self {
+        Self {
+            acknowledge_on_stop: true,
+        }
+    }
+}
+
+/// `PATCH /balloon/hinting/stop`: Firecracker documents no body; one that is given must
+/// be an empty object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonStopCmd {}
+
+/// What `GET /balloon/hinting/status` returns (Firecracker's `BalloonHintingStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonHintingStatus {
+    /// The command id the host last set: 0 (STOP) before any run, a run's id (2 and up)
+    /// while the host asks for hints, 1 (DONE) once the guest may take its pages back.
+    pub host_cmd: u32,
+    /// The command id the guest last sent: the id of the run it started, 0 (STOP) when it
+    /// finished; `null` before it sent any.
+    pub guest_cmd: Option<u32>,
 }
 
 /// What `GET /balloon/statistics` returns; optional fields are absent until the guest
@@ -1164,11 +1204,6 @@ impl FullVmConfig {
 
     /// `PUT /balloon`.
     pub fn set_balloon(&mut self, balloon: Balloon) -> Result<(), ConfigError> {
-        if balloon.free_page_hinting {
-            return Err(ConfigError::Balloon(
-                "free_page_hinting is not supported by Vireo.".into(),
-            ));
-        }
         self.check_balloon_fits(Some(&balloon), self.machine_config.mem_size_mib)?;
         self.balloon = Some(balloon);
         Ok(())

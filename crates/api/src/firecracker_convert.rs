@@ -86,6 +86,7 @@ impl FullVmConfig {
             amount_mib: u64::from(b.amount_mib),
             deflate_on_oom: b.deflate_on_oom,
             stats_interval_s: u64::from(b.stats_polling_interval_s),
+            free_page_hinting: b.free_page_hinting,
             free_page_reporting: b.free_page_reporting,
         });
         config.mmds = self.mmds_config.clone();
@@ -357,6 +358,7 @@ fn balloon_body(b: &BalloonConfig) -> Result<Balloon, String> {
         amount_mib,
         deflate_on_oom,
         stats_interval_s,
+        free_page_hinting,
         free_page_reporting,
     } = b;
     Ok(Balloon {
@@ -370,7 +372,7 @@ fn balloon_body(b: &BalloonConfig) -> Result<Balloon, String> {
                 u16::MAX
             )
         })?,
-        free_page_hinting: false,
+        free_page_hinting: *free_page_hinting,
         free_page_reporting: *free_page_reporting,
     })
 }

@@ -264,7 +264,8 @@ fn other_devices() {
         free_page_hinting: true,
         ..Default::default()
     };
-    assert!(c.set_balloon(hinting).is_err());
+    c.set_balloon(hinting.clone()).unwrap();
+    assert_eq!(c.balloon, Some(hinting));
     let serial = |size, refill_time| SerialDevice {
         serial_out_path: Some("/tmp/s".into()),
         rate_limiter: Some(TokenBucket {
@@ -647,6 +648,7 @@ fn every_field() -> VmConfig {
             amount_mib: 256,
             deflate_on_oom: true,
             stats_interval_s: 5,
+            free_page_hinting: true,
             free_page_reporting: true,
         }),
         track_dirty_pages: true,

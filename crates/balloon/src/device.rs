@@ -1,15 +1,30 @@
 //! The balloon as the transport and the VMM see it: [`Balloon`] (feature bits, queues,
 //! configuration space, activation and reset) and [`BalloonHandle`], the VMM's control
-//! side (target size, the guest's answer, statistics, polling interval).
+//! side (target size, the guest's answer, statistics, polling interval, free page
+//! hinting runs).
 //!
 //! Both share one [`Shared`] state; the worker thread ([`crate::worker`]) reads it too.
 //!
+//! Free page hinting (virtio 1.2, 5.5.6.7): the host starts a run by writing a new
+//! command id (2 and up) into `free_page_hint_cmd_id` and raising a configuration
+//! interrupt; the driver answers on the hinting queue with that id, then hints its free
+//! pages, then sends STOP (0). The worker discards the hinted pages (`madvise`), as
+//! Firecracker does. The guest keeps the hinted pages allocated until the host writes
+//! DONE (1): at once when the run was started with `acknowledge_on_stop`, else at
+//! [`BalloonHandle::stop_hinting`]. The command id lives in [`HintingState`] behind a
+//! mutex that the worker holds from checking a hint's run to the end of its `madvise`,
+//! so a stop never tells the guest DONE while one of its hinted pages is still being
+//! discarded.
+//!
 //! Snapshots: what the guest can observe beyond the rings is kept as a [`BalloonState`]
 //! (the target in the configuration space, the `actual` the driver wrote, the polling
-//! interval, and the statistics buffer the device holds until its next poll). The worker
-//! serves inflate, deflate and reporting chains as it takes them, so none is in flight
-//! at a snapshot; the statistics buffer is the only one it keeps, and the restored
-//! device keeps it again (same head), answering it at its first poll.
+//! interval, the statistics buffer the device holds until its next poll, and the hinting
+//! state). The worker serves inflate, deflate, hinting and reporting chains as it takes
+//! them, so none is in flight at a snapshot; the statistics buffer is the only one it
+//! keeps, and the restored device keeps it again (same head), answering it at its first
+//! poll. A restored running device that offers hinting sets DONE and tells the driver,
+//! as Firecracker does: whatever run was going on ends and the guest takes its hinted
+//! pages back (a device its driver had not started keeps the snapshot's id until then).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -35,6 +50,19 @@ pub const PAGES_PER_MIB: u64 = 256;
 pub const CONFIG_SIZE: usize = 16;
 /// Offset of `actual`, the only field the driver writes.
 const ACTUAL_OFFSET: u64 = 4;
+/// Offset of `free_page_hint_cmd_id`.
+const HINT_CMD_OFFSET: usize = 8;
+
+/// The reserved free page hinting command ids (virtio 1.2, 5.5.6.7); a run's id is any
+/// other value.
+pub mod hint_cmd {
+    /// The host: no run asked for. The driver: its run is over.
+    pub const STOP: u32 = 0;
+    /// The host: the run is over, the guest may use the hinted pages again.
+    pub const DONE: u32 = 1;
+    /// The first id a run gets.
+    pub const FIRST_RUN: u32 = 2;
+}
 
 /// Balloon feature bits (virtio 1.2, section 5.5.3).
 pub mod feature_bits {
@@ -44,7 +72,8 @@ pub mod feature_bits {
     pub const STATS_VQ: u64 = 1 << 1;
     /// The driver deflates the balloon when the guest runs out of memory.
     pub const DEFLATE_ON_OOM: u64 = 1 << 2;
-    /// Free page hinting (not offered).
+    /// A free page hinting queue exists and the host starts hinting runs
+    /// (`free_page_hint_cmd_id`).
     pub const FREE_PAGE_HINT: u64 = 1 << 3;
     /// Page poisoning (not offered).
     pub const PAGE_POISON: u64 = 1 << 4;
@@ -67,6 +96,14 @@ pub enum BalloonError {
     /// The driver could not be told about the new target (it is still set).
     #[error("cannot signal the configuration change: {0}")]
     Notify(#[source] io::Error),
+    /// A hinting request on a device created without free page hinting.
+    #[error(
+        "free page hinting is not enabled: the balloon was configured without free_page_hinting"
+    )]
+    HintingDisabled,
+    /// A hinting run asked for before the guest's driver started the device.
+    #[error("the balloon device is not activated yet: the guest's driver has not started it")]
+    NotActive,
 }
 
 /// What the balloon has done so far, for metrics.
@@ -76,8 +113,13 @@ pub struct BalloonCounters {
     pub inflated_pages: u64,
     /// Page frame numbers received on the deflate queue.
     pub deflated_pages: u64,
-    /// Bytes given back to the host (inflate and free page reporting).
+    /// Bytes given back to the host (inflate, free page hinting and reporting).
     pub released_bytes: u64,
+    /// Of those, bytes given back by free page hinting.
+    pub hinted_bytes: u64,
+    /// Hinted ranges dropped because they belong to no current run (the host already
+    /// stopped it, or a newer one started).
+    pub stale_hints: u64,
     /// `madvise` calls made.
     pub madvise_calls: u64,
     /// Page frame numbers or reported ranges ignored (outside guest memory, misaligned,
@@ -92,6 +134,8 @@ pub(crate) struct Counters {
     pub inflated_pages: AtomicU64,
     pub deflated_pages: AtomicU64,
     pub released_bytes: AtomicU64,
+    pub hinted_bytes: AtomicU64,
+    pub stale_hints: AtomicU64,
     pub madvise_calls: AtomicU64,
     pub ignored: AtomicU64,
     pub stats_updates: AtomicU64,
@@ -114,6 +158,13 @@ pub(crate) struct Shared {
     pub warned_ignored: AtomicBool,
     /// The statistics buffer the worker held when it prepared the last snapshot.
     pub held_stats_at_snapshot: Mutex<Option<u16>>,
+    /// Whether the device offers free page hinting.
+    pub hinting_offered: bool,
+    /// The hinting run's state; `hint_cmd_id` mirrors its `host_cmd`.
+    pub hinting: Mutex<HintingState>,
+    /// `free_page_hint_cmd_id` as the driver reads it; written only with `hinting` held,
+    /// read without it (a vCPU's configuration read never waits for a `madvise`).
+    pub hint_cmd_id: AtomicU32,
     pub counters: Counters,
     pub metrics: Arc<crate::metrics::BalloonMetrics>,
 }
@@ -136,6 +187,39 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
+
+    pub fn hinting(&self) -> MutexGuard<'_, HintingState> {
+        self.hinting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Set the host's command id (the caller holds `hinting`, given as `state`).
+    pub fn set_host_cmd(&self, state: &mut HintingState, cmd: u32) {
+        state.host_cmd = cmd;
+        self.hint_cmd_id.store(cmd, Ordering::SeqCst);
+    }
+}
+
+/// Where free page hinting stands (Firecracker keeps the same four values).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HintingState {
+    /// The command id the host last set ([`hint_cmd`]: STOP, DONE or a run's id).
+    pub host_cmd: u32,
+    /// The id the last run got (the next one gets the one after, skipping STOP and DONE).
+    pub last_run_id: u32,
+    /// The command id the guest last sent, if it sent any.
+    pub guest_cmd: Option<u32>,
+    /// Set DONE as soon as the guest ends the run (STOP) the host asked for.
+    pub acknowledge_on_stop: bool,
+}
+
+/// What `GET /balloon/hinting/status` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HintingStatus {
+    /// The command id the host last set.
+    pub host_cmd: u32,
+    /// The command id the guest last sent, if it sent any.
+    pub guest_cmd: Option<u32>,
 }
 
 /// The balloon's own state in a snapshot: what the guest can observe beyond the rings.
@@ -151,6 +235,10 @@ pub struct BalloonState {
     /// Head of the statistics buffer the device held (the driver's buffer, given back at
     /// the next poll), if any.
     pub held_stats_head: Option<u16>,
+    /// Free page hinting's state, for a device that offers it (absent in snapshots from
+    /// before Vireo had hinting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hinting: Option<HintingState>,
 }
 
 fn mib_to_pages(mib: u64) -> Result<u32, BalloonError> {
@@ -168,6 +256,9 @@ pub struct Balloon {
     name: String,
     /// From a restored snapshot: the statistics buffer the next worker holds again.
     restored_held_stats: Option<u16>,
+    /// From a restored snapshot: tell the driver, once started again, that the hinting
+    /// command id is DONE.
+    restored_hinting: bool,
 }
 
 impl Balloon {
@@ -188,6 +279,11 @@ impl Balloon {
         if cfg.deflate_on_oom {
             avail |= feature_bits::DEFLATE_ON_OOM;
         }
+        // Queue order (virtio 1.2, 5.5.2): statistics, hinting, reporting.
+        if cfg.free_page_hinting {
+            avail |= feature_bits::FREE_PAGE_HINT;
+            queue_sizes.push(QUEUE_SIZE);
+        }
         if cfg.free_page_reporting {
             avail |= feature_bits::REPORTING;
             queue_sizes.push(QUEUE_SIZE);
@@ -202,6 +298,9 @@ impl Balloon {
             control: EventFd::new(EFD_NONBLOCK).map_err(BalloonError::EventFd)?,
             warned_ignored: AtomicBool::new(false),
             held_stats_at_snapshot: Mutex::new(None),
+            hinting_offered: cfg.free_page_hinting,
+            hinting: Mutex::new(HintingState::default()),
+            hint_cmd_id: AtomicU32::new(hint_cmd::STOP),
             counters: Counters::default(),
             metrics: Arc::default(),
         });
@@ -215,6 +314,7 @@ impl Balloon {
             worker: None,
             name: name.to_string(),
             restored_held_stats: None,
+            restored_hinting: false,
         };
         Ok((dev, handle))
     }
@@ -237,7 +337,24 @@ impl Balloon {
         let actual = self.shared.actual_pages.load(Ordering::SeqCst);
         c[0..4].copy_from_slice(&target.to_le_bytes());
         c[4..8].copy_from_slice(&actual.to_le_bytes());
+        let cmd = self.shared.hint_cmd_id.load(Ordering::SeqCst);
+        c[HINT_CMD_OFFSET..HINT_CMD_OFFSET + 4].copy_from_slice(&cmd.to_le_bytes());
         c
+    }
+
+    /// As Firecracker does for a restored device: DONE, so that whatever run was going on
+    /// ends and the guest takes back the pages it hinted.
+    fn end_restored_hinting(&self, interrupt: &dyn Interrupt) {
+        {
+            let mut hinting = self.shared.hinting();
+            self.shared.set_host_cmd(&mut hinting, hint_cmd::DONE);
+        }
+        if let Err(e) = interrupt.signal_config_change() {
+            log::warn!(
+                "{}: cannot tell the driver that hinting is DONE: {e}",
+                self.name
+            );
+        }
     }
 
     fn stop_worker(&mut self) {
@@ -274,9 +391,13 @@ impl Balloon {
             }
         }
         *self.shared.interrupt() = Some(ctx.interrupt.clone());
+        let interrupt = ctx.interrupt.clone();
         match WorkerThread::spawn(&self.name, worker, ctx) {
             Ok(t) => {
                 self.worker = Some(t);
+                if std::mem::take(&mut self.restored_hinting) {
+                    self.end_restored_hinting(interrupt.as_ref());
+                }
                 Ok(())
             }
             Err(e) => {
@@ -373,6 +494,7 @@ impl VirtioDevice for Balloon {
             actual_pages: self.shared.actual_pages.load(Ordering::SeqCst),
             stats_interval_ms: self.shared.stats_interval_ms.load(Ordering::SeqCst),
             held_stats_head,
+            hinting: self.shared.hinting_offered.then(|| *self.shared.hinting()),
         };
         serde_json::to_value(state)
             .map(Some)
@@ -395,6 +517,11 @@ impl VirtioDevice for Balloon {
                 "{name}: the snapshot polls statistics, this device has no statistics queue"
             ));
         }
+        if state.hinting.is_some() && !self.shared.hinting_offered {
+            return Err(format!(
+                "{name}: the snapshot has free page hinting, this device does not offer it"
+            ));
+        }
         self.shared
             .target_pages
             .store(state.target_pages, Ordering::SeqCst);
@@ -405,14 +532,26 @@ impl VirtioDevice for Balloon {
             .stats_interval_ms
             .store(state.stats_interval_ms, Ordering::SeqCst);
         self.restored_held_stats = state.held_stats_head;
+        if self.shared.hinting_offered {
+            let restored = state.hinting.unwrap_or_default();
+            let mut hinting = self.shared.hinting();
+            *hinting = restored;
+            self.shared.set_host_cmd(&mut hinting, restored.host_cmd);
+            // Ended with DONE when the device runs again (`start`).
+            self.restored_hinting = true;
+        }
         Ok(())
     }
 
     fn reset(&mut self) -> bool {
         self.restored_held_stats = None;
+        self.restored_hinting = false;
         self.stop_worker();
-        // A reset driver's balloon is empty.
+        // A reset driver's balloon is empty, and it holds no hinted pages.
         self.shared.actual_pages.store(0, Ordering::SeqCst);
+        let mut hinting = self.shared.hinting();
+        *hinting = HintingState::default();
+        self.shared.set_host_cmd(&mut hinting, hint_cmd::STOP);
         true
     }
 
@@ -496,6 +635,69 @@ impl BalloonHandle {
         self.shared.control.write(1).map_err(BalloonError::EventFd)
     }
 
+    /// Whether the device offers free page hinting.
+    pub fn hinting_enabled(&self) -> bool {
+        self.shared.hinting_offered
+    }
+
+    /// Start a free page hinting run: a new command id (2 and up, never STOP or DONE)
+    /// for the driver, which then hints its free pages and the worker discards them.
+    /// With `acknowledge_on_stop` the worker sets DONE as soon as the guest ends the run,
+    /// otherwise the guest keeps the hinted pages until [`BalloonHandle::stop_hinting`].
+    /// Returns the run's id. The device must be running (its driver started it).
+    pub fn start_hinting(&self, acknowledge_on_stop: bool) -> Result<u32, BalloonError> {
+        self.set_hint_cmd(|state| {
+            let mut id = state.last_run_id.wrapping_add(1);
+            if id < hint_cmd::FIRST_RUN {
+                id = hint_cmd::FIRST_RUN;
+            }
+            state.last_run_id = id;
+            state.acknowledge_on_stop = acknowledge_on_stop;
+            id
+        })
+    }
+
+    /// End the hinting run: DONE, the guest may use the hinted pages again. The device
+    /// must be running.
+    pub fn stop_hinting(&self) -> Result<(), BalloonError> {
+        self.set_hint_cmd(|_| hint_cmd::DONE).map(|_| ())
+    }
+
+    /// Set the command id `next` gives and tell the driver.
+    fn set_hint_cmd(
+        &self,
+        next: impl FnOnce(&mut HintingState) -> u32,
+    ) -> Result<u32, BalloonError> {
+        if !self.shared.hinting_offered {
+            return Err(BalloonError::HintingDisabled);
+        }
+        let irq = self.shared.interrupt().clone();
+        let Some(irq) = irq else {
+            return Err(BalloonError::NotActive);
+        };
+        let cmd = {
+            // Waits for a hint being discarded: DONE reaches the driver after it.
+            let mut state = self.shared.hinting();
+            let cmd = next(&mut state);
+            self.shared.set_host_cmd(&mut state, cmd);
+            cmd
+        };
+        irq.signal_config_change().map_err(BalloonError::Notify)?;
+        Ok(cmd)
+    }
+
+    /// The last command id the host set and the last one the guest sent.
+    pub fn hinting_status(&self) -> Result<HintingStatus, BalloonError> {
+        if !self.shared.hinting_offered {
+            return Err(BalloonError::HintingDisabled);
+        }
+        let state = self.shared.hinting();
+        Ok(HintingStatus {
+            host_cmd: state.host_cmd,
+            guest_cmd: state.guest_cmd,
+        })
+    }
+
     /// Its counters in Firecracker's `balloon` group.
     pub fn metrics(&self) -> Arc<crate::metrics::BalloonMetrics> {
         self.shared.metrics.clone()
@@ -509,6 +711,8 @@ impl BalloonHandle {
             inflated_pages: l(&c.inflated_pages),
             deflated_pages: l(&c.deflated_pages),
             released_bytes: l(&c.released_bytes),
+            hinted_bytes: l(&c.hinted_bytes),
+            stale_hints: l(&c.stale_hints),
             madvise_calls: l(&c.madvise_calls),
             ignored: l(&c.ignored),
             stats_updates: l(&c.stats_updates),

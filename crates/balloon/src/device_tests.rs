@@ -21,7 +21,16 @@ fn cfg(amount_mib: u64, stats_s: u64, oom: bool, reporting: bool) -> api::Balloo
         amount_mib,
         deflate_on_oom: oom,
         stats_interval_s: stats_s,
+        free_page_hinting: false,
         free_page_reporting: reporting,
+    }
+}
+
+/// `c` with free page hinting.
+fn hinting(c: api::BalloonConfig) -> api::BalloonConfig {
+    api::BalloonConfig {
+        free_page_hinting: true,
+        ..c
     }
 }
 
@@ -67,6 +76,84 @@ fn features_and_queues_follow_the_config() {
     assert_eq!(dev.features(), features::COMMON | feature_bits::REPORTING);
     assert_eq!(dev.queue_max_sizes().len(), 3);
     assert!(!h.stats_enabled());
+    assert!(!h.hinting_enabled());
+
+    let (dev, h) = Balloon::new(&hinting(cfg(0, 1, false, true)), "b").unwrap();
+    assert_eq!(
+        dev.features(),
+        features::COMMON
+            | feature_bits::STATS_VQ
+            | feature_bits::FREE_PAGE_HINT
+            | feature_bits::REPORTING
+    );
+    assert_eq!(dev.queue_max_sizes(), [QUEUE_SIZE; 5]);
+    assert!(h.hinting_enabled());
+}
+
+/// The handle's hinting requests: refused on a device without hinting, and before the
+/// driver started the device (status excepted); once it runs, each start writes the
+/// next run id into `free_page_hint_cmd_id` (read-only to the driver) and signals a
+/// configuration change, stop writes DONE; ids skip STOP and DONE when they wrap; a
+/// reset forgets everything.
+#[test]
+fn hinting_command_ids_in_the_config_space() {
+    let mem = guest_memory(MEM_SIZE);
+    let (_d, plain) = Balloon::new(&cfg(0, 0, false, false), "b").unwrap();
+    for r in [
+        plain.start_hinting(true).map(|_| ()),
+        plain.stop_hinting(),
+        plain.hinting_status().map(|_| ()),
+    ] {
+        assert!(matches!(r, Err(BalloonError::HintingDisabled)), "{r:?}");
+    }
+
+    let (mut dev, h) = Balloon::new(&hinting(cfg(0, 0, false, false)), "balloon-hint").unwrap();
+    assert!(matches!(
+        h.start_hinting(true),
+        Err(BalloonError::NotActive)
+    ));
+    assert!(matches!(h.stop_hinting(), Err(BalloonError::NotActive)));
+    assert_eq!(
+        h.hinting_status().unwrap(),
+        HintingStatus {
+            host_cmd: hint_cmd::STOP,
+            guest_cmd: None
+        }
+    );
+    assert_eq!(read_u32(&dev, 8), hint_cmd::STOP);
+
+    let run = activate(
+        &mut dev,
+        &mem,
+        features::VERSION_1 | feature_bits::FREE_PAGE_HINT,
+    );
+    assert_eq!(h.start_hinting(true).unwrap(), 2);
+    assert_eq!(read_u32(&dev, 8), 2);
+    assert_eq!(run.irq.config.load(Ordering::SeqCst), 1);
+    assert_eq!(h.start_hinting(false).unwrap(), 3);
+    assert_eq!(read_u32(&dev, 8), 3);
+    dev.write_config(8, &7u32.to_le_bytes());
+    assert_eq!(
+        read_u32(&dev, 8),
+        3,
+        "the driver cannot write the command id"
+    );
+    h.stop_hinting().unwrap();
+    assert_eq!(read_u32(&dev, 8), hint_cmd::DONE);
+    assert_eq!(run.irq.config.load(Ordering::SeqCst), 3);
+    assert_eq!(h.hinting_status().unwrap().host_cmd, hint_cmd::DONE);
+
+    dev.shared.hinting().last_run_id = u32::MAX;
+    assert_eq!(h.start_hinting(true).unwrap(), 2, "0 and 1 are skipped");
+    assert_eq!(h.start_hinting(true).unwrap(), 3);
+
+    assert!(dev.reset());
+    assert_eq!(read_u32(&dev, 8), hint_cmd::STOP);
+    assert_eq!(*dev.shared.hinting(), HintingState::default());
+    assert!(matches!(
+        h.start_hinting(true),
+        Err(BalloonError::NotActive)
+    ));
 }
 
 #[test]
@@ -284,6 +371,123 @@ fn reporting_through_the_mmio_transport() {
     assert!(!t.is_activated());
 }
 
+/// A hinting run through the MMIO transport: the driver accepts statistics, hinting and
+/// reporting (queues 2, 3, 4), reads the run id in the configuration space, answers
+/// with it, hints a range and stops; the range is released, the host acknowledges with
+/// DONE. Then a snapshot: the state carries the hinting state, and the restored running
+/// device ends the run with DONE and a configuration interrupt, as Firecracker does.
+#[test]
+fn hinting_through_the_mmio_transport_and_a_snapshot() {
+    let mem = guest_memory(MEM_SIZE);
+    let config = hinting(cfg(0, 1, false, true));
+    let (dev, h) = Balloon::new(&config, "balloon-hint-mmio").unwrap();
+    let mut t = MmioTransport::new(Box::new(dev), mem.clone()).unwrap();
+    let mocks: Vec<_> = (0..5u64)
+        .map(|i| MockSplitQueue::create(mem.as_ref(), GuestAddress(0x1_0000 * (i + 1)), 16))
+        .collect();
+    let mut d = MmioDriver(&mut t);
+    assert_ne!(d.device_features() & feature_bits::FREE_PAGE_HINT, 0);
+    assert!(d.negotiate(
+        features::VERSION_1
+            | feature_bits::STATS_VQ
+            | feature_bits::FREE_PAGE_HINT
+            | feature_bits::REPORTING
+    ));
+    for (i, m) in mocks.iter().enumerate() {
+        d.setup_queue(
+            i as u32,
+            16,
+            m.desc_table_addr().0,
+            m.avail_addr().0,
+            m.used_addr().0,
+        );
+    }
+    d.driver_ok();
+    assert!(t.is_activated());
+
+    assert_eq!(h.start_hinting(true).unwrap(), 2);
+    let mut d = MmioDriver(&mut t);
+    assert_eq!(d.read(0x108), 2, "free_page_hint_cmd_id");
+    let pfn = 0x30_0000 / 4096;
+    fill_page(&mem, pfn, 0x5a);
+    fill_page(&mem, pfn + 1, 0x5a);
+    mem.write_slice(&2u32.to_le_bytes(), GuestAddress(0x11_0000))
+        .unwrap();
+    add_chain(&mocks[3], 0, &[(0x11_0000, 4, 0)]);
+    add_chain(&mocks[3], 1, &[(0x30_0000, 4096, WRITE)]);
+    d.write(0x50, 3);
+    wait_for("the hint back", || used_idx(&mem, &mocks[3]) == 2);
+    assert!(page_is(&mem, pfn, 0));
+    assert!(page_is(&mem, pfn + 1, 0x5a));
+    mem.write_slice(&0u32.to_le_bytes(), GuestAddress(0x11_0004))
+        .unwrap();
+    add_chain(&mocks[3], 2, &[(0x11_0004, 4, 0)]);
+    d.write(0x50, 3);
+    wait_for("DONE", || {
+        h.hinting_status().unwrap().host_cmd == hint_cmd::DONE
+    });
+    assert_eq!(MmioDriver(&mut t).read(0x108), hint_cmd::DONE);
+    assert_eq!(h.counters().hinted_bytes, 4096);
+
+    // A second run, left going (the guest answered, no STOP yet) at the snapshot.
+    assert_eq!(h.start_hinting(false).unwrap(), 3);
+    mem.write_slice(&3u32.to_le_bytes(), GuestAddress(0x11_0008))
+        .unwrap();
+    add_chain(&mocks[3], 3, &[(0x11_0008, 4, 0)]);
+    MmioDriver(&mut t).write(0x50, 3);
+    wait_for("the run's id back", || used_idx(&mem, &mocks[3]) == 4);
+    t.pause();
+    let state = t.state().unwrap();
+    let saved: BalloonState =
+        serde_json::from_value(state.device_state.clone().expect("balloon state")).unwrap();
+    assert_eq!(
+        saved.hinting,
+        Some(HintingState {
+            host_cmd: 3,
+            last_run_id: 3,
+            guest_cmd: Some(3),
+            acknowledge_on_stop: false,
+        })
+    );
+    drop(t);
+
+    let (dev, h2) = Balloon::new(&config, "balloon-hint-restored").unwrap();
+    let mut restored = MmioTransport::new(Box::new(dev), mem.clone()).unwrap();
+    restored.restore(&state).unwrap();
+    assert!(restored.is_activated());
+    assert_eq!(
+        h2.hinting_status().unwrap(),
+        HintingStatus {
+            host_cmd: hint_cmd::DONE,
+            guest_cmd: Some(3)
+        }
+    );
+    let mut d = MmioDriver(&mut restored);
+    assert_eq!(d.read(0x108), hint_cmd::DONE);
+    assert_eq!(d.read(0x60) & 2, 2, "a configuration interrupt is pending");
+    // The next run gets the next id.
+    assert_eq!(h2.start_hinting(true).unwrap(), 4);
+    d.write(0x70, 0);
+
+    // The same state on a device without hinting is refused; one without the hinting
+    // field (an older snapshot) is taken, the device starts from STOP.
+    let (mut plain, _) = Balloon::new(&cfg(0, 1, false, true), "b").unwrap();
+    let e = plain
+        .restore_state(state.device_state.as_ref())
+        .unwrap_err();
+    assert!(e.contains("does not offer it"), "{e}");
+    let (mut dev, h3) = Balloon::new(&config, "b").unwrap();
+    let old = serde_json::json!({
+        "target_pages": 0,
+        "actual_pages": 0,
+        "stats_interval_ms": 1000,
+        "held_stats_head": null,
+    });
+    dev.restore_state(Some(&old)).unwrap();
+    assert_eq!(h3.hinting_status().unwrap().host_cmd, hint_cmd::STOP);
+    assert_eq!(read_u32(&dev, 8), hint_cmd::STOP);
+}
+
 /// Head and length of used element `i` of `vq`.
 fn used_elem(mem: &VmMemory, vq: &MockSplitQueue<'_, VmMemory>, i: u64) -> (u32, u32) {
     let at = vq.used_addr().0 + 4 + 8 * i;
@@ -347,6 +551,7 @@ fn state_and_the_held_stats_buffer_move_to_a_restored_device() {
             actual_pages: 32 * 256,
             stats_interval_ms: 60_000,
             held_stats_head: Some(0),
+            hinting: None,
         }
     );
     assert_eq!(
@@ -416,6 +621,7 @@ fn state_of_a_stopped_balloon_and_refused_states() {
         actual_pages: 0,
         stats_interval_ms: 1000,
         held_stats_head: None,
+        hinting: None,
     })
     .unwrap();
     let e = dev.restore_state(Some(&polling)).unwrap_err();
@@ -439,6 +645,7 @@ fn a_held_stats_head_outside_the_queue_is_dropped() {
         actual_pages: 0,
         stats_interval_ms: 20,
         held_stats_head: Some(16),
+        hinting: None,
     })
     .unwrap();
     dev.restore_state(Some(&state)).unwrap();

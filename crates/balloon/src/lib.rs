@@ -2,7 +2,8 @@
 //!
 //! The guest gives pages to the balloon (inflate) and the host releases the memory
 //! behind them; it takes them back (deflate) when it needs them. The VMM sets the target
-//! size and reads the guest's statistics through a [`BalloonHandle`].
+//! size, reads the guest's statistics and starts free page hinting runs through a
+//! [`BalloonHandle`]; free pages the guest reports or hints are released too.
 //!
 //! - [`device`]: [`Balloon`] (the [`virtio_devices::device::VirtioDevice`] the transport
 //!   drives: features, queues, configuration space) and [`BalloonHandle`].
@@ -29,6 +30,9 @@ pub mod metrics;
 pub mod stats;
 pub mod worker;
 
-pub use device::{Balloon, BalloonCounters, BalloonError, BalloonHandle, BalloonState};
+pub use device::{
+    Balloon, BalloonCounters, BalloonError, BalloonHandle, BalloonState, HintingState,
+    HintingStatus,
+};
 pub use metrics::{BalloonMetrics, BalloonValues};
 pub use stats::BalloonStats;

@@ -22,11 +22,11 @@ virtio_devices::metrics_group!(
         free_page_report_freed,
         /// Reported ranges that could not be given back.
         free_page_report_fails,
-        /// Free page hinting runs (not offered yet: stays 0).
+        /// Hinted ranges taken for the current run.
         free_page_hint_count,
-        /// Bytes given back by hinting (not offered yet: stays 0).
+        /// Bytes given back by free page hinting.
         free_page_hint_freed,
-        /// Hinting failures (not offered yet: stays 0).
+        /// Hinted ranges that could not be given back.
         free_page_hint_fails,
     }
 );

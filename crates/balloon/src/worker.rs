@@ -1,7 +1,8 @@
 //! Serving the balloon's queues once the driver has started it: inflate (release the
 //! pages), deflate (nothing to do on the host), statistics (hold the driver's buffer,
-//! give it back every polling interval, parse what comes back) and free page reporting
-//! (release the reported ranges).
+//! give it back every polling interval, parse what comes back), free page hinting (follow
+//! the guest's command ids, release the ranges it hints for the run the host asked for)
+//! and free page reporting (release the reported ranges).
 //!
 //! Which queue index is which depends on the features the driver accepted
 //! ([`QueueLayout`]). The worker's extra fds are the statistics timer and the control
@@ -17,10 +18,10 @@ use virtio_devices::device::{
     DeviceWorker, Interrupt, WorkerError, notify_if_needed, pop_chain, serve_queue,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader};
-use vm_memory::{GuestAddress, GuestMemory};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::device::{BalloonHandle, Shared, feature_bits};
+use crate::device::{BalloonHandle, Shared, feature_bits, hint_cmd};
 use crate::memory::{self, BALLOON_PAGE_SIZE, PFN_SHIFT, RunBuilder, in_guest_memory};
 use crate::stats::{self, MAX_RECORDS, RECORD_SIZE};
 
@@ -38,16 +39,20 @@ pub enum QueueKind {
     Deflate,
     /// The guest's memory statistics.
     Stats,
+    /// Free page hinting.
+    Hinting,
     /// Free page reporting.
     Reporting,
 }
 
 /// Queue numbering for a set of accepted features (virtio 1.2, 5.5.2): inflate 0,
-/// deflate 1, then the statistics queue if `STATS_VQ` was accepted, then the reporting
-/// queue if `REPORTING` was accepted, each at the next free index.
+/// deflate 1, then the statistics queue if `STATS_VQ` was accepted, the hinting queue if
+/// `FREE_PAGE_HINT` was, the reporting queue if `REPORTING` was, each at the next free
+/// index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLayout {
     stats: Option<usize>,
+    hinting: Option<usize>,
     reporting: Option<usize>,
 }
 
@@ -62,8 +67,13 @@ impl QueueLayout {
             })
         };
         let stats = take(feature_bits::STATS_VQ);
+        let hinting = take(feature_bits::FREE_PAGE_HINT);
         let reporting = take(feature_bits::REPORTING);
-        Self { stats, reporting }
+        Self {
+            stats,
+            hinting,
+            reporting,
+        }
     }
 
     /// What queue `index` is, if the layout has it.
@@ -72,6 +82,7 @@ impl QueueLayout {
             0 => Some(QueueKind::Inflate),
             1 => Some(QueueKind::Deflate),
             i if Some(i) == self.stats => Some(QueueKind::Stats),
+            i if Some(i) == self.hinting => Some(QueueKind::Hinting),
             i if Some(i) == self.reporting => Some(QueueKind::Reporting),
             _ => None,
         }
@@ -82,6 +93,11 @@ impl QueueLayout {
         self.stats
     }
 
+    /// Index of the hinting queue.
+    pub fn hinting(&self) -> Option<usize> {
+        self.hinting
+    }
+
     /// Index of the reporting queue.
     pub fn reporting(&self) -> Option<usize> {
         self.reporting
@@ -89,7 +105,7 @@ impl QueueLayout {
 
     /// Every queue index in use.
     pub fn indices(&self) -> impl Iterator<Item = usize> {
-        [Some(0), Some(1), self.stats, self.reporting]
+        [Some(0), Some(1), self.stats, self.hinting, self.reporting]
             .into_iter()
             .flatten()
     }
@@ -229,26 +245,126 @@ impl BalloonWorker {
     /// (shrunk to whole 4 KiB pages).
     fn report<M: GuestMemory>(&self, mem: &M, chain: DescriptorChain<&M>) -> u32 {
         self.shared.metrics.free_page_report_count.inc();
-        let mask = BALLOON_PAGE_SIZE - 1;
         for desc in chain {
             let addr = desc.addr().0;
-            let (Some(start), Some(end)) = (
-                addr.checked_add(mask).map(|a| a & !mask),
-                addr.checked_add(u64::from(desc.len())).map(|e| e & !mask),
-            ) else {
+            let Some((start, len)) = whole_pages(addr, desc.len()) else {
                 self.ignore(format_args!("reported range at {addr:#x} overflows"));
                 self.shared.metrics.free_page_report_fails.inc();
                 continue;
             };
-            if end > start {
-                if self.release(mem, GuestAddress(start), end - start) {
-                    self.shared.metrics.free_page_report_freed.add(end - start);
+            if len > 0 {
+                if self.release(mem, start, len) {
+                    self.shared.metrics.free_page_report_freed.add(len);
                 } else {
                     self.shared.metrics.free_page_report_fails.inc();
                 }
             }
         }
         0
+    }
+
+    /// Serve one hinting chain (virtio 1.2, 5.5.6.7). A device-readable descriptor
+    /// carries a command id (le32): the id of the run the driver starts, or STOP when it
+    /// has finished. A device-writable descriptor is a free range the driver hints: it is
+    /// released (whole 4 KiB pages) if it belongs to the run the host asked for, that is
+    /// the host's command id is a run's and the guest last sent that id; otherwise it is
+    /// stale and dropped. When the guest ends the host's run and the run acknowledges on
+    /// stop, the host's id becomes DONE; `*acked` says the driver must be told.
+    ///
+    /// The state stays locked from a range's check to the end of its release, so a stop
+    /// from the API (DONE) never reaches the driver while a hinted page is discarded.
+    fn hint<M: GuestMemory>(&self, mem: &M, chain: DescriptorChain<&M>, acked: &mut bool) -> u32 {
+        for desc in chain {
+            let addr = desc.addr().0;
+            let mut state = self.shared.hinting();
+            if !desc.is_write_only() {
+                // A command id; Linux sends exactly 4 bytes.
+                let cmd = match mem.read_obj::<u32>(desc.addr()) {
+                    Ok(raw) if desc.len() >= 4 => u32::from_le(raw),
+                    _ => {
+                        self.ignore(format_args!(
+                            "hinting command id at {addr:#x} ({} bytes) unreadable",
+                            desc.len()
+                        ));
+                        continue;
+                    }
+                };
+                let previous = state.guest_cmd.replace(cmd);
+                let host = state.host_cmd;
+                let ends_host_run = host >= hint_cmd::FIRST_RUN && previous == Some(host);
+                match cmd {
+                    hint_cmd::STOP | hint_cmd::DONE => {
+                        if cmd == hint_cmd::DONE {
+                            log::debug!(
+                                "virtio-balloon: the driver sent the hinting command id DONE, taken as STOP"
+                            );
+                        }
+                        if ends_host_run && state.acknowledge_on_stop {
+                            self.shared.set_host_cmd(&mut state, hint_cmd::DONE);
+                            *acked = true;
+                        }
+                    }
+                    id if id != host => log::debug!(
+                        "virtio-balloon: the driver starts hinting run {id}, the host asks for {host}"
+                    ),
+                    _ => {}
+                }
+                continue;
+            }
+            let host = state.host_cmd;
+            if host < hint_cmd::FIRST_RUN || state.guest_cmd != Some(host) {
+                self.shared
+                    .counters
+                    .stale_hints
+                    .fetch_add(1, Ordering::Relaxed);
+                log::debug!(
+                    "virtio-balloon: hinted range at {addr:#x} belongs to no current run (host {host}, guest {:?}): dropped",
+                    state.guest_cmd
+                );
+                continue;
+            }
+            self.shared.metrics.free_page_hint_count.inc();
+            let released = match whole_pages(addr, desc.len()) {
+                Some((start, len)) if len > 0 => self.release(mem, start, len).then_some(len),
+                Some(_) => Some(0),
+                None => {
+                    self.ignore(format_args!("hinted range at {addr:#x} overflows"));
+                    None
+                }
+            };
+            drop(state);
+            match released {
+                Some(len) => {
+                    self.shared.metrics.free_page_hint_freed.add(len);
+                    self.shared
+                        .counters
+                        .hinted_bytes
+                        .fetch_add(len, Ordering::Relaxed);
+                }
+                None => self.shared.metrics.free_page_hint_fails.inc(),
+            }
+        }
+        0
+    }
+
+    /// Serve the hinting queue; tell the driver if its run was acknowledged (DONE).
+    fn serve_hints<M: GuestMemory>(
+        &self,
+        queue: &mut Queue,
+        index: usize,
+        mem: &M,
+        interrupt: &dyn Interrupt,
+    ) -> Result<(), WorkerError> {
+        let mut acked = false;
+        let served = serve_queue(queue, index, mem, interrupt, |c| {
+            self.hint(mem, c, &mut acked)
+        });
+        if acked {
+            interrupt
+                .signal_config_change()
+                .map_err(|e| WorkerError::new(format!("cannot signal hinting DONE: {e}")))?;
+        }
+        served
     }
 
     /// Parse the statistics in one chain into the handle's state.
@@ -367,6 +483,7 @@ impl DeviceWorker for BalloonWorker {
             QueueKind::Deflate => {
                 serve_queue(queue, index, mem, interrupt, |c| self.deflate(mem, c))
             }
+            QueueKind::Hinting => self.serve_hints(queue, index, mem, interrupt),
             QueueKind::Reporting => {
                 serve_queue(queue, index, mem, interrupt, |c| self.report(mem, c))
             }
@@ -375,9 +492,9 @@ impl DeviceWorker for BalloonWorker {
         result.inspect_err(|_| metrics.event_fails.inc())
     }
 
-    /// Inflate, deflate and reporting chains are finished as they are taken; the held
-    /// statistics buffer stays held (it is answered at the next poll, by this worker or
-    /// by a restored one) and is recorded for the snapshot.
+    /// Inflate, deflate, hinting and reporting chains are finished as they are taken; the
+    /// held statistics buffer stays held (it is answered at the next poll, by this worker
+    /// or by a restored one) and is recorded for the snapshot.
     fn prepare_snapshot<M: GuestMemory>(
         &mut self,
         _queues: &mut [&mut Queue],
@@ -407,6 +524,15 @@ impl DeviceWorker for BalloonWorker {
             _ => Ok(()),
         }
     }
+}
+
+/// The whole 4 KiB pages inside `len` bytes at `addr`: their first address and length
+/// (0 when there is none); `None` when the range wraps around the address space.
+fn whole_pages(addr: u64, len: u32) -> Option<(GuestAddress, u64)> {
+    let mask = BALLOON_PAGE_SIZE - 1;
+    let start = addr.checked_add(mask)? & !mask;
+    let end = addr.checked_add(u64::from(len))? & !mask;
+    Some((GuestAddress(start), end.saturating_sub(start)))
 }
 
 /// Make `fd` non-blocking, so draining the timer never waits.

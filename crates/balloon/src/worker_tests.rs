@@ -86,11 +86,11 @@ pub(crate) fn page_is(mem: &VmMemory, pfn: u64, byte: u8) -> bool {
 }
 
 /// A balloon offering every feature, a worker for `acked` features, and one mock queue
-/// per declared queue.
+/// per declared queue. The handle signals `irq`, as a running device's does.
 struct Rig {
     mem: Arc<VmMemory>,
     handle: BalloonHandle,
-    irq: TestInterrupt,
+    irq: Arc<TestInterrupt>,
 }
 
 impl Rig {
@@ -99,14 +99,17 @@ impl Rig {
             amount_mib: 0,
             deflate_on_oom: true,
             stats_interval_s: 1,
+            free_page_hinting: true,
             free_page_reporting: true,
         };
         let (_dev, handle) = Balloon::new(&cfg, "balloon-test").unwrap();
         handle.set_stats_interval_ms(stats_interval_ms).unwrap();
+        let irq = Arc::new(TestInterrupt::default());
+        *handle.shared.interrupt.lock().unwrap() = Some(irq.clone());
         Self {
             mem: guest_memory(MEM_SIZE),
             handle,
-            irq: TestInterrupt::default(),
+            irq,
         }
     }
 
@@ -115,7 +118,7 @@ impl Rig {
     }
 
     fn mocks(&self) -> Vec<MockSplitQueue<'_, VmMemory>> {
-        (0..4u64)
+        (0..5u64)
             .map(|i| {
                 MockSplitQueue::create(self.mem.as_ref(), GuestAddress(0x1_0000 * (i + 1)), 16)
             })
@@ -129,12 +132,12 @@ impl Rig {
         index: usize,
     ) -> Result<(), WorkerError> {
         let mut refs: Vec<&mut Queue> = qs.iter_mut().collect();
-        w.process_queue(index, &mut refs, self.mem.as_ref(), &self.irq)
+        w.process_queue(index, &mut refs, self.mem.as_ref(), self.irq.as_ref())
     }
 
     fn extra(&self, w: &mut BalloonWorker, qs: &mut [Queue], index: usize) {
         let mut refs: Vec<&mut Queue> = qs.iter_mut().collect();
-        w.process_extra(index, &mut refs, self.mem.as_ref(), &self.irq)
+        w.process_extra(index, &mut refs, self.mem.as_ref(), self.irq.as_ref())
             .unwrap();
     }
 }
@@ -279,7 +282,7 @@ fn deflate_returns_buffers_and_keeps_memory() {
 #[test]
 fn queue_layout_follows_the_accepted_features() {
     let l = QueueLayout::new(0);
-    assert_eq!((l.stats(), l.reporting()), (None, None));
+    assert_eq!((l.stats(), l.hinting(), l.reporting()), (None, None, None));
     assert_eq!(l.indices().collect::<Vec<_>>(), [0, 1]);
     assert_eq!(l.kind(2), None);
     let l = QueueLayout::new(fb::STATS_VQ);
@@ -299,6 +302,269 @@ fn queue_layout_follows_the_accepted_features() {
             None
         ]
     );
+    // Hinting comes between statistics and reporting, each at the next free index.
+    let l = QueueLayout::new(fb::STATS_VQ | fb::FREE_PAGE_HINT | fb::REPORTING);
+    assert_eq!(
+        (l.stats(), l.hinting(), l.reporting()),
+        (Some(2), Some(3), Some(4))
+    );
+    assert_eq!(l.indices().collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+    assert_eq!(l.kind(3), Some(QueueKind::Hinting));
+    let l = QueueLayout::new(fb::FREE_PAGE_HINT);
+    assert_eq!(
+        (l.stats(), l.hinting(), l.reporting()),
+        (None, Some(2), None)
+    );
+    let l = QueueLayout::new(fb::FREE_PAGE_HINT | fb::REPORTING);
+    assert_eq!(
+        (l.stats(), l.hinting(), l.reporting()),
+        (None, Some(2), Some(3))
+    );
+    assert_eq!(l.kind(4), None);
+}
+
+/// Every feature accepted: hinting is queue 3.
+const ALL: u64 = fb::STATS_VQ | fb::FREE_PAGE_HINT | fb::REPORTING;
+const HINTQ: usize = 3;
+
+/// Offer the command id `cmd` as one device-readable le32 at `buf`.
+fn add_cmd(mem: &VmMemory, vq: &MockSplitQueue<'_, VmMemory>, slot: u16, buf: u64, cmd: u32) {
+    mem.write_slice(&cmd.to_le_bytes(), GuestAddress(buf))
+        .unwrap();
+    add_chain(vq, slot, &[(buf, 4, 0)]);
+}
+
+/// Offer `pages` pages from frame `pfn` as one hinted (device-writable) range.
+fn add_hint(vq: &MockSplitQueue<'_, VmMemory>, slot: u16, pfn: u64, pages: u32) {
+    add_chain(vq, slot, &[(pfn * PAGE, pages * PAGE as u32, WRITE)]);
+}
+
+fn status(rig: &Rig) -> (u32, Option<u32>) {
+    let s = rig.handle.hinting_status().unwrap();
+    (s.host_cmd, s.guest_cmd)
+}
+
+fn config_signals(rig: &Rig) -> usize {
+    rig.irq.config.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// A run as Linux makes one: the host writes a run id, the driver answers with it,
+/// hints free ranges (released, whole pages only), then sends STOP, and the host, asked
+/// to acknowledge, writes DONE and tells the driver. Hints outside a run are dropped.
+#[test]
+fn hinting_run_releases_hinted_pages_and_acknowledges_the_stop() {
+    let rig = Rig::new(0);
+    let mocks = rig.mocks();
+    let mut qs = queues(&mocks);
+    let mut w = rig.worker(ALL);
+    let q = &mocks[HINTQ];
+    let f = PAGES_AT / PAGE;
+    for p in f..f + 16 {
+        fill_page(&rig.mem, p, 0x6b);
+    }
+    assert_eq!(status(&rig), (hint_cmd::STOP, None));
+
+    // Before any run: a hint is dropped.
+    add_hint(q, 0, f + 12, 1);
+    rig.run(&mut w, &mut qs, HINTQ).unwrap();
+    assert!(page_is(&rig.mem, f + 12, 0x6b));
+    assert_eq!(rig.handle.counters().stale_hints, 1);
+
+    assert_eq!(rig.handle.start_hinting(true).unwrap(), 2);
+    assert_eq!(config_signals(&rig), 1, "the driver is told of the run");
+    assert_eq!(status(&rig), (2, None));
+    add_cmd(&rig.mem, q, 1, BUFS_AT, 2);
+    add_hint(q, 2, f, 4);
+    // f+8 partly, f+9 whole, f+10 partly: only f+9 goes.
+    add_chain(
+        q,
+        3,
+        &[(PAGES_AT + 8 * PAGE + 0x800, 2 * PAGE as u32, WRITE)],
+    );
+    rig.run(&mut w, &mut qs, HINTQ).unwrap();
+    assert_eq!(status(&rig), (2, Some(2)));
+    for p in f..f + 4 {
+        assert!(page_is(&rig.mem, p, 0), "hinted page {p:#x} released");
+    }
+    assert!(page_is(&rig.mem, f + 4, 0x6b));
+    assert!(page_is(&rig.mem, f + 8, 0x6b));
+    assert!(page_is(&rig.mem, f + 9, 0));
+    assert!(page_is(&rig.mem, f + 10, 0x6b));
+    assert_eq!(config_signals(&rig), 1, "no DONE yet");
+
+    add_cmd(&rig.mem, q, 4, BUFS_AT + 4, hint_cmd::STOP);
+    rig.run(&mut w, &mut qs, HINTQ).unwrap();
+    assert_eq!(status(&rig), (hint_cmd::DONE, Some(hint_cmd::STOP)));
+    assert_eq!(config_signals(&rig), 2, "DONE is signalled");
+    assert_eq!(used_idx(&rig.mem, q), 5, "every chain is returned");
+    assert_eq!(used_elem(&rig.mem, q, 2), (2, 0), "nothing written");
+
+    // A hint arriving after DONE is dropped: the guest may be using the page again.
+    add_hint(q, 5, f + 13, 1);
+    rig.run(&mut w, &mut qs, HINTQ).unwrap();
+    assert!(page_is(&rig.mem, f + 13, 0x6b));
+
+    let c = rig.handle.counters();
+    assert_eq!(c.hinted_bytes, 5 * PAGE);
+    assert_eq!(c.released_bytes, 5 * PAGE);
+    assert_eq!(c.stale_hints, 2);
+    assert_eq!(c.ignored, 0);
+    let m = rig.handle.metrics().take();
+    assert_eq!(m.free_page_hint_count, 2, "two ranges of the run");
+    assert_eq!(m.free_page_hint_freed, 5 * PAGE);
+    assert_eq!(m.free_page_hint_fails, 0);
+    assert!(!rig.irq.failed.load(std::sync::atomic::Ordering::SeqCst));
+}
+
+/// Without acknowledge_on_stop the run's end waits for the host's stop. A newer run
+/// drops the hints of an older one, and the guest's STOP for an older run does not
+/// acknowledge the newer one. (A chain may carry a command id and ranges together; the
+/// mock queue takes at most 8 chains.)
+#[test]
+fn hinting_stop_from_the_host_and_runs_that_overlap() {
+    let rig = Rig::new(0);
+    let mocks = rig.mocks();
+    let mut qs = queues(&mocks);
+    let mut w = rig.worker(ALL);
+    let q = &mocks[HINTQ];
+    let f = PAGES_AT / PAGE;
+    for p in f..f + 8 {
+        fill_page(&rig.mem, p, 0x3c);
+    }
+    let cmd_at = |i: u64, cmd: u32| {
+        let at = BUFS_AT + 4 * i;
+        rig.mem
+            .write_slice(&cmd.to_le_bytes(), GuestAddress(at))
+            .unwrap();
+        (at, 4, 0)
+    };
+    let page = |pfn: u64| (pfn * PAGE, PAGE as u32, WRITE);
+
+    assert_eq!(rig.handle.start_hinting(false).unwrap(), 2);
+    add_chain(q, 0, &[cmd_at(0, 2), page(f), cmd_at(1, hint_cmd::STOP)]);
+    rig.run(&mut w, &mut qs, HINTQ).unwrap();
+    assert!(page_is(&rig.mem, f, 0));
+    assert_eq!(status(&rig), (2, Some(hint_cmd::STOP)), "the guest holds");
+    assert_eq!(config_signals(&rig), 1, "not acknowledged");
+    rig.handle.stop_hinting().unwrap();
+    assert_eq!(status(&rig), (hint_cmd::DONE, Some(hint_cmd::STOP)));
+    assert_eq!(config_signals(&rig), 2);
+
+    // Run 3 starts; the guest, still on run 3 when the host starts run 4, sends a hint
+    // of run 3 (dropped) and ends run 3: run 4 is not acknowledged by that STOP.
+    assert_eq!(rig.handle.start_hinting(true).unwrap(), 3);
+    add_chain(q, 3, &[cmd_at(2, 3)]);
+    rig.run(&mut w, &mut qs, HINTQ).unwrap();
+    assert_eq!(rig.handle.start_hinting(true).unwrap(), 4);
+    add_chain(q, 4, &[page(f + 1), cmd_at(3, hint_cmd::STOP)]);
+    rig.run(&mut w, &mut qs, HINTQ).unwrap();
+    assert!(page_is(&rig.mem, f + 1, 0x3c), "a hint of run 3 is stale");
+    assert_eq!(status(&rig), (4, Some(hint_cmd::STOP)));
+    assert_eq!(config_signals(&rig), 4, "two starts, no DONE");
+
+    // The driver then runs 4: its hint goes, its STOP is acknowledged.
+    add_chain(
+        q,
+        6,
+        &[cmd_at(4, 4), page(f + 2), cmd_at(5, hint_cmd::STOP)],
+    );
+    rig.run(&mut w, &mut qs, HINTQ).unwrap();
+    assert!(page_is(&rig.mem, f + 2, 0));
+    assert_eq!(status(&rig), (hint_cmd::DONE, Some(hint_cmd::STOP)));
+    assert_eq!(config_signals(&rig), 5);
+
+    // The host stops a run mid-way: hints in flight after DONE are dropped, and the
+    // guest's STOP changes nothing.
+    assert_eq!(rig.handle.start_hinting(true).unwrap(), 5);
+    add_chain(q, 9, &[cmd_at(6, 5)]);
+    rig.run(&mut w, &mut qs, HINTQ).unwrap();
+    rig.handle.stop_hinting().unwrap();
+    add_chain(q, 10, &[page(f + 3), cmd_at(7, hint_cmd::STOP)]);
+    rig.run(&mut w, &mut qs, HINTQ).unwrap();
+    assert!(page_is(&rig.mem, f + 3, 0x3c));
+    assert_eq!(status(&rig), (hint_cmd::DONE, Some(hint_cmd::STOP)));
+    assert_eq!(config_signals(&rig), 7, "start and stop only");
+    assert_eq!(used_idx(&rig.mem, q), 6);
+    let c = rig.handle.counters();
+    assert_eq!((c.hinted_bytes, c.stale_hints), (2 * PAGE, 2));
+}
+
+/// What a guest can put on the hinting queue that is not a run: short or unreadable
+/// command ids, ranges outside guest memory, across its end or around the address
+/// space, empty ranges, a command id and a range in one chain, DONE from the driver.
+/// Every chain goes back, nothing outside the valid ranges is released, the worker
+/// goes on.
+#[test]
+fn hinting_garbage_is_survived() {
+    let rig = Rig::new(0);
+    let mocks = rig.mocks();
+    let mut qs = queues(&mocks);
+    let mut w = rig.worker(ALL);
+    let q = &mocks[HINTQ];
+    let f = PAGES_AT / PAGE;
+    for p in f..f + 4 {
+        fill_page(&rig.mem, p, 0x71);
+    }
+    let last = MEM_SIZE as u64 - PAGE;
+    fill_page(&rig.mem, last / PAGE, 0x71);
+    assert_eq!(rig.handle.start_hinting(true).unwrap(), 2);
+
+    // A 2-byte command id, and one outside guest memory: ignored, the guest's command
+    // stays unknown, so the range after them is stale.
+    rig.mem.write_slice(&[2, 0], GuestAddress(BUFS_AT)).unwrap();
+    add_chain(q, 0, &[(BUFS_AT, 2, 0)]);
+    add_chain(q, 1, &[(0xffff_fff0, 4, 0)]);
+    add_chain(q, 2, &[(u64::MAX - 1, 4, 0)]);
+    add_hint(q, 3, f, 1);
+    rig.run(&mut w, &mut qs, HINTQ).unwrap();
+    assert!(page_is(&rig.mem, f, 0x71));
+    assert_eq!(status(&rig), (2, None));
+
+    // One chain with the command id and a range; then bad ranges.
+    rig.mem
+        .write_slice(&2u32.to_le_bytes(), GuestAddress(BUFS_AT + 0x100))
+        .unwrap();
+    add_chain(
+        q,
+        4,
+        &[
+            (BUFS_AT + 0x100, 4, 0),
+            (PAGES_AT + PAGE, PAGE as u32, WRITE),
+        ],
+    );
+    add_chain(
+        q,
+        6,
+        &[
+            // Outside guest memory.
+            (MEM_SIZE as u64, 4 * PAGE as u32, WRITE),
+            // Across its end: refused whole.
+            (last, 2 * PAGE as u32, WRITE),
+            // Around the address space.
+            (u64::MAX - 0x800, PAGE as u32, WRITE),
+            // Empty, and smaller than a page.
+            (PAGES_AT + 2 * PAGE, 0, WRITE),
+            (PAGES_AT + 2 * PAGE + 1, 100, WRITE),
+        ],
+    );
+    rig.run(&mut w, &mut qs, HINTQ).unwrap();
+    assert!(page_is(&rig.mem, f + 1, 0), "the chain's own range");
+    assert!(page_is(&rig.mem, f + 2, 0x71));
+    assert!(page_is(&rig.mem, last / PAGE, 0x71));
+    // DONE from the driver ends its run like STOP.
+    add_cmd(&rig.mem, q, 11, BUFS_AT + 0x200, hint_cmd::DONE);
+    rig.run(&mut w, &mut qs, HINTQ).unwrap();
+    assert_eq!(status(&rig), (hint_cmd::DONE, Some(hint_cmd::DONE)));
+    assert_eq!(used_idx(&rig.mem, q), 7, "every chain is returned");
+
+    let c = rig.handle.counters();
+    assert_eq!(c.hinted_bytes, PAGE);
+    assert_eq!(c.ignored, 6, "3 command ids, 3 ranges");
+    let m = rig.handle.metrics().take();
+    assert_eq!(m.free_page_hint_count, 6, "the ranges of the run");
+    assert_eq!(m.free_page_hint_fails, 3);
+    assert_eq!(c.stale_hints, 1);
+    assert!(!rig.irq.failed.load(std::sync::atomic::Ordering::SeqCst));
 }
 
 #[test]

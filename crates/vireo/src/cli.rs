@@ -295,7 +295,8 @@ pub struct RunArgs {
     /// A virtio-rng entropy device fed from the host's getrandom.
     #[arg(long)]
     pub rng: bool,
-    /// A virtio-balloon: [size=MIB][,deflate_on_oom][,stats=SECONDS][,free_page_reporting].
+    /// A virtio-balloon: [size=MIB][,deflate_on_oom][,stats=SECONDS][,free_page_hinting]
+    /// [,free_page_reporting] (hinting runs are started through the API only).
     #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "")]
     pub balloon: Option<BalloonConfig>,
     /// Firecracker's boot timer at 0xd0000000: the guest writes 123 there once booted and

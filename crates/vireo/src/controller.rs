@@ -11,9 +11,10 @@ use std::time::Instant;
 
 use api::action::{ActionError, ActionResult, VmmAction, VmmData};
 use api::firecracker::{
-    Balloon, BalloonStatistics, BootSource, ConfigError, Drive, FullVmConfig, InstanceInfo,
-    MachineConfig, MemoryBackendType, NetworkInterface, PartialDrive, PartialNetworkInterface,
-    RateLimiter, SnapshotCreateParams, SnapshotLoadParams, SnapshotType, TokenBucket,
+    Balloon, BalloonHintingStatus, BalloonStatistics, BootSource, ConfigError, Drive, FullVmConfig,
+    InstanceInfo, MachineConfig, MemoryBackendType, NetworkInterface, PartialDrive,
+    PartialNetworkInterface, RateLimiter, SnapshotCreateParams, SnapshotLoadParams, SnapshotType,
+    TokenBucket,
 };
 use vmm::builder::Vmm;
 use vmm::snapshot_vm::{MemoryBackend, RestoreOptions, SnapshotKind};
@@ -296,6 +297,9 @@ impl Controller {
             | A::PatchBalloon(_)
             | A::GetBalloonStats
             | A::PatchBalloonStats(_)
+            | A::StartBalloonHinting(_)
+            | A::GetBalloonHintingStatus
+            | A::StopBalloonHinting
             | A::SendCtrlAltDel
             | A::FlushMetrics
             | A::Pause
@@ -309,6 +313,26 @@ impl Controller {
             A::PatchBalloon(u) => self.patch_balloon(u.amount_mib),
             A::GetBalloonStats => self.balloon_stats().map(VmmData::BalloonStats),
             A::PatchBalloonStats(u) => self.patch_balloon_stats(u.stats_polling_interval_s),
+            A::StartBalloonHinting(cmd) => self
+                .balloon_handle()?
+                .start_hinting(cmd.acknowledge_on_stop)
+                .map(|_| VmmData::Empty)
+                .map_err(hinting_error),
+            A::GetBalloonHintingStatus => {
+                let s = self
+                    .balloon_handle()?
+                    .hinting_status()
+                    .map_err(hinting_error)?;
+                Ok(VmmData::BalloonHintingStatus(BalloonHintingStatus {
+                    host_cmd: s.host_cmd,
+                    guest_cmd: s.guest_cmd,
+                }))
+            }
+            A::StopBalloonHinting => self
+                .balloon_handle()?
+                .stop_hinting()
+                .map(|()| VmmData::Empty)
+                .map_err(hinting_error),
             A::SendCtrlAltDel => {
                 let Some(vmm) = self.vmm.as_ref() else {
                     return Err(ActionError::NotSupportedPreBoot);
@@ -620,6 +644,21 @@ impl Controller {
         }
         Ok(out)
     }
+}
+
+/// The API's error for a refused hinting request, in Firecracker's words where it has
+/// them.
+fn hinting_error(e: balloon::BalloonError) -> ActionError {
+    use balloon::BalloonError as E;
+    ActionError::BalloonUpdate(match e {
+        E::HintingDisabled => "Attempting to use hinting when not enabled: the balloon was \
+                               configured without free_page_hinting."
+            .into(),
+        E::NotActive => "Device not activated yet: the guest's balloon driver has not \
+                         started the device."
+            .into(),
+        other => other.to_string(),
+    })
 }
 
 /// The API's error for a refused change of the metadata service's document.

@@ -335,6 +335,9 @@ impl Metrics {
             | A::GetBalloon
             | A::GetBalloonStats
             | A::PatchBalloonStats(_)
+            | A::StartBalloonHinting(_)
+            | A::GetBalloonHintingStatus
+            | A::StopBalloonHinting
             | A::Pause
             | A::Resume
             | A::CreateSnapshot(_)

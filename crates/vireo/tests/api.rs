@@ -574,6 +574,98 @@ fn instance_start_pause_resume_and_post_boot_refusals() {
     bad(c.patch("/vm", r#"{"state": "Running"}"#), "unknown variant");
 }
 
+/// Free page hinting's endpoints: runtime only; on a running VM they need a balloon
+/// configured with free_page_hinting, and start and stop need its driver to have started
+/// the device (the count guest has none), while the status answers at once.
+#[test]
+fn balloon_hinting_endpoints_and_their_refusals() {
+    let paths = [
+        ("PATCH", "/balloon/hinting/start", None),
+        (
+            "PATCH",
+            "/balloon/hinting/start",
+            Some(r#"{"acknowledge_on_stop": false}"#),
+        ),
+        ("GET", "/balloon/hinting/status", None),
+        ("PATCH", "/balloon/hinting/stop", None),
+        ("PATCH", "/balloon/hinting/stop", Some("{}")),
+    ];
+    let vm = Vireo::start("hinting", &[]);
+    let mut c = vm.client();
+    for (method, path, body) in paths {
+        bad(
+            c.request(method, path, body),
+            "not supported before starting",
+        );
+    }
+    ok(c.put(
+        "/balloon",
+        r#"{"amount_mib": 0, "deflate_on_oom": false, "free_page_hinting": true}"#,
+    ));
+    assert_eq!(c.get("/balloon").json()["free_page_hinting"], true);
+    for (method, path, body) in paths {
+        bad(
+            c.request(method, path, body),
+            "not supported before starting",
+        );
+    }
+    common::http::boot_guest(&mut c, test_guests::COUNT, &vm.path("serial"));
+    assert_eq!(c.get("/balloon").json()["free_page_hinting"], true);
+    assert_eq!(
+        c.get("/vm/config").json()["balloon"]["free_page_hinting"],
+        true
+    );
+    let status = c.get("/balloon/hinting/status");
+    assert_eq!(status.status, 200, "{}", status.body);
+    assert_eq!(
+        status.json(),
+        serde_json::json!({ "host_cmd": 0, "guest_cmd": null })
+    );
+    for (method, path, body) in paths {
+        if path.ends_with("status") {
+            continue;
+        }
+        bad(c.request(method, path, body), "Device not activated yet");
+    }
+    bad(
+        c.patch(
+            "/balloon/hinting/start",
+            r#"{"acknowledge_on_stop": "yes"}"#,
+        ),
+        "deserializing the json body",
+    );
+    bad(
+        c.patch("/balloon/hinting/stop", r#"{"now": true}"#),
+        "unknown field",
+    );
+    bad(
+        c.request("POST", "/balloon/hinting/start", Some("{}")),
+        "Invalid request method and/or path",
+    );
+    assert_eq!(c.get("/balloon/hinting/status").json()["host_cmd"], 0);
+    drop(vm);
+
+    // A balloon without hinting, and no balloon at all.
+    for (name, balloon, needle) in [
+        (
+            "hinting-off",
+            Some(r#"{"amount_mib": 0, "deflate_on_oom": false}"#),
+            "Attempting to use hinting when not enabled",
+        ),
+        ("hinting-none", None, "No balloon device found."),
+    ] {
+        let vm = Vireo::start(name, &[]);
+        let mut c = vm.client();
+        if let Some(b) = balloon {
+            ok(c.put("/balloon", b));
+        }
+        common::http::boot_guest(&mut c, test_guests::COUNT, &vm.path("serial"));
+        for (method, path, body) in paths {
+            bad(c.request(method, path, body), needle);
+        }
+    }
+}
+
 #[test]
 fn config_file_round_trip_and_no_api_boot() {
     // Configure through the API and read GET /vm/config back...

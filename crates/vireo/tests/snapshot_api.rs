@@ -400,8 +400,9 @@ fn a_disk_request_in_flight_completes_once_after_load() {
 
 /// A VM with a balloon and a vsock device (the count guest has no driver for either, so
 /// neither runs): the balloon's target and polling interval changed after boot come
-/// back with the snapshot in a new process (its handle reports them), and the vsock
-/// device binds its overridden socket.
+/// back with the snapshot in a new process (its handle reports them), so does free page
+/// hinting (its device never started: no run, STOP), and the vsock device binds its
+/// overridden socket.
 #[test]
 fn balloon_target_and_vsock_come_back_after_kill_and_load() {
     let first = Vireo::start("snap-dev-a", &[]);
@@ -409,7 +410,7 @@ fn balloon_target_and_vsock_come_back_after_kill_and_load() {
     let serial = first.path("serial");
     ok(c.put(
         "/balloon",
-        r#"{"amount_mib": 4, "deflate_on_oom": false, "stats_polling_interval_s": 1}"#,
+        r#"{"amount_mib": 4, "deflate_on_oom": false, "stats_polling_interval_s": 1, "free_page_hinting": true}"#,
     ));
     ok(c.put(
         "/vsock",
@@ -446,6 +447,11 @@ fn balloon_target_and_vsock_come_back_after_kill_and_load() {
     let balloon = c.get("/balloon").json();
     assert_eq!(balloon["amount_mib"], 12, "{balloon}");
     assert_eq!(balloon["stats_polling_interval_s"], 7, "{balloon}");
+    assert_eq!(balloon["free_page_hinting"], true, "{balloon}");
+    assert_eq!(
+        c.get("/balloon/hinting/status").json(),
+        serde_json::json!({ "host_cmd": 0, "guest_cmd": null })
+    );
     let stats = c.get("/balloon/statistics").json();
     assert_eq!(stats["target_mib"], 12, "{stats}");
     assert_eq!(stats["target_pages"], 12 * 256, "{stats}");

@@ -125,6 +125,26 @@ fn balloon_guest_num_pages_follows_the_size_and_extra_features_stay_unused() {
 }
 
 #[test]
+fn balloon_guest_is_served_when_hinting_and_reporting_are_offered_but_not_accepted() {
+    // The device declares five queues (statistics, hinting, reporting); a driver that
+    // accepts none of them sets up inflate and deflate only, and the device starts.
+    let run = run_guest(
+        test_guests::VIRTIO_BALLOON,
+        &[
+            "--balloon",
+            "size=1,stats=1,free_page_hinting,free_page_reporting",
+        ],
+    );
+    assert_eq!(
+        run.stdout,
+        expected::virtio_balloon(256),
+        "stderr: {}",
+        run.stderr
+    );
+    assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
+}
+
+#[test]
 fn rng_guest_refuses_the_balloon() {
     // The balloon sits in slot 0; the entropy driver must see ID 5 and stop.
     let run = run_guest(test_guests::VIRTIO_RNG, &["--balloon", "size=1"]);

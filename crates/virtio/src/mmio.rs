@@ -188,6 +188,17 @@ impl MmioTransport {
         &self.interrupt.evt
     }
 
+    /// Raise the interrupt line again if the interrupt status has a cause set. For a
+    /// restored VM, once its vCPUs exist: an interrupt raised while it was restored (by
+    /// the device itself, or by a queue served at reactivation) reached no vCPU, and the
+    /// driver reads the status only when interrupted.
+    pub fn reassert_interrupt(&self) -> io::Result<()> {
+        if self.interrupt.status.load(Ordering::SeqCst) != 0 {
+            self.interrupt.evt.write(1)?;
+        }
+        Ok(())
+    }
+
     /// The device behind the window.
     pub fn device(&self) -> &dyn VirtioDevice {
         self.device.as_ref()

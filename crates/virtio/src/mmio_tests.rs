@@ -476,3 +476,23 @@ fn a_config_change_bumps_the_generation_and_interrupts() {
     let any: &mut dyn std::any::Any = u.device_mut();
     assert!(any.downcast_mut::<Rng>().is_some());
 }
+
+/// After a restore the line is raised again only while the interrupt status has a cause
+/// set (an interrupt raised before the vCPUs existed reached none).
+#[test]
+fn the_interrupt_is_raised_again_only_with_a_cause_pending() {
+    let mut t = transport();
+    let _ = t.interrupt_evt().read();
+    t.reassert_interrupt().unwrap();
+    assert!(
+        t.interrupt_evt().read().is_err(),
+        "no cause: nothing raised"
+    );
+    t.interrupt.signal_config_change().unwrap();
+    assert_eq!(t.interrupt_evt().read().unwrap(), 1);
+    t.reassert_interrupt().unwrap();
+    assert_eq!(t.interrupt_evt().read().unwrap(), 1, "raised again");
+    MmioDriver(&mut t).write(0x64, INT_CONFIG);
+    t.reassert_interrupt().unwrap();
+    assert!(t.interrupt_evt().read().is_err(), "acknowledged: nothing");
+}

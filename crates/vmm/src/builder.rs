@@ -182,12 +182,14 @@ impl Vmm {
         self.parts.vmgenid.as_ref().map(VmGenId::generation_id)
     }
 
-    /// Tell the guest its generation ID changed, if it did since it was last told (the
-    /// vCPUs have just started running after a restore).
-    pub(crate) fn notify_generation_change(&mut self) {
+    /// Tell a restored guest, once its vCPUs run, what happened while it did not: its
+    /// generation ID changed (if it did since it was last told), and the interrupts its
+    /// devices raised while they were restored. Nothing for a booted VM.
+    pub(crate) fn notify_restored_guest(&mut self) {
         if let Some(vmgenid) = self.parts.vmgenid.as_mut() {
             vmgenid.notify_if_pending();
         }
+        self.parts.virtio.reassert_restored_interrupts();
     }
 
     /// Block until the guest stops or a stop is requested.
@@ -465,7 +467,7 @@ pub(crate) fn start_vm(
         parts,
     };
     if running {
-        vmm.notify_generation_change();
+        vmm.notify_restored_guest();
     }
     Ok(vmm)
 }

@@ -19,6 +19,7 @@
 //!   in the DSDT (kernels without it, such as Debian's cloud kernel). A kernel with both
 //!   finds each device twice; the second probe fails harmlessly on the busy MMIO region.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -132,6 +133,9 @@ pub struct VirtioDevices {
     devices: Vec<(VirtioSlot, String, Arc<Mutex<BusTransport>>)>,
     /// Windows at the start of the range that another device holds.
     reserved_windows: u64,
+    /// Restored from a snapshot, and the interrupts not raised again yet
+    /// ([`VirtioDevices::reassert_restored_interrupts`]).
+    restored: AtomicBool,
 }
 
 impl VirtioDevices {
@@ -146,6 +150,7 @@ impl VirtioDevices {
         Self {
             devices: Vec::new(),
             reserved_windows: n,
+            restored: AtomicBool::new(false),
         }
     }
 
@@ -230,7 +235,29 @@ impl VirtioDevices {
                 .0
                 .restore(state)?;
         }
+        self.restored.store(true, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Once the vCPUs of a restored VM run: raise again the interrupt of every device
+    /// whose interrupt status has a cause set ([`MmioTransport::reassert_interrupt`]),
+    /// since what the devices raised while they were restored, before the vCPUs existed,
+    /// reached none (a balloon ending a hinting run, a queue served at reactivation).
+    /// Once per restore; nothing for a booted VM.
+    pub fn reassert_restored_interrupts(&self) {
+        if !self.restored.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        for (_, name, transport) in &self.devices {
+            match transport.lock() {
+                Ok(t) => {
+                    if let Err(e) = t.0.reassert_interrupt() {
+                        log::warn!("{name}: cannot raise its interrupt after the restore: {e}");
+                    }
+                }
+                Err(_) => log::warn!("{name}: transport lock poisoned after the restore"),
+            }
+        }
     }
 
     /// Run `f` on the device in slot `index` if it is a `T` (a [`block::Block`], a

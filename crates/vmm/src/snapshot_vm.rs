@@ -192,7 +192,7 @@ impl Vmm {
             }
         }
         self.paused = false;
-        self.notify_generation_change();
+        self.notify_restored_guest();
         Ok(())
     }
 
