@@ -31,6 +31,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("boot_timer", "elf64.ld"),
     ("idle", "elf64.ld"),
     ("vmgenid", "elf64.ld"),
+    ("virtio_pmem", "elf64.ld"),
 ];
 
 /// Files every guest depends on besides its own source and link script.

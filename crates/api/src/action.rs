@@ -5,8 +5,8 @@
 use crate::firecracker::{
     Balloon, BalloonStatistics, BalloonStatsUpdate, BalloonUpdate, BootSource, ConfigError, Drive,
     EntropyDevice, FullVmConfig, InstanceInfo, Logger, MachineConfig, MachineConfigUpdate, Metrics,
-    NetworkInterface, PartialDrive, PartialNetworkInterface, SerialDevice, SnapshotCreateParams,
-    SnapshotLoadParams, Vsock,
+    NetworkInterface, PartialDrive, PartialNetworkInterface, PartialPmem, Pmem, SerialDevice,
+    SnapshotCreateParams, SnapshotLoadParams, Vsock,
 };
 use crate::{MmdsConfig, MmdsVersion};
 
@@ -35,6 +35,10 @@ pub enum VmmAction {
     PutNetworkInterface(NetworkInterface),
     /// `PATCH /network-interfaces/{id}`.
     PatchNetworkInterface(PartialNetworkInterface),
+    /// `PUT /pmem/{id}`.
+    PutPmem(Pmem),
+    /// `PATCH /pmem/{id}`.
+    PatchPmem(PartialPmem),
     /// `PUT /vsock`.
     PutVsock(Vsock),
     /// `PUT /entropy`.

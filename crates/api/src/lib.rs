@@ -14,7 +14,7 @@ mod size;
 
 pub use devices::{
     BalloonConfig, Burst, DISK_SERIAL_MAX, DeviceOptionError, DiskConfig, DiskFormat, IoEngine,
-    MTU_RANGE, NetConfig, RateLimit, VsockConfig, parse_mac,
+    MTU_RANGE, NetConfig, PmemConfig, RateLimit, VsockConfig, parse_mac,
 };
 pub use mmds::{DEFAULT_MMDS_IPV4, MmdsConfig, MmdsVersion};
 pub use size::{SizeError, parse_size};
@@ -118,6 +118,9 @@ pub struct VmConfig {
     /// The metadata service: which NICs (by id) answer its address, and how.
     #[serde(default)]
     pub mmds: Option<MmdsConfig>,
+    /// virtio-pmem devices, in the order the guest numbers them (`/dev/pmem0`...).
+    #[serde(default)]
+    pub pmem: Vec<PmemConfig>,
 }
 
 impl VmConfig {
@@ -142,6 +145,7 @@ impl VmConfig {
             boot_timer: false,
             huge_pages: false,
             mmds: None,
+            pmem: Vec::new(),
         }
     }
 
