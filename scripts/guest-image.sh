@@ -9,7 +9,7 @@
 # Outputs, in ${VIREO_GUEST_DIR:-$HOME/.cache/vireo/guest}:
 #   bzImage    the kernel as Debian ships it (/boot/vmlinuz-*)
 #   vmlinux    the uncompressed ELF kernel extracted from bzImage (for PVH boot)
-#   initrd.gz  gzip'd newc cpio: static busybox, the virtio modules, /init
+#   initrd.gz  gzip'd newc cpio: static busybox, the virtio (and pmem) modules, /init
 #   manifest   key=value lines: packages, versions, compression, PVH note,
 #              sha256 of every output
 #
@@ -35,7 +35,9 @@ BUSYBOX_PKG=busybox-static
 OUTPUTS=(bzImage vmlinux initrd.gz)
 
 # Virtio modules to put in the initramfs, in a load order that works
-# (Debian's package has no modules.dep, so dependencies come first by hand).
+# (Debian's package has no modules.dep, so dependencies come first by hand);
+# virtio_pmem needs the NVDIMM core (libnvdimm, nd_virtio) and nd_pmem (with its
+# nd_btt) to give /dev/pmemN.
 MODULES=(
     virtio_ring virtio virtio_mmio
     virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
@@ -44,6 +46,7 @@ MODULES=(
     virtio-rng
     vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport
     virtio_balloon
+    libnvdimm nd_btt nd_pmem nd_virtio virtio_pmem
 )
 
 # The recipe id is the hash of this script and its library: any change to it (to /init, the

@@ -32,6 +32,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("idle", "elf64.ld"),
     ("vmgenid", "elf64.ld"),
     ("cpuid", "elf64.ld"),
+    ("virtio_pmem", "elf64.ld"),
 ];
 
 /// Files every guest depends on besides its own source and link script.

@@ -24,6 +24,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/drives/{drive_id}"),
     ("PUT", "/network-interfaces/{iface_id}"),
     ("PATCH", "/network-interfaces/{iface_id}"),
+    ("PUT", "/pmem/{id}"),
+    ("PATCH", "/pmem/{id}"),
     ("PUT", "/vsock"),
     ("PUT", "/entropy"),
     ("GET", "/balloon"),
@@ -62,7 +64,7 @@ pub enum RouteError {
     /// The body is not the JSON this path takes.
     #[error("An error occurred when deserializing the json body of a request: {0}.")]
     Json(String),
-    /// `/drives/` with no id.
+    /// `/drives/` (or `/network-interfaces/`, `/pmem/`) with no id.
     #[error("The ID cannot be empty.")]
     EmptyId,
     /// An id with other characters.
@@ -130,7 +132,11 @@ pub fn route(method: &str, path: &str, body: Option<&[u8]>) -> Result<VmmAction,
                 ) | ("PUT", "snapshot", ["create" | "load"])
                     | ("PUT", "mmds", [] | ["config"])
                     | ("PATCH", "mmds", [])
-                    | ("PUT" | "PATCH", "drives" | "network-interfaces", [] | [_])
+                    | (
+                        "PUT" | "PATCH",
+                        "drives" | "network-interfaces" | "pmem",
+                        [] | [_]
+                    )
                     | ("PATCH", "machine-config" | "balloon" | "vm", [])
                     | ("PATCH", "balloon", ["statistics"])
             );
@@ -218,6 +224,22 @@ fn body_action(
                     return Err(RouteError::IdMismatch);
                 }
                 VmmAction::PatchDrive(drive)
+            }
+        }
+        (_, "pmem") => {
+            let id = checked_id(rest.first().copied().unwrap_or(""))?;
+            if method == "PUT" {
+                let pmem: api::firecracker::Pmem = body_json(body)?;
+                if pmem.id != id {
+                    return Err(RouteError::IdMismatch);
+                }
+                VmmAction::PutPmem(pmem)
+            } else {
+                let pmem: api::firecracker::PartialPmem = body_json(body)?;
+                if pmem.id != id {
+                    return Err(RouteError::IdMismatch);
+                }
+                VmmAction::PatchPmem(pmem)
             }
         }
         (_, "network-interfaces") => {

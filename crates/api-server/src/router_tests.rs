@@ -52,6 +52,19 @@ fn each_route_with_a_valid_body() {
         ok("PATCH", "/drives/root", Some(r#"{"drive_id":"root"}"#)),
         VmmAction::PatchDrive(_)
     ));
+    let pmem = r#"{"id":"p0","path_on_host":"/p","root_device":true,"read_only":true}"#;
+    assert!(matches!(
+        ok("PUT", "/pmem/p0", Some(pmem)),
+        VmmAction::PutPmem(p) if p.root_device && p.read_only && p.path_on_host == "/p"
+    ));
+    assert!(matches!(
+        ok(
+            "PATCH",
+            "/pmem/p0",
+            Some(r#"{"id":"p0","rate_limiter":{"ops":{"size":1,"refill_time":1000}}}"#)
+        ),
+        VmmAction::PatchPmem(p) if p.rate_limiter.is_some()
+    ));
     let nic = r#"{"iface_id":"eth0","host_dev_name":"tap0"}"#;
     assert!(matches!(
         ok("PUT", "/network-interfaces/eth0", Some(nic)),
@@ -339,6 +352,30 @@ fn firecracker_errors_for_what_does_not_fit() {
         err("PUT", "/drives/root", Some(drive)),
         "The id from the path does not match the id from the body!"
     );
+    assert_eq!(err("PUT", "/pmem/", Some("{}")), "The ID cannot be empty.");
+    assert_eq!(
+        err("PATCH", "/pmem/p.0", Some(r#"{"id":"p.0"}"#)),
+        "API Resource IDs can only contain alphanumeric characters and underscores."
+    );
+    assert_eq!(
+        err(
+            "PUT",
+            "/pmem/p0",
+            Some(r#"{"id":"p1","path_on_host":"/p"}"#)
+        ),
+        "The id from the path does not match the id from the body!"
+    );
+    assert_eq!(
+        err("PATCH", "/pmem/p0", Some(r#"{"id":"p1"}"#)),
+        "The id from the path does not match the id from the body!"
+    );
+    assert!(
+        err("PUT", "/pmem/p0", Some(r#"{"id":"p0"}"#)).contains("missing field `path_on_host`")
+    );
+    assert_eq!(
+        err("GET", "/pmem/p0", None),
+        "Invalid request method and/or path: GET pmem/p0."
+    );
     for (path, body) in [
         ("/machine-config", "{"),
         ("/machine-config", r#"{"vcpu_count":"2","mem_size_mib":1}"#),
@@ -424,7 +461,6 @@ fn openapi_document_matches_the_router() {
     );
 
     let not_served = [
-        "/pmem/x",
         "/hotplug/memory",
         "/balloon/hinting",
         "/balloon/hinting/nope",
@@ -438,7 +474,10 @@ fn openapi_document_matches_the_router() {
         .chain(not_served)
         .collect::<Vec<_>>();
     for path in candidates {
-        let concrete = path.replace("{drive_id}", "d0").replace("{iface_id}", "e0");
+        let concrete = path
+            .replace("{drive_id}", "d0")
+            .replace("{iface_id}", "e0")
+            .replace("{id}", "p0");
         for method in ["GET", "PUT", "PATCH", "POST", "DELETE", "HEAD"] {
             let body = (method != "GET").then_some(&b"{}"[..]);
             let result = route(method, &concrete, body);

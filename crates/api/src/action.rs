@@ -6,7 +6,8 @@ use crate::firecracker::{
     Balloon, BalloonHintingStatus, BalloonStartCmd, BalloonStatistics, BalloonStatsUpdate,
     BalloonUpdate, BootSource, ConfigError, Drive, EntropyDevice, FullVmConfig, InstanceInfo,
     Logger, MachineConfig, MachineConfigUpdate, Metrics, NetworkInterface, PartialDrive,
-    PartialNetworkInterface, SerialDevice, SnapshotCreateParams, SnapshotLoadParams, Vsock,
+    PartialNetworkInterface, PartialPmem, Pmem, SerialDevice, SnapshotCreateParams,
+    SnapshotLoadParams, Vsock,
 };
 use crate::{MmdsConfig, MmdsVersion};
 
@@ -37,6 +38,10 @@ pub enum VmmAction {
     PutNetworkInterface(NetworkInterface),
     /// `PATCH /network-interfaces/{id}`.
     PatchNetworkInterface(PartialNetworkInterface),
+    /// `PUT /pmem/{id}`.
+    PutPmem(Pmem),
+    /// `PATCH /pmem/{id}`.
+    PatchPmem(PartialPmem),
     /// `PUT /vsock`.
     PutVsock(Vsock),
     /// `PUT /entropy`.

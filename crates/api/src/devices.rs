@@ -1,4 +1,4 @@
-//! Device configuration: disks, NICs, vsock, entropy and balloon, and their
+//! Device configuration: disks, NICs, vsock, entropy, balloon and pmem, and their
 //! `key=value,...` text form as the command line takes it
 //! (`--disk path=root.img,readonly,serial=ID`).
 //!
@@ -448,6 +448,46 @@ impl FromStr for BalloonConfig {
     }
 }
 
+/// One virtio-pmem device: `--pmem path=FILE[,readonly][,id=NAME][,iops=N]
+/// [,bandwidth=BYTES/s]`. The host file is mapped into guest physical memory above RAM
+/// (rounded up to 2 MiB); the guest sees it as `/dev/pmemN`. `iops` limits the guest's
+/// flushes (`msync` calls) per second and `bandwidth` the bytes they cover (each counts
+/// the whole file), as Firecracker's pmem `rate_limiter`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PmemConfig {
+    /// Name of the device (Firecracker's `id`); `pmem<N>` when not given.
+    pub id: Option<String>,
+    /// The backing file (or block device) on the host.
+    pub path: PathBuf,
+    /// Mapped read-only: the guest's writes never reach the file.
+    pub readonly: bool,
+    /// Limits on flushes (operations) and the bytes they cover.
+    #[serde(default)]
+    pub rate_limit: RateLimit,
+}
+
+impl FromStr for PmemConfig {
+    type Err = DeviceOptionError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut o = Options::parse(
+            "--pmem",
+            s,
+            &["id", "path", "readonly", "iops", "bandwidth"],
+        )?;
+        Ok(Self {
+            id: o.value("id")?,
+            path: PathBuf::from(o.required("path")?),
+            readonly: o.flag("readonly")?,
+            rate_limit: RateLimit {
+                ops_per_sec: o.rate("iops")?,
+                bytes_per_sec: o.rate("bandwidth")?,
+                ..Default::default()
+            },
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,5 +609,30 @@ mod tests {
         )
         .unwrap();
         assert!(!old.free_page_hinting && old.free_page_reporting);
+    }
+
+    #[test]
+    fn pmem_forms() {
+        let p: PmemConfig = "path=/p.img,readonly,id=root,iops=10,bandwidth=1G"
+            .parse()
+            .unwrap();
+        assert_eq!(p.path, PathBuf::from("/p.img"));
+        assert!(p.readonly);
+        assert_eq!(p.id.as_deref(), Some("root"));
+        assert_eq!(p.rate_limit.ops_per_sec, Some(10));
+        assert_eq!(p.rate_limit.bytes_per_sec, Some(1 << 30));
+        let plain: PmemConfig = "path=p".parse().unwrap();
+        assert!(!plain.readonly);
+        assert_eq!(plain.id, None);
+        assert!(!plain.rate_limit.is_limited());
+        for (text, needle) in [
+            ("readonly", "'path=' is required"),
+            ("path=a,format=raw", "unknown key 'format'"),
+            ("path=a,iops=0", "positive"),
+        ] {
+            let e = text.parse::<PmemConfig>().unwrap_err();
+            assert!(e.to_string().contains(needle), "{text}: {e}");
+            assert!(e.to_string().starts_with("invalid --pmem"), "{e}");
+        }
     }
 }

@@ -46,6 +46,9 @@ pub enum ConfigError {
     /// `balloon`.
     #[error("Balloon config error: {0}")]
     Balloon(String),
+    /// `pmem`.
+    #[error("Pmem config error: {0}")]
+    Pmem(String),
     /// `serial`.
     #[error("Serial config error: {0}")]
     Serial(String),
@@ -403,6 +406,36 @@ pub struct Vsock {
     /// Deprecated by Firecracker; accepted and ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock_id: Option<String>,
+}
+
+/// `PUT /pmem/{id}`: a virtio-pmem device backed by a host file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pmem {
+    /// The device's name.
+    pub id: String,
+    /// The backing file on the host (opened at InstanceStart, as Firecracker does).
+    pub path_on_host: String,
+    /// The guest boots from it (`root=/dev/pmemN` on the command line, `ro` or `rw`).
+    #[serde(default)]
+    pub root_device: bool,
+    /// Mapped read-only.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Limits on flushes: one operation and the file's size in bytes each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiter>,
+}
+
+/// `PATCH /pmem/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialPmem {
+    /// The device's name.
+    pub id: String,
+    /// New limits.
+    #[serde(default)]
+    pub rate_limiter: Option<RateLimiter>,
 }
 
 /// `PUT /entropy`.
@@ -855,19 +888,19 @@ pub struct FullVmConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub mmds_config: Option<crate::MmdsConfig>,
-    /// Firecracker's sections that Vireo does not implement yet, taken so that its config
-    /// files parse and refused by name when they ask for anything (`null`, `{}` and `[]`
-    /// ask for nothing; [`FullVmConfig::unsupported_sections`]): `memory-hotplug` and
-    /// `pmem`. `memory-hotplug`: virtio-mem.
+    /// Firecracker's section that Vireo does not implement yet, taken so that its config
+    /// files parse and refused by name when it asks for anything (`null`, `{}` and `[]`
+    /// ask for nothing; [`FullVmConfig::unsupported_sections`]): `memory-hotplug`,
+    /// virtio-mem.
     #[serde(
         rename = "memory-hotplug",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub memory_hotplug: Option<serde_json::Value>,
-    /// `pmem`: virtio-pmem devices.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pmem: Option<serde_json::Value>,
+    /// `pmem`: virtio-pmem devices in the order they were added.
+    #[serde(default)]
+    pub pmem: Vec<Pmem>,
 }
 
 fn check_id(id: &str, what: fn(String) -> ConfigError) -> Result<(), ConfigError> {
@@ -932,6 +965,9 @@ impl FullVmConfig {
         if let Some(m) = &self.mmds_config {
             fresh.set_mmds_config(m.clone())?;
         }
+        for p in &self.pmem {
+            fresh.set_pmem(p.clone())?;
+        }
         fresh.logger = self.logger.clone();
         fresh.metrics = self.metrics.clone();
         Ok(fresh)
@@ -949,14 +985,11 @@ impl FullVmConfig {
                 _ => true,
             }
         }
-        for (section, value, what) in [
-            (
-                "memory-hotplug",
-                &self.memory_hotplug,
-                "memory hotplug (virtio-mem)",
-            ),
-            ("pmem", &self.pmem, "virtio-pmem devices"),
-        ] {
+        for (section, value, what) in [(
+            "memory-hotplug",
+            &self.memory_hotplug,
+            "memory hotplug (virtio-mem)",
+        )] {
             if value.as_ref().is_some_and(asks) {
                 return Err(ConfigError::Unsupported(format!(
                     "{section}: {what} are not supported by Vireo yet."
@@ -1092,6 +1125,13 @@ impl FullVmConfig {
                 "A root block device already exists!".into(),
             ));
         }
+        if drive.is_root_device && self.pmem.iter().any(|p| p.root_device) {
+            return Err(ConfigError::Drive(
+                "Attempt to add block as a root device while the root device defined as a \
+                 pmem device"
+                    .into(),
+            ));
+        }
         if let Some(serial) = &drive.serial
             && (serial.len() > DISK_SERIAL_MAX || !serial.is_ascii() || serial.contains('\0'))
         {
@@ -1111,6 +1151,34 @@ impl FullVmConfig {
                     return Err(ConfigError::Drive(too_many_devices()));
                 }
                 self.drives.push(drive);
+            }
+        }
+        Ok(())
+    }
+
+    /// `PUT /pmem/{id}`: add a virtio-pmem device, or replace the one with the same id.
+    /// Its file is opened at InstanceStart (as Firecracker does), not here.
+    pub fn set_pmem(&mut self, pmem: Pmem) -> Result<(), ConfigError> {
+        check_id(&pmem.id, ConfigError::Pmem)?;
+        check_path(&pmem.path_on_host, ConfigError::Pmem, "path_on_host")?;
+        if pmem.root_device && self.drives.iter().any(|d| d.is_root_device) {
+            return Err(ConfigError::Pmem(
+                "Attempt to add pmem as a root device while the root device defined as a \
+                 block device"
+                    .into(),
+            ));
+        }
+        if pmem.root_device && self.pmem.iter().any(|p| p.root_device && p.id != pmem.id) {
+            return Err(ConfigError::Pmem("A root pmem device already exist".into()));
+        }
+        check_limiter(pmem.rate_limiter.as_ref(), ConfigError::Pmem)?;
+        match self.pmem.iter_mut().find(|p| p.id == pmem.id) {
+            Some(slot) => *slot = pmem,
+            None => {
+                if self.device_count() >= MAX_DEVICES {
+                    return Err(ConfigError::Pmem(too_many_devices()));
+                }
+                self.pmem.push(pmem);
             }
         }
         Ok(())
@@ -1283,6 +1351,7 @@ impl FullVmConfig {
             + usize::from(self.vsock.is_some())
             + usize::from(self.entropy.is_some())
             + usize::from(self.balloon.is_some())
+            + self.pmem.len()
     }
 }
 
@@ -1292,7 +1361,8 @@ pub const MAX_DEVICES: usize = 32;
 
 fn too_many_devices() -> String {
     format!(
-        "A VM has at most {MAX_DEVICES} virtio devices (drives, NICs, vsock, entropy, balloon)."
+        "A VM has at most {MAX_DEVICES} virtio devices (drives, NICs, vsock, entropy, balloon, \
+         pmem)."
     )
 }
 

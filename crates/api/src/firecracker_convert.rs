@@ -11,17 +11,19 @@ use std::path::{Path, PathBuf};
 
 use super::{
     Balloon, BootSource, ConfigError, DEFAULT_BOOT_ARGS, Drive, DriveFormat, DriveIoEngine,
-    EntropyDevice, FullVmConfig, MAX_DEVICES, MachineConfig, NetworkInterface, RateLimiter,
+    EntropyDevice, FullVmConfig, MAX_DEVICES, MachineConfig, NetworkInterface, Pmem, RateLimiter,
     SerialDevice, TokenBucket, Vsock, too_many_devices,
 };
 use crate::{
     BalloonConfig, CpuTemplate, DISK_SERIAL_MAX, DiskConfig, DiskFormat, IoEngine, NetConfig,
-    RateLimit, SerialConfig, StaticCpuTemplate, VmConfig, VsockConfig, parse_mac,
+    PmemConfig, RateLimit, SerialConfig, StaticCpuTemplate, VmConfig, VsockConfig, parse_mac,
 };
 
 impl FullVmConfig {
     /// The VM this config describes: the root drive first (as `/dev/vda`, named on the
-    /// command line with `root=`), then the other drives in order.
+    /// command line with `root=`), then the other drives in order; pmem devices in order,
+    /// a root one named on the command line as `root=/dev/pmemN` (N its index), as
+    /// Firecracker does.
     pub fn to_vm_config(&self) -> Result<VmConfig, ConfigError> {
         let boot = self
             .boot_source
@@ -55,6 +57,10 @@ impl FullVmConfig {
                 Some(uuid) => cmdline.push_str(&format!(" root=PARTUUID={uuid} {ro}")),
                 None => cmdline.push_str(&format!(" root=/dev/vda {ro}")),
             }
+        }
+        if let Some((i, root)) = self.pmem.iter().enumerate().find(|(_, p)| p.root_device) {
+            let ro = if root.read_only { "ro" } else { "rw" };
+            cmdline.push_str(&format!(" root=/dev/pmem{i} {ro}"));
         }
         drives.extend(self.drives.iter().filter(|d| !d.is_root_device));
         config.cmdline = Some(cmdline);
@@ -97,14 +103,25 @@ impl FullVmConfig {
                 .map(CpuTemplate::Static),
             (None, None) => None,
         };
+        config.pmem = self
+            .pmem
+            .iter()
+            .map(|p| PmemConfig {
+                id: Some(p.id.clone()),
+                path: PathBuf::from(&p.path_on_host),
+                readonly: p.read_only,
+                rate_limit: p.rate_limiter.unwrap_or_default().to_rate_limit(),
+            })
+            .collect();
         Ok(config)
     }
 
     /// The API form of `config`: given to [`FullVmConfig::to_vm_config`], it builds the
     /// same VM. `boot_args` is the command line (Vireo's default when `config` has none);
-    /// no drive is the root device, since the command line already says what the guest
-    /// boots from; a disk without an id is `disk<N>` and a NIC `net<N>` (N its index), as
-    /// the VMM names them, so `to_vm_config` gives those ids back.
+    /// no drive or pmem device is the root device, since the command line already says
+    /// what the guest boots from; a disk without an id is `disk<N>`, a NIC `net<N>` and a
+    /// pmem device `pmem<N>` (N its index), as the VMM names them, so `to_vm_config`
+    /// gives those ids back.
     ///
     /// `Err` says what cannot be expressed (a discarded console, a path that is not UTF-8,
     /// memory that is not a whole number of MiB, a rate of 0 per second, a balloon beyond
@@ -133,6 +150,7 @@ impl FullVmConfig {
             huge_pages,
             mmds,
             cpu_template,
+            pmem,
         } = config;
         let mut full = FullVmConfig::default();
         if !memory_bytes.is_multiple_of(1 << 20) {
@@ -229,6 +247,28 @@ impl FullVmConfig {
         }
         if let Some(m) = mmds {
             full.set_mmds_config(m.clone()).map_err(|e| e.to_string())?;
+        }
+        let mut ids = BTreeSet::new();
+        for (i, p) in pmem.iter().enumerate() {
+            let PmemConfig {
+                id,
+                path,
+                readonly,
+                rate_limit,
+            } = p;
+            let id = id.clone().unwrap_or_else(|| format!("pmem{i}"));
+            if !ids.insert(id.clone()) {
+                return Err(format!("pmem {i}: another pmem device is also named {id}"));
+            }
+            let what = format!("pmem {id}");
+            full.set_pmem(Pmem {
+                path_on_host: utf8(path, &what)?,
+                id,
+                root_device: false,
+                read_only: *readonly,
+                rate_limiter: limiter(rate_limit, &what)?,
+            })
+            .map_err(|e| format!("{what}: {e}"))?;
         }
         Ok(full)
     }

@@ -670,6 +670,20 @@ fn every_field() -> VmConfig {
             )
             .unwrap(),
         )),
+        pmem: vec![
+            crate::PmemConfig {
+                id: Some("rootfs".into()),
+                path: "/vm/rootfs.squashfs".into(),
+                readonly: true,
+                rate_limit: RateLimit::default(),
+            },
+            crate::PmemConfig {
+                id: Some("data".into()),
+                path: "/vm/data.img".into(),
+                readonly: false,
+                rate_limit: limit(Some(10), Some(256 << 20)),
+            },
+        ],
     }
 }
 
@@ -868,21 +882,14 @@ fn firecrackers_other_sections_parse_and_are_refused_when_they_ask_for_something
         r#""cpu-config": {}"#,
         r#""cpu-config": {"kvm_capabilities": [], "cpuid_modifiers": [], "msr_modifiers": []}"#,
         r#""mmds-config": null"#,
-        r#""pmem": []"#,
+        r#""memory-hotplug": {}"#,
     ] {
         let config = FullVmConfig::from_json(&format!("{{{base}, {nothing}}}"));
         assert!(config.is_ok(), "{nothing}: {config:?}");
     }
-    for (asks, named) in [
-        (
-            r#""memory-hotplug": {"total_size_mib": 1024}"#,
-            "memory-hotplug",
-        ),
-        (r#""pmem": [{"id": "p0"}]"#, "pmem: virtio-pmem"),
-    ] {
-        let err = FullVmConfig::from_json(&format!("{{{base}, {asks}}}")).unwrap_err();
-        assert!(err.starts_with(named), "{asks}: {err}");
-    }
+    let asks = r#""memory-hotplug": {"total_size_mib": 1024}"#;
+    let err = FullVmConfig::from_json(&format!("{{{base}, {asks}}}")).unwrap_err();
+    assert!(err.starts_with("memory-hotplug"), "{asks}: {err}");
     // Still no field Firecracker does not have.
     let err = FullVmConfig::from_json(&format!(r#"{{{base}, "cpu-configs": {{}}}}"#)).unwrap_err();
     assert!(err.contains("unknown field"), "{err}");
@@ -1002,4 +1009,145 @@ fn cpu_config_in_a_config_file() {
     ))
     .unwrap_err();
     assert!(err.contains("unknown CPU template 'T3'"), "{err}");
+}
+
+fn pmem(id: &str, root: bool, read_only: bool) -> Pmem {
+    Pmem {
+        id: id.into(),
+        path_on_host: format!("/vm/{id}.img"),
+        root_device: root,
+        read_only,
+        rate_limiter: None,
+    }
+}
+
+#[test]
+fn pmem_devices_are_checked_as_firecracker_checks_them() {
+    let mut c = FullVmConfig::default();
+    c.set_pmem(pmem("p0", false, false)).unwrap();
+    c.set_pmem(pmem("root", true, true)).unwrap();
+    // Replaced by id, in place.
+    c.set_pmem(Pmem {
+        path_on_host: "/other".into(),
+        ..pmem("p0", false, false)
+    })
+    .unwrap();
+    assert_eq!(c.pmem.len(), 2);
+    assert_eq!(c.pmem[0].path_on_host, "/other");
+    // One root device, pmem or block.
+    let err = c.set_pmem(pmem("p2", true, false)).unwrap_err().to_string();
+    assert_eq!(err, "Pmem config error: A root pmem device already exist");
+    c.set_pmem(pmem("root", true, false)).unwrap();
+    let err = c.set_drive(drive("rootfs", true)).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "Drive config error: Attempt to add block as a root device while the root device \
+         defined as a pmem device"
+    );
+    c.set_drive(drive("data", false)).unwrap();
+    let mut blk = FullVmConfig::default();
+    blk.set_drive(drive("rootfs", true)).unwrap();
+    let err = blk
+        .set_pmem(pmem("p0", true, false))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "Pmem config error: Attempt to add pmem as a root device while the root device \
+         defined as a block device"
+    );
+    blk.set_pmem(pmem("p0", false, false)).unwrap();
+    // Ids, paths and buckets.
+    for (bad, needle) in [
+        (pmem("", false, false), "cannot be empty"),
+        (pmem("a-b", false, false), "alphanumeric"),
+        (
+            Pmem {
+                path_on_host: String::new(),
+                ..pmem("p", false, false)
+            },
+            "path_on_host must be a non-empty path",
+        ),
+        (
+            Pmem {
+                rate_limiter: Some(RateLimiter {
+                    bandwidth: None,
+                    ops: Some(TokenBucket {
+                        size: 1,
+                        one_time_burst: None,
+                        refill_time: 0,
+                    }),
+                }),
+                ..pmem("p", false, false)
+            },
+            "refill_time",
+        ),
+    ] {
+        let err = c.set_pmem(bad).unwrap_err().to_string();
+        assert!(err.starts_with("Pmem config error: "), "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
+    // Unknown fields are refused, the optional ones default to false.
+    assert!(serde_json::from_str::<Pmem>(r#"{"id":"a","path_on_host":"/a","dax":true}"#).is_err());
+    let p: Pmem = serde_json::from_str(r#"{"id":"a","path_on_host":"/a"}"#).unwrap();
+    assert!(!p.root_device && !p.read_only && p.rate_limiter.is_none());
+}
+
+#[test]
+fn pmem_devices_count_towards_the_device_limit() {
+    let mut c = FullVmConfig::default();
+    for i in 0..MAX_DEVICES {
+        c.set_pmem(pmem(&format!("p{i}"), false, false)).unwrap();
+    }
+    let err = c.set_pmem(pmem("one_more", false, false)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("at most {MAX_DEVICES} virtio devices")),
+        "{err}"
+    );
+    let err = c.set_drive(drive("d", false)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("at most {MAX_DEVICES} virtio devices")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_root_pmem_device_is_named_on_the_command_line_and_the_config_file_takes_pmem() {
+    let json = r#"{
+        "boot-source": {"kernel_image_path": "/k", "boot_args": "console=ttyS0"},
+        "pmem": [
+            {"id": "scratch", "path_on_host": "/vm/scratch.img"},
+            {"id": "rootfs", "path_on_host": "/vm/rootfs.img", "root_device": true,
+             "read_only": true,
+             "rate_limiter": {"ops": {"size": 10, "refill_time": 1000}}}
+        ]
+    }"#;
+    let full = FullVmConfig::from_json(json).unwrap();
+    let vm = full.to_vm_config().unwrap();
+    assert_eq!(vm.cmdline(), "console=ttyS0 root=/dev/pmem1 ro");
+    assert_eq!(vm.pmem.len(), 2);
+    assert_eq!(vm.pmem[0].id.as_deref(), Some("scratch"));
+    assert!(!vm.pmem[0].readonly);
+    assert_eq!(vm.pmem[1].path, std::path::PathBuf::from("/vm/rootfs.img"));
+    assert!(vm.pmem[1].readonly);
+    assert_eq!(vm.pmem[1].rate_limit.ops_per_sec, Some(10));
+    // Read-write root: rw.
+    let mut rw = full.clone();
+    rw.pmem[1].read_only = false;
+    assert_eq!(
+        rw.to_vm_config().unwrap().cmdline(),
+        "console=ttyS0 root=/dev/pmem1 rw"
+    );
+    // GET /vm/config always has the list, as Firecracker's.
+    let none = serde_json::to_value(FullVmConfig::default()).unwrap();
+    assert_eq!(none["pmem"], serde_json::json!([]));
+    // A config file with two root devices is refused by the same check as the API.
+    let two = json.replace(
+        r#""id": "scratch", "path_on_host""#,
+        r#""id": "scratch", "root_device": true, "path_on_host""#,
+    );
+    let err = FullVmConfig::from_json(&two).unwrap_err();
+    assert!(err.contains("A root pmem device already exist"), "{err}");
 }

@@ -16,7 +16,7 @@ mod size;
 pub use cpu_template::{CpuTemplate, CustomCpuTemplate, StaticCpuTemplate};
 pub use devices::{
     BalloonConfig, Burst, DISK_SERIAL_MAX, DeviceOptionError, DiskConfig, DiskFormat, IoEngine,
-    MTU_RANGE, NetConfig, RateLimit, VsockConfig, parse_mac,
+    MTU_RANGE, NetConfig, PmemConfig, RateLimit, VsockConfig, parse_mac,
 };
 pub use mmds::{DEFAULT_MMDS_IPV4, MmdsConfig, MmdsVersion};
 pub use size::{SizeError, parse_size};
@@ -124,6 +124,9 @@ pub struct VmConfig {
     /// `cpu_template` or a custom `cpu-config`); `None`: what KVM offers, normalised.
     #[serde(default)]
     pub cpu_template: Option<CpuTemplate>,
+    /// virtio-pmem devices, in the order the guest numbers them (`/dev/pmem0`...).
+    #[serde(default)]
+    pub pmem: Vec<PmemConfig>,
 }
 
 impl VmConfig {
@@ -149,6 +152,7 @@ impl VmConfig {
             huge_pages: false,
             mmds: None,
             cpu_template: None,
+            pmem: Vec::new(),
         }
     }
 

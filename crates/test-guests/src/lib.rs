@@ -188,6 +188,7 @@ pub const ALL: &[&str] = &[
     IDLE,
     VMGENID,
     CPUID,
+    VIRTIO_PMEM,
 ];
 
 /// Firecracker's boot-done signal, 64-bit ELF entry at 0x200000: writes the byte 123
@@ -211,6 +212,23 @@ pub const IDLE_OUTPUT: &str = "idle\n";
 /// digits in memory order, then `"vmgenid: ready\n"`, and waits halted for ever. For
 /// each interrupt it prints `"vmgenid: notified, id "` and the 16 bytes read again.
 pub const VMGENID: &str = "vmgenid";
+
+/// virtio-pmem driver, 64-bit ELF entry at 0x200000; run with `--pmem path=FILE` (or
+/// `path=FILE,readonly`) as the only virtio device (MMIO window 0xd000_0000, IOAPIC pin
+/// 5) in a guest of at most 3 GiB. Probes, negotiates `VERSION_1`, prints the region's
+/// `start` and `size` from the configuration space, sets up the queue, maps the region
+/// (a page directory of its gigabyte at 0x38000 in the boot page tables), prints its
+/// first 16 bytes, stores [`VIRTIO_PMEM_MARK`] at [`VIRTIO_PMEM_MARK_OFFSET`] in it and
+/// reads it back, then sends a flush request and checks its status. Prints
+/// [`expected::virtio_pmem`], or the first failure, then resets.
+pub const VIRTIO_PMEM: &str = "virtio_pmem";
+
+/// What the [`VIRTIO_PMEM`] guest stores in its region.
+pub const VIRTIO_PMEM_MARK: &[u8; 16] = b"written by guest";
+
+/// Where in the region (bytes from its start) the [`VIRTIO_PMEM`] guest stores
+/// [`VIRTIO_PMEM_MARK`].
+pub const VIRTIO_PMEM_MARK_OFFSET: u64 = 0x1000;
 
 /// Where the [`VMGENID`] guest reads the generation ID (Vireo's DSDT says so).
 pub const VMGENID_ADDR: u64 = 0xd_f000;
@@ -368,6 +386,24 @@ pub mod expected {
              virtio-blk: read sector 1 ok\n\
              virtio-blk: data ok\n\
              virtio-blk: read sector {capacity} past the end: IOERR ok\n"
+        )
+    }
+
+    /// [`VIRTIO_PMEM`](crate::VIRTIO_PMEM) with a region of `size` bytes at `start`
+    /// whose first 16 bytes are `head`; `kept` says whether its stores stay (not for a
+    /// read-only region).
+    pub fn virtio_pmem(start: u64, size: u64, head: &[u8; 16], kept: bool) -> String {
+        let hex: String = head.iter().map(|b| format!("{b:02x}")).collect();
+        let mark = if kept { "wrote mark" } else { "mark not kept" };
+        format!(
+            "virtio-pmem: probe ok\n\
+             virtio-pmem: features ok\n\
+             virtio-pmem: start {start:#018x}\n\
+             virtio-pmem: size {size:#018x}\n\
+             virtio-pmem: queue ok\n\
+             virtio-pmem: data {hex}\n\
+             virtio-pmem: {mark}\n\
+             virtio-pmem: flush ok\n"
         )
     }
 
@@ -534,6 +570,7 @@ mod tests {
             KBD,
             VMGENID,
             CPUID,
+            VIRTIO_PMEM,
         ] {
             let b = read(name);
             let (entry, phdrs) = parse_elf(&b);

@@ -250,11 +250,13 @@ pub fn run(opts: ApiOptions) -> ExitCode {
                         continue;
                     };
                     let reason = vmm.wait();
+                    // The last line counts what the devices did since the previous one.
+                    let counters = vmm.metrics().clone();
                     // A guest that resets while paused is not possible; a stop while
                     // paused (a signal) must still end the paused vCPUs: shutdown does.
                     vmm.shutdown();
                     drop(terminal.take());
-                    if let Err(e) = controller.flush_metrics() {
+                    if let Err(e) = controller.flush_metrics_of(&counters) {
                         log::warn!("metrics: {e}");
                     }
                     report(&reason);

@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
-use api::{BalloonConfig, DiskConfig, NetConfig, SerialConfig, VmConfig, VsockConfig, parse_size};
+use api::{
+    BalloonConfig, DiskConfig, NetConfig, PmemConfig, SerialConfig, VmConfig, VsockConfig,
+    parse_size,
+};
 use clap::{Args, Parser, Subcommand};
 
 /// `vireo --version`: first the version of Firecracker's API Vireo serves, where
@@ -299,6 +302,11 @@ pub struct RunArgs {
     /// [,free_page_reporting] (hinting runs are started through the API only).
     #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "")]
     pub balloon: Option<BalloonConfig>,
+    /// A virtio-pmem device (repeatable): path=FILE[,readonly][,id=NAME][,iops=N]
+    /// [,bandwidth=BYTES/s]. The file is mapped above guest RAM (its size rounded up to
+    /// 2 MiB); the guest sees /dev/pmem0, /dev/pmem1... in this order.
+    #[arg(long = "pmem", value_name = "path=FILE,...")]
+    pub pmem: Vec<PmemConfig>,
     /// Firecracker's boot timer at 0xd0000000: the guest writes 123 there once booted and
     /// Vireo logs the boot time (at info level: --log-level info).
     #[arg(long)]
@@ -342,6 +350,7 @@ impl RunArgs {
             cpu_template: None,
             // The metadata service is configured through the API (`/mmds/config`).
             mmds: None,
+            pmem: self.pmem,
         })
     }
 }
@@ -370,6 +379,10 @@ mod tests {
             "1G",
             "--serial",
             "file:/tmp/s",
+            "--pmem",
+            "path=/p0.img",
+            "--pmem",
+            "path=/p1.img,readonly,id=ro",
         ])
         .unwrap();
         let Some(Command::Run(args)) = cli.command else {
@@ -381,6 +394,10 @@ mod tests {
         assert_eq!(config.cmdline(), "console=ttyS0 quiet");
         assert_eq!((config.vcpus, config.memory_bytes), (2, 1 << 30));
         assert_eq!(config.serial, SerialConfig::File("/tmp/s".into()));
+        assert_eq!(config.pmem.len(), 2);
+        assert_eq!(config.pmem[0].path, PathBuf::from("/p0.img"));
+        assert!(config.pmem[1].readonly);
+        assert_eq!(config.pmem[1].id.as_deref(), Some("ro"));
     }
 
     #[test]

@@ -13,8 +13,8 @@ use api::action::{ActionError, ActionResult, VmmAction, VmmData};
 use api::firecracker::{
     Balloon, BalloonHintingStatus, BalloonStatistics, BootSource, ConfigError, Drive, FullVmConfig,
     InstanceInfo, MachineConfig, MemoryBackendType, NetworkInterface, PartialDrive,
-    PartialNetworkInterface, RateLimiter, SnapshotCreateParams, SnapshotLoadParams, SnapshotType,
-    TokenBucket,
+    PartialNetworkInterface, PartialPmem, RateLimiter, SnapshotCreateParams, SnapshotLoadParams,
+    SnapshotType, TokenBucket,
 };
 use vmm::builder::Vmm;
 use vmm::snapshot_vm::{MemoryBackend, RestoreOptions, SnapshotKind};
@@ -196,6 +196,12 @@ impl Controller {
         self.metrics.flush(&self.id, vm)
     }
 
+    /// Write a metrics line now with the counters of a VM that has stopped (it was taken
+    /// with [`Controller::take_vmm`]).
+    pub fn flush_metrics_of(&mut self, vm: &vmm::metrics::VmMetrics) -> Result<(), String> {
+        self.metrics.flush(&self.id, Some(vm))
+    }
+
     fn dispatch(&mut self, action: VmmAction) -> ActionResult {
         use VmmAction as A;
         let started = self.vmm.is_some();
@@ -235,6 +241,7 @@ impl Controller {
             | A::PutBootSource(_)
             | A::PutDrive(_)
             | A::PutNetworkInterface(_)
+            | A::PutPmem(_)
             | A::PutVsock(_)
             | A::PutEntropy(_)
             | A::PutBalloon(_)
@@ -270,6 +277,8 @@ impl Controller {
                 self.config = next;
                 Ok(VmmData::Empty)
             }
+            // The file is opened at InstanceStart, as Firecracker does.
+            A::PutPmem(p) => empty(self.config.set_pmem(p)),
             A::PutVsock(v) => empty(self.config.set_vsock(v)),
             A::PutEntropy(e) => empty(self.config.set_entropy(e)),
             A::PutBalloon(b) => empty(self.config.set_balloon(b)),
@@ -294,6 +303,7 @@ impl Controller {
             // Runtime only.
             A::PatchDrive(_)
             | A::PatchNetworkInterface(_)
+            | A::PatchPmem(_)
             | A::PatchBalloon(_)
             | A::GetBalloonStats
             | A::PatchBalloonStats(_)
@@ -310,6 +320,7 @@ impl Controller {
             }
             A::PatchDrive(d) => self.patch_drive(&d),
             A::PatchNetworkInterface(n) => self.patch_network_interface(&n),
+            A::PatchPmem(p) => self.patch_pmem(&p),
             A::PatchBalloon(u) => self.patch_balloon(u.amount_mib),
             A::GetBalloonStats => self.balloon_stats().map(VmmData::BalloonStats),
             A::PatchBalloonStats(u) => self.patch_balloon_stats(u.stats_polling_interval_s),
@@ -407,6 +418,7 @@ impl Controller {
             || c.vsock.is_some()
             || c.entropy.is_some()
             || c.balloon.is_some()
+            || !c.pmem.is_empty()
             || c.machine_config != MachineConfig::default()
         {
             return Err(ActionError::LoadSnapshot(
@@ -554,6 +566,33 @@ impl Controller {
         if let Some(l) = tx {
             nic.tx_rate_limiter = l;
         }
+        Ok(VmmData::Empty)
+    }
+
+    /// `PATCH /pmem/{id}` on the running VM: new flush limits, merged as a drive's.
+    fn patch_pmem(&mut self, p: &PartialPmem) -> ActionResult {
+        let Some(pos) = self.config.pmem.iter().position(|x| x.id == p.id) else {
+            return Err(ConfigError::Pmem(format!(
+                "Unable to patch the pmem device: no pmem device has the id {}. Please \
+                 verify the request arguments.",
+                p.id
+            ))
+            .into());
+        };
+        let Some(patch) = &p.rate_limiter else {
+            return Ok(VmmData::Empty);
+        };
+        let limiter = merge_limiter(self.config.pmem[pos].rate_limiter, patch);
+        let limit = limiter.unwrap_or_default().to_rate_limit();
+        let Some(vmm) = self.vmm.as_mut() else {
+            return Err(ActionError::NotSupportedPreBoot);
+        };
+        vmm.update_pmem(&p.id, &limit).map_err(|e| {
+            ConfigError::Pmem(format!(
+                "Unable to patch the pmem device: {e}. Please verify the request arguments."
+            ))
+        })?;
+        self.config.pmem[pos].rate_limiter = limiter;
         Ok(VmmData::Empty)
     }
 

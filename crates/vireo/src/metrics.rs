@@ -3,8 +3,8 @@
 //! stops and after [`FLUSH_INTERVAL`] without API requests. Every group Firecracker
 //! writes is there, with its field names; counters are what happened since the
 //! previous line, values (`latencies_us`, `api_server`) are as of the line. The VM's
-//! own groups (vCPUs, UART, i8042, each disk and NIC, vsock, entropy, balloon) come
-//! from [`vmm::metrics::VmMetrics`].
+//! own groups (vCPUs, UART, i8042, each disk, NIC and pmem device, vsock, entropy,
+//! balloon) come from [`vmm::metrics::VmMetrics`].
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -179,7 +179,6 @@ struct Line<'a> {
     signals: Zeros<7>,
     vmm: VmmGroup,
     interrupts: Zeros<2>,
-    pmem: Zeros<6>,
     memory_hotplug: Zeros<18>,
     #[serde(flatten)]
     devices: serde_json::Map<String, serde_json::Value>,
@@ -196,8 +195,8 @@ struct VmmGroup {
     panic_count: u64,
 }
 
-/// A group Vireo has nothing to count in yet (no seccomp, pmem or memory
-/// hotplug; no fatal-signal handlers; interrupts are not counted): Firecracker's field
+/// A group Vireo has nothing to count in yet (no seccomp or memory hotplug; no
+/// fatal-signal handlers; interrupts are not counted): Firecracker's field
 /// names, all 0 (a `*_agg` name is a latency aggregate of zeros).
 struct Zeros<const N: usize>(&'static [&'static str; N]);
 
@@ -221,14 +220,6 @@ const SIGNALS: [&str; 7] = [
     "sigbus", "sigsegv", "sigxfsz", "sigxcpu", "sigpipe", "sighup", "sigill",
 ];
 const INTERRUPTS: [&str; 2] = ["triggers", "config_updates"];
-const PMEM: [&str; 6] = [
-    "activate_fails",
-    "cfg_fails",
-    "event_fails",
-    "queue_event_count",
-    "rate_limiter_throttled_events",
-    "rate_limiter_event_count",
-];
 const MEMORY_HOTPLUG: [&str; 18] = [
     "activate_fails",
     "queue_event_fails",
@@ -325,6 +316,8 @@ impl Metrics {
             A::PutLogger(_) => (&self.put.logger_count, Some(&self.put.logger_fails)),
             A::PutMetrics(_) => (&self.put.metrics_count, Some(&self.put.metrics_fails)),
             A::PutSerial(_) => (&self.put.serial_count, Some(&self.put.serial_fails)),
+            A::PutPmem(_) => (&self.put.pmem_count, Some(&self.put.pmem_fails)),
+            A::PatchPmem(_) => (&self.patch.pmem_count, Some(&self.patch.pmem_fails)),
             A::InstanceStart | A::SendCtrlAltDel | A::FlushMetrics => {
                 (&self.put.actions_count, Some(&self.put.actions_fails))
             }
@@ -399,7 +392,6 @@ impl Metrics {
                 panic_count: panics - self.panics_flushed,
             },
             interrupts: Zeros(&INTERRUPTS),
-            pmem: Zeros(&PMEM),
             memory_hotplug: Zeros(&MEMORY_HOTPLUG),
             devices,
         };
@@ -579,8 +571,10 @@ mod tests {
         let vm = vmm::metrics::VmMetrics {
             block: vec![("rootfs".into(), Default::default())],
             net: vec![("eth0".into(), Default::default())],
+            pmem: vec![("rootfs".into(), Default::default())],
             ..Default::default()
         };
+        vm.pmem[0].1.queue_event_count.add(3);
         m.flush("x", Some(&vm)).unwrap();
         let line = &lines(&path)[0];
         let object = line.as_object().unwrap();
@@ -590,10 +584,15 @@ mod tests {
         }
         check_group("block_rootfs", &line["block_rootfs"], BLOCK);
         check_group("net_eth0", &line["net_eth0"], NET);
+        let pmem = FIRECRACKER.iter().find(|(n, _)| *n == "pmem").unwrap().1;
+        check_group("pmem_rootfs", &line["pmem_rootfs"], pmem);
+        assert_eq!(line["pmem_rootfs"]["queue_event_count"], 3);
+        assert_eq!(line["pmem"]["queue_event_count"], 3, "the aggregate");
         for key in object.keys() {
             let known = key == "utc_timestamp_ms"
                 || key == "block_rootfs"
                 || key == "net_eth0"
+                || key == "pmem_rootfs"
                 || FIRECRACKER.iter().any(|(n, _)| n == key);
             assert!(known, "{key} is not a group of Firecracker's");
         }
@@ -620,6 +619,15 @@ mod tests {
         m.count_request(&VmmAction::PutDrive(drive), true);
         m.count_request(&VmmAction::GetInstanceInfo, false);
         m.count_request(&VmmAction::FlushMetrics, false);
+        let pmem: api::firecracker::Pmem =
+            serde_json::from_value(serde_json::json!({"id": "p", "path_on_host": "/p"})).unwrap();
+        m.count_request(&VmmAction::PutPmem(pmem), true);
+        let patch = api::firecracker::PartialPmem {
+            id: "p".into(),
+            rate_limiter: None,
+        };
+        m.count_request(&VmmAction::PatchPmem(patch.clone()), false);
+        m.count_request(&VmmAction::PatchPmem(patch), true);
         m.set_latency(Operation::Pause, 1234);
         m.flush("vm1", None).unwrap();
         m.flush("vm1", None).unwrap();
@@ -629,6 +637,10 @@ mod tests {
         assert_eq!(lines[0]["put_api_requests"]["drive_fails"], 1);
         assert_eq!(lines[0]["put_api_requests"]["actions_count"], 1);
         assert_eq!(lines[0]["get_api_requests"]["instance_info_count"], 1);
+        assert_eq!(lines[0]["put_api_requests"]["pmem_count"], 1);
+        assert_eq!(lines[0]["put_api_requests"]["pmem_fails"], 1);
+        assert_eq!(lines[0]["patch_api_requests"]["pmem_count"], 2);
+        assert_eq!(lines[0]["patch_api_requests"]["pmem_fails"], 1);
         assert_eq!(lines[1]["put_api_requests"]["drive_count"], 0);
         assert_eq!(lines[1]["latencies_us"]["pause_vm"], 1234, "values repeat");
         assert_eq!(lines[0]["id"], "vm1");

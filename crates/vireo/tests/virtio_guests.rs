@@ -155,3 +155,75 @@ fn rng_guest_refuses_the_balloon() {
     );
     assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
 }
+
+/// A pmem backing file of 3 MiB + 5 bytes (a region of 4 MiB): a 16-byte head the guest
+/// prints, then a byte pattern.
+fn pmem_file(name: &str) -> (PathBuf, Vec<u8>) {
+    let path = scratch(name);
+    let mut data: Vec<u8> = (0..(3u32 << 20) + 5).map(|i| (i % 241) as u8).collect();
+    data[..16].copy_from_slice(b"vireo pmem head!");
+    std::fs::write(&path, &data).unwrap();
+    (path, data)
+}
+
+#[test]
+fn pmem_guest_finds_the_file_where_the_config_space_says_and_its_store_reaches_the_file() {
+    let (file, before) = pmem_file("pmem.img");
+    let pmem = format!("path={}", file.display());
+    let run = run_guest(test_guests::VIRTIO_PMEM, &["--pmem", &pmem]);
+    let after = std::fs::read(&file).unwrap();
+    let _ = std::fs::remove_file(&file);
+
+    // 4 GiB: above a 128 MiB guest's RAM and the MMIO hole; 4 MiB: the file rounded up
+    // to 2 MiB. The head the guest read there is the file's.
+    assert_eq!(
+        run.stdout,
+        expected::virtio_pmem(4 << 30, 4 << 20, b"vireo pmem head!", true),
+        "stderr: {}",
+        run.stderr
+    );
+    assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
+    // The guest's store is in the file, and nothing else changed.
+    let at = test_guests::VIRTIO_PMEM_MARK_OFFSET as usize;
+    assert_eq!(after.len(), before.len(), "file size changed");
+    assert_eq!(&after[at..at + 16], test_guests::VIRTIO_PMEM_MARK);
+    assert_eq!(&after[..at], &before[..at]);
+    assert_eq!(&after[at + 16..], &before[at + 16..]);
+}
+
+#[test]
+fn a_read_only_pmem_guest_reads_the_file_and_its_stores_go_nowhere() {
+    let (file, before) = pmem_file("pmem-ro.img");
+    let pmem = format!("path={},readonly", file.display());
+    let run = run_guest(test_guests::VIRTIO_PMEM, &["--pmem", &pmem]);
+    let after = std::fs::read(&file).unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(
+        run.stdout,
+        expected::virtio_pmem(4 << 30, 4 << 20, b"vireo pmem head!", false),
+        "stderr: {}",
+        run.stderr
+    );
+    assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
+    assert_eq!(after, before, "a read-only file is never written");
+    // The dropped stores are said once, at warning level.
+    let warning = "is read-only: the guest's 8-byte write at offset 0x1000 was dropped";
+    assert_eq!(run.stderr.matches(warning).count(), 1, "{}", run.stderr);
+}
+
+#[test]
+fn a_pmem_file_that_cannot_be_mapped_stops_the_build_naming_it() {
+    let empty = scratch("empty.img");
+    std::fs::write(&empty, b"").unwrap();
+    let pmem = format!("path={},id=scratch", empty.display());
+    let run = run_guest(test_guests::VIRTIO_PMEM, &["--pmem", &pmem]);
+    let _ = std::fs::remove_file(&empty);
+    assert_eq!(run.code(), Some(1), "stderr: {}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("Cannot create pmem device scratch: Error backing file size is 0"),
+        "stderr: {}",
+        run.stderr
+    );
+    assert_eq!(run.stdout, "", "the guest never ran");
+}

@@ -41,6 +41,8 @@ pub mod device_type {
     pub const BALLOON: u32 = 5;
     /// Socket device.
     pub const VSOCK: u32 = 19;
+    /// Persistent memory.
+    pub const PMEM: u32 = 27;
 }
 
 /// Feature bits every Vireo device offers, whatever its type.

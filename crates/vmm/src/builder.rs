@@ -29,6 +29,7 @@ use crate::devices::legacy::serial::{
     COM1_BASE, COM1_IRQ, COM1_LEN, RateLimitedOutput, SerialDevice, SerialOutput, SerialSnapshot,
 };
 use crate::devices::legacy::serial_socket::{self, SocketConsole};
+use crate::devices::read_only_pmem::ReadOnlyPmem;
 use crate::devices::vmgenid::{GenerationId, VmGenId, VmGenIdError};
 use crate::event_loop::{EventLoop, EventLoopError, SerialInput, SerialSocket, Stdin, Subscriber};
 use crate::kvm::{KvmContext, KvmError};
@@ -108,6 +109,17 @@ pub enum BuildError {
     /// The VM generation ID could not be set up.
     #[error(transparent)]
     VmGenId(#[from] VmGenIdError),
+    /// Device memory (pmem regions) beyond what the guest's CPU can address.
+    #[error(
+        "the pmem regions end at {end:#x}, beyond the {bits}-bit physical addresses this \
+         host's guests have"
+    )]
+    DeviceMemoryUnaddressable {
+        /// Where the last region ends.
+        end: u64,
+        /// The guest's physical address width.
+        bits: u32,
+    },
     /// KVM refused a request while wiring devices or CPUID.
     #[error("{what}: {source}")]
     KvmCall {
@@ -297,13 +309,26 @@ pub fn build_and_boot_with(config: &VmConfig, mmds: &mmds::Service) -> Result<Vm
         config.huge_pages,
     )?);
     let mem: &GuestMemory = &mem_arc;
-    let vm = vm::create_vm(kvm.kvm(), mem, config.track_dirty_pages)?;
+    let supported_cpuid = kvm
+        .kvm()
+        .get_supported_cpuid(CPUID_ENTRIES)
+        .map_err(|source| BuildError::KvmCall {
+            what: "cannot read KVM's supported CPUID",
+            source,
+        })?;
 
-    // Virtio devices first: opening their backends (disk images, TAPs, sockets) is what
-    // fails most often on user input, and the guest's command line and DSDT list them.
+    // Virtio device models first: opening their backends (disk images, TAPs, sockets,
+    // pmem files) is what fails most often on user input, and the VM's memory slots
+    // include the pmem files' mappings.
+    let models = device_models::build(config, mmds)?;
+    check_device_memory(&models.device_memory, &supported_cpuid)?;
+    let device_memory = models.device_memory.clone();
+    let vm = vm::create_vm(kvm.kvm(), mem, config.track_dirty_pages, &device_memory)?;
+
+    // The guest's command line and DSDT list the virtio devices.
     let mut mmio = Bus::new();
     let mut virtio = VirtioDevices::for_vm(config.boot_timer, &mut mmio)?;
-    let models = device_models::build(config, mmds)?;
+    read_only_pmem_windows(&mut mmio, &device_memory)?;
     let balloon = models.balloon;
     for device in models.devices {
         virtio.add(&vm, &mut mmio, &mem_arc, device)?;
@@ -405,11 +430,53 @@ pub fn build_and_boot_with(config: &VmConfig, mmds: &mmds::Service) -> Result<Vm
             config: config.clone(),
             vm,
             memory: mem_arc,
+            device_memory,
             frontend_config: None,
             uffd: None,
             vmgenid: Some(vmgenid),
         },
     )
+}
+
+/// The guest's physical address width: CPUID leaf 0x8000_0008's EAX[7:0] as KVM offers
+/// it (36 bits, the architectural minimum, where the leaf is missing).
+fn guest_phys_bits(cpuid: &kvm_bindings::CpuId) -> u32 {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0x8000_0008)
+        .map_or(36, |e| e.eax & 0xff)
+}
+
+/// The MMIO windows over read-only pmem regions, which take the guest's writes to them.
+pub(crate) fn read_only_pmem_windows(
+    mmio: &mut Bus,
+    regions: &[vm::DeviceMemory],
+) -> Result<(), BusError> {
+    for r in regions.iter().filter(|r| r.backing.read_only()) {
+        let window = ReadOnlyPmem::new(r.backing.clone());
+        mmio.insert(Arc::new(Mutex::new(window)), r.guest_addr, r.backing.len())?;
+    }
+    Ok(())
+}
+
+/// Device memory must be addressable by the guest's CPU.
+pub(crate) fn check_device_memory(
+    regions: &[vm::DeviceMemory],
+    cpuid: &kvm_bindings::CpuId,
+) -> Result<(), BuildError> {
+    let Some(end) = regions
+        .iter()
+        .map(|r| r.guest_addr.saturating_add(r.backing.len()))
+        .max()
+    else {
+        return Ok(());
+    };
+    let bits = guest_phys_bits(cpuid);
+    if bits < 64 && end > 1u64 << bits {
+        return Err(BuildError::DeviceMemoryUnaddressable { end, bits });
+    }
+    Ok(())
 }
 
 /// Register the generation ID's notification eventfd as the irqfd of its GSI.
@@ -432,6 +499,8 @@ pub(crate) struct Parts {
     pub(crate) config: VmConfig,
     pub(crate) vm: VmFd,
     pub(crate) memory: Arc<GuestMemory>,
+    /// The pmem regions' mappings, KVM memory slots of the VM: dropped after `vm`.
+    pub(crate) device_memory: Vec<vm::DeviceMemory>,
     pub(crate) frontend_config: Option<serde_json::Value>,
     /// The page-fault handler serving guest memory (a VM restored from a Uffd backend).
     pub(crate) uffd: Option<crate::snapshot::uffd::UffdBackend>,
@@ -713,6 +782,46 @@ mod tests {
             err.to_string(),
             "9 vCPUs asked for; at most 8 are possible on this host"
         );
+    }
+
+    #[test]
+    fn pmem_regions_must_be_within_the_guests_physical_address_width() {
+        let dir = std::env::temp_dir().join(format!("vireo-builder-pmem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.img");
+        std::fs::write(&path, [1u8; 4096]).unwrap();
+        let backing = Arc::new(pmem::Backing::open(&path, true).unwrap());
+        let leaf = |eax| kvm_bindings::kvm_cpuid_entry2 {
+            function: 0x8000_0008,
+            eax,
+            ..Default::default()
+        };
+        let cpuid = |entries: &[kvm_bindings::kvm_cpuid_entry2]| {
+            kvm_bindings::CpuId::from_entries(entries).unwrap()
+        };
+        let at = |guest_addr| {
+            vec![vm::DeviceMemory {
+                guest_addr,
+                backing: backing.clone(),
+            }]
+        };
+        // 39 bits: 512 GiB. A 2 MiB region ending there fits; one more byte does not.
+        let bits39 = cpuid(&[leaf(0x3027)]);
+        assert_eq!(guest_phys_bits(&bits39), 39);
+        assert!(check_device_memory(&at(4 << 30), &bits39).is_ok());
+        assert!(check_device_memory(&at((512 << 30) - (2 << 20)), &bits39).is_ok());
+        let err = check_device_memory(&at(512 << 30), &bits39).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the pmem regions end at 0x8000200000, beyond the 39-bit physical addresses \
+             this host's guests have"
+        );
+        // No leaf: 36 bits, 64 GiB.
+        let none = cpuid(&[]);
+        assert_eq!(guest_phys_bits(&none), 36);
+        assert!(check_device_memory(&at(64 << 30), &none).is_err());
+        assert!(check_device_memory(&[], &none).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! The virtio device models a [`VmConfig`] asks for, built from their configs.
 //!
-//! Building a model opens its backend (disk image, TAP, Unix socket), so this is where a
-//! wrong path or a busy TAP is reported, naming the option, before anything runs.
-//! Models come in the order they get slots: disks, NICs, vsock, entropy, balloon.
+//! Building a model opens its backend (disk image, TAP, Unix socket, pmem file), so this
+//! is where a wrong path or a busy TAP is reported, naming the option, before anything
+//! runs. Models come in the order they get slots: disks, NICs, vsock, entropy, balloon,
+//! pmem. A pmem device's file is mapped here and placed in guest physical memory above
+//! RAM ([`crate::memory::device_memory_layout`]); the builder gives KVM those mappings
+//! ([`DeviceModels::device_memory`]) when it creates the VM.
 
 use api::VmConfig;
 use balloon::{Balloon, BalloonHandle};
@@ -13,6 +16,7 @@ use virtio_devices::rng::Rng;
 use vsock::Vsock;
 
 use crate::metrics::VmMetrics;
+use crate::vm::DeviceMemory;
 
 /// Why a device model could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,23 @@ pub enum DeviceModelError {
     /// The entropy device's rate limiter could not be set up.
     #[error("entropy device: rate limiter: {0}")]
     Entropy(#[source] std::io::Error),
+    /// A pmem device's backing file could not be mapped (Firecracker's words first).
+    #[error("Cannot create pmem device {id}: {source}")]
+    PmemBacking {
+        /// The device.
+        id: String,
+        /// Why.
+        #[source]
+        source: pmem::BackingError,
+    },
+    /// A pmem device could not be made, or its region does not fit.
+    #[error("Cannot create pmem device {id}: {reason}")]
+    Pmem {
+        /// The device.
+        id: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The device models, plus the handles the VMM keeps to control them.
@@ -61,6 +82,23 @@ pub struct DeviceModels {
     pub balloon: Option<BalloonHandle>,
     /// The devices' counters (the VM's own parts are filled in by the builder).
     pub metrics: VmMetrics,
+    /// The pmem devices' regions, in slot order: KVM memory slots for the VM.
+    pub device_memory: Vec<DeviceMemory>,
+}
+
+/// The slot index of the `index`th pmem device of `config`: pmem devices come last.
+pub fn pmem_slot(config: &VmConfig, index: usize) -> usize {
+    config.disks.len()
+        + config.nets.len()
+        + usize::from(config.vsock.is_some())
+        + usize::from(config.rng)
+        + usize::from(config.balloon.is_some())
+        + index
+}
+
+/// The name of the `index`th pmem device: its id, or `pmem<index>`.
+pub fn pmem_id(cfg: &api::PmemConfig, index: usize) -> String {
+    cfg.id.clone().unwrap_or_else(|| format!("pmem{index}"))
 }
 
 /// Build every device model `config` asks for; the NICs `config.mmds` names answer the
@@ -123,7 +161,60 @@ pub fn build(config: &VmConfig, mmds: &mmds::Service) -> Result<DeviceModels, De
         models.metrics.balloon = Some(handle.metrics());
         models.balloon = Some(handle);
     }
+    build_pmem(config, &mut models)?;
     Ok(models)
+}
+
+/// Map every pmem device's file, place the regions above RAM, and make the devices.
+fn build_pmem(config: &VmConfig, models: &mut DeviceModels) -> Result<(), DeviceModelError> {
+    let mut backings = Vec::with_capacity(config.pmem.len());
+    for (i, cfg) in config.pmem.iter().enumerate() {
+        let id = pmem_id(cfg, i);
+        let backing = pmem::Backing::open(&cfg.path, cfg.readonly).map_err(|source| {
+            DeviceModelError::PmemBacking {
+                id: id.clone(),
+                source,
+            }
+        })?;
+        backings.push((id, std::sync::Arc::new(backing)));
+    }
+    let sizes: Vec<u64> = backings.iter().map(|(_, b)| b.len()).collect();
+    let addrs =
+        crate::memory::device_memory_layout(config.memory_bytes, &sizes).ok_or_else(|| {
+            DeviceModelError::Pmem {
+                id: backings
+                    .first()
+                    .map(|(id, _)| id.clone())
+                    .unwrap_or_default(),
+                reason: "the pmem regions do not fit in the guest's physical address space".into(),
+            }
+        })?;
+    for ((cfg, (id, backing)), addr) in config.pmem.iter().zip(backings).zip(addrs) {
+        let device = pmem::Pmem::new(&id, backing.clone(), addr, &cfg.rate_limit).map_err(|e| {
+            DeviceModelError::Pmem {
+                id: id.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        log::debug!(
+            "pmem {id}: {} ({} bytes) at {addr:#x}, {} bytes{}",
+            cfg.path.display(),
+            backing.file_len(),
+            backing.len(),
+            if backing.read_only() {
+                ", read-only"
+            } else {
+                ""
+            }
+        );
+        models.metrics.pmem.push((id, device.metrics()));
+        models.device_memory.push(DeviceMemory {
+            guest_addr: addr,
+            backing,
+        });
+        models.devices.push(Box::new(device));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -172,6 +263,60 @@ mod tests {
             .to_string();
         assert!(err.starts_with("--disk path="), "{err}");
         assert!(err.contains("missing.img"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn pmem_devices_come_last_above_ram_and_a_bad_file_is_named() {
+        let dir = std::env::temp_dir().join(format!("vireo-models-pmem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("a.img");
+        let b = dir.join("b.img");
+        std::fs::write(&a, vec![1u8; 4096]).unwrap();
+        std::fs::write(&b, vec![2u8; 3 << 20]).unwrap();
+        let mut config = VmConfig::new("/k");
+        config.rng = true;
+        config.pmem = vec![
+            format!("path={},id=first", a.display()).parse().unwrap(),
+            format!("path={},readonly", b.display()).parse().unwrap(),
+        ];
+        let models = build(&config, &mmds::Service::default()).unwrap();
+        let types: Vec<u32> = models.devices.iter().map(|d| d.device_type()).collect();
+        assert_eq!(types, [4, 27, 27]);
+        assert_eq!(pmem_slot(&config, 1), 2);
+        let regions: Vec<(u64, u64, bool)> = models
+            .device_memory
+            .iter()
+            .map(|m| (m.guest_addr, m.backing.len(), m.backing.read_only()))
+            .collect();
+        assert_eq!(
+            regions,
+            [
+                (4 << 30, 2 << 20, false),
+                ((4 << 30) + (2 << 20), 4 << 20, true)
+            ]
+        );
+        let ids: Vec<&str> = models
+            .metrics
+            .pmem
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .collect();
+        assert_eq!(ids, ["first", "pmem1"]);
+        // The device tells the driver the same place.
+        let mut start = [0u8; 8];
+        models.devices[2].read_config(0, &mut start);
+        assert_eq!(u64::from_le_bytes(start), (4 << 30) + (2 << 20));
+
+        std::fs::write(&a, b"").unwrap();
+        let err = build(&config, &mmds::Service::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.starts_with("Cannot create pmem device first: Error backing file size is 0"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -9,7 +9,7 @@
 use vm_memory::GuestAddress;
 use vm_memory::bitmap::AtomicBitmap;
 
-use crate::arch::x86_64::layout::{MMIO_HOLE_START, RAM_ABOVE_4G_START};
+use crate::arch::x86_64::layout::{DEVICE_MEMORY_ALIGN, MMIO_HOLE_START, RAM_ABOVE_4G_START};
 
 /// Guest memory as Vireo uses it: the devices' type, with a dirty bitmap per region
 /// (the pages written through the VMM's own mapping; KVM logs the vCPUs' writes).
@@ -99,6 +99,34 @@ pub fn ram_regions(bytes: u64) -> Vec<(GuestAddress, u64)> {
         regions.push((GuestAddress(RAM_ABOVE_4G_START), bytes - low));
     }
     regions
+}
+
+/// Where device memory (virtio-pmem regions) starts for a guest of `bytes` of RAM: the
+/// first 1 GiB boundary at or above the end of RAM, and at least 4 GiB, so that it is
+/// clear of RAM and of the 32-bit MMIO hole.
+pub fn device_memory_start(bytes: u64) -> u64 {
+    let ram_end = ram_regions(bytes)
+        .last()
+        .map_or(0, |(addr, len)| addr.0.saturating_add(*len));
+    ram_end
+        .max(RAM_ABOVE_4G_START)
+        .checked_next_multiple_of(DEVICE_MEMORY_ALIGN)
+        .unwrap_or(u64::MAX)
+}
+
+/// The guest physical addresses of device memory regions of `sizes` (each a whole
+/// number of 2 MiB, as pmem regions are), one after the other from
+/// [`device_memory_start`]; `None` if they would pass the end of the address space.
+pub fn device_memory_layout(bytes: u64, sizes: &[u64]) -> Option<Vec<u64>> {
+    let mut next = device_memory_start(bytes);
+    sizes
+        .iter()
+        .map(|size| {
+            let at = next;
+            next = next.checked_add(*size)?;
+            Some(at)
+        })
+        .collect()
 }
 
 /// Check `bytes` and map that much guest RAM, from 2 MiB huge pages if `huge_pages`.
@@ -212,6 +240,39 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "guest memory of 16384 MiB is more than this host has (8192 MiB)"
+        );
+    }
+
+    #[test]
+    fn device_memory_goes_above_ram_and_the_hole_on_a_1_gib_boundary() {
+        const G: u64 = 1 << 30;
+        assert_eq!(device_memory_start(128 << 20), 4 * G);
+        assert_eq!(device_memory_start(MMIO_HOLE_START), 4 * G);
+        // 3 GiB + 1 MiB: RAM ends at 4 GiB + 1 MiB.
+        assert_eq!(device_memory_start(MMIO_HOLE_START + (1 << 20)), 5 * G);
+        assert_eq!(device_memory_start(4 * G), 5 * G, "RAM up to 5 GiB");
+        assert_eq!(device_memory_start(4 * G + 4096), 6 * G);
+        for bytes in [16 << 20, 3 * G, 4 * G, 7 * G + 8192] {
+            let start = device_memory_start(bytes);
+            for (addr, len) in ram_regions(bytes) {
+                assert!(addr.0 + len <= start, "{bytes}: RAM {addr:?}+{len:#x}");
+            }
+            assert!(start >= RAM_ABOVE_4G_START);
+        }
+        let two_mib = 2 << 20;
+        assert_eq!(
+            device_memory_layout(128 << 20, &[two_mib, 3 * two_mib, two_mib]),
+            Some(vec![4 * G, 4 * G + two_mib, 4 * G + 4 * two_mib])
+        );
+        assert_eq!(device_memory_layout(128 << 20, &[]), Some(vec![]));
+        assert_eq!(
+            device_memory_layout(128 << 20, &[u64::MAX - 4 * G]),
+            Some(vec![4 * G])
+        );
+        assert_eq!(device_memory_layout(128 << 20, &[u64::MAX - 3 * G]), None);
+        assert_eq!(
+            device_memory_layout(128 << 20, &[u64::MAX - 4 * G, 2]),
+            None
         );
     }
 

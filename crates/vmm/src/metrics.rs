@@ -91,13 +91,16 @@ pub struct VmMetrics {
     pub entropy: Option<Arc<EntropyMetrics>>,
     /// The balloon's.
     pub balloon: Option<Arc<balloon::BalloonMetrics>>,
+    /// Each pmem device's, by id, in slot order.
+    pub pmem: Vec<(String, Arc<pmem::PmemMetrics>)>,
 }
 
 impl VmMetrics {
     /// Take every group's counts since the previous take, as the groups of a
-    /// Firecracker metrics line: `vcpu`, `uart`, `i8042`, `block` and `net` (all disks
-    /// or NICs together) with `block_ID` and `net_ID` for each, `vsock`, `entropy` and
-    /// `balloon` (zeros when the VM has no such device, as Firecracker writes them).
+    /// Firecracker metrics line: `vcpu`, `uart`, `i8042`, `block`, `net` and `pmem` (all
+    /// disks, NICs or pmem devices together) with `block_ID`, `net_ID` and `pmem_ID` for
+    /// each, `vsock`, `entropy` and `balloon` (zeros when the VM has no such device, as
+    /// Firecracker writes them).
     pub fn take(&self) -> serde_json::Map<String, serde_json::Value> {
         let mut groups = serde_json::Map::new();
         let mut put = |name: String, value: serde_json::Value| {
@@ -126,6 +129,13 @@ impl VmMetrics {
         put("entropy".into(), json(&entropy));
         let balloon = self.balloon.as_ref().map(|m| m.take()).unwrap_or_default();
         put("balloon".into(), json(&balloon));
+        let mut all = pmem::PmemValues::default();
+        for (id, m) in &self.pmem {
+            let v = m.take();
+            all.merge(&v);
+            put(format!("pmem_{id}"), json(&v));
+        }
+        put("pmem".into(), json(&all));
         groups
     }
 }
@@ -160,6 +170,9 @@ mod tests {
             Arc::new(block::BlockMetrics::default()),
         );
         m.block = vec![("root".into(), a.clone()), ("data".into(), b.clone())];
+        let p = Arc::new(pmem::PmemMetrics::default());
+        m.pmem = vec![("p0".into(), p.clone())];
+        p.queue_event_count.add(2);
         a.read_bytes.add(4096);
         a.read_agg.record(30);
         b.read_bytes.add(512);
@@ -177,6 +190,8 @@ mod tests {
             "vsock",
             "entropy",
             "balloon",
+            "pmem",
+            "pmem_p0",
         ] {
             assert!(groups.contains_key(g), "{g} missing: {groups:?}");
         }
@@ -185,6 +200,8 @@ mod tests {
         assert_eq!(groups["block"]["read_agg"]["min_us"], 10);
         assert_eq!(groups["block"]["read_agg"]["max_us"], 30);
         assert_eq!(groups["vcpu"]["exit_mmio_write"], 3);
+        assert_eq!(groups["pmem"]["queue_event_count"], 2);
+        assert_eq!(groups["pmem_p0"]["queue_event_count"], 2);
         assert_eq!(groups["vsock"]["conns_added"], 0, "no device: zeros");
         let again = m.take();
         assert_eq!(

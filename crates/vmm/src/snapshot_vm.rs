@@ -30,7 +30,11 @@
 //! on a wire), virtio-vsock (connections are not kept: the restored device sends the
 //! driver a transport reset event, and the driver drops them) and the balloon (target,
 //! `actual`, polling interval and the statistics buffer it holds; its handle reports the
-//! restored target) can be snapshotted.
+//! restored target) can be snapshotted, and virtio-pmem: its region is not guest RAM but
+//! its backing file's pages, which a snapshot syncs (`msync`) and does not copy; it keeps
+//! each device's configuration and region, and a restore maps the same files at the same
+//! places (as Firecracker does: the files must be there, of the same size rounded up to
+//! 2 MiB). The regions' KVM slots log no dirty pages and a Uffd handler never serves them.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -88,6 +92,9 @@ pub enum SnapshotError {
     /// The snapshot does not fit this host or this request.
     #[error("{0}")]
     Mismatch(String),
+    /// A pmem file could not be synced.
+    #[error("{0}")]
+    DeviceMemory(String),
     /// Building the restored VM failed.
     #[error(transparent)]
     Build(#[from] BuildError),
@@ -246,6 +253,16 @@ impl Vmm {
                     mem_path.display()
                 )));
             }
+        }
+        // The pmem files hold what the guest wrote to them (a snapshot keeps their
+        // configuration and places, not their contents): on disk as of the snapshot.
+        for region in &self.parts.device_memory {
+            region.backing.sync().map_err(|e| {
+                SnapshotError::DeviceMemory(format!(
+                    "cannot write the guest's changes back to the pmem file {}: {e}",
+                    region.backing.path().display()
+                ))
+            })?;
         }
         // Devices first: finishing the requests they had taken writes guest memory and
         // raises interrupts, which the vCPU and irqchip state below must include.
@@ -458,7 +475,14 @@ pub fn restore_from(
         }
     };
     let mem = Arc::new(mem);
-    let vm = vm::create_vm(kvm.kvm(), &mem, options.track_dirty_pages).map_err(BuildError::from)?;
+    // The devices again, from the saved configuration (backends opened again: a disk
+    // image, TAP or pmem file that went away is reported here); the pmem files' mappings
+    // are memory slots of the VM, at the same places (each device checks its own against
+    // the snapshot's when given its state).
+    let models = crate::device_models::build(&config, &options.mmds).map_err(BuildError::from)?;
+    let device_memory = models.device_memory.clone();
+    let vm = vm::create_vm(kvm.kvm(), &mem, options.track_dirty_pages, &device_memory)
+        .map_err(BuildError::from)?;
     snapshot.vm.restore(&vm)?;
     // A new generation ID over the snapshot's, before any vCPU runs; the guest is told
     // once they do (`start_vm`, or the first resume).
@@ -488,12 +512,11 @@ pub fn restore_from(
         &stop,
         Some(&snapshot.legacy),
     )?;
-    // The devices again, from the saved configuration (backends opened again: a disk
-    // image or TAP that went away is reported here), in the same slots.
+    // The devices in the same slots.
     let mut mmio = crate::bus::Bus::new();
     let mut virtio =
         VirtioDevices::for_vm(config.boot_timer, &mut mmio).map_err(BuildError::from)?;
-    let models = crate::device_models::build(&config, &options.mmds).map_err(BuildError::from)?;
+    crate::builder::read_only_pmem_windows(&mut mmio, &device_memory).map_err(BuildError::from)?;
     for device in models.devices {
         virtio
             .add(&vm, &mut mmio, &mem, device)
@@ -544,6 +567,7 @@ pub fn restore_from(
             config,
             vm,
             memory: mem,
+            device_memory,
             frontend_config: snapshot.frontend_config,
             uffd,
             vmgenid,

@@ -1,6 +1,6 @@
-//! Changing the devices of a running VM (the API's `PATCH /drives/{id}` and
-//! `PATCH /network-interfaces/{id}`): a drive's image and rate limits, a NIC's rate
-//! limits.
+//! Changing the devices of a running VM (the API's `PATCH /drives/{id}`,
+//! `PATCH /network-interfaces/{id}` and `PATCH /pmem/{id}`): a drive's image and rate
+//! limits, a NIC's rate limits, a pmem device's flush limits.
 //!
 //! A device is found by its id in the VM's [`api::VmConfig`] (`DiskConfig::id`,
 //! `NetConfig::id`, by default `disk<N>` and `net<N>`); its slot follows from the order
@@ -25,6 +25,9 @@ pub enum UpdateError {
     /// No network interface has this id.
     #[error("no network interface has the id {0:?}")]
     UnknownNet(String),
+    /// No pmem device has this id.
+    #[error("no pmem device has the id {0:?}")]
+    UnknownPmem(String),
     /// The drive refused: the new image cannot be opened, a zero rate...
     #[error("drive {id}: {source}")]
     Disk {
@@ -141,6 +144,29 @@ impl Vmm {
         if let Some(l) = tx {
             cfg.tx_rate_limit = *l;
         }
+        Ok(())
+    }
+
+    /// Give the pmem device `id` new flush limits (the whole new limit; `None` rates are
+    /// unlimited). A flush held back by the old limit is looked at again at once.
+    pub fn update_pmem(
+        &mut self,
+        id: &str,
+        rate_limit: &api::RateLimit,
+    ) -> Result<(), UpdateError> {
+        let config = &self.parts.config;
+        let index = find(config.pmem.iter().map(|p| p.id.clone()), "pmem", id)
+            .ok_or_else(|| UpdateError::UnknownPmem(id.to_string()))?;
+        check_rates(Some(rate_limit))
+            .map_err(|e| UpdateError::Device(format!("pmem {id}: {e}")))?;
+        let slot = crate::device_models::pmem_slot(config, index);
+        self.parts
+            .virtio
+            .with_device(slot, |p: &mut pmem::Pmem| p.set_rate_limit(rate_limit))
+            .map_err(UpdateError::Device)?
+            .ok_or_else(|| UpdateError::Device(format!("pmem {id}: slot {slot} is not pmem")))?
+            .map_err(|e| UpdateError::Device(e.to_string()))?;
+        self.parts.config.pmem[index].rate_limit = *rate_limit;
         Ok(())
     }
 

@@ -1,10 +1,13 @@
 //! The KVM VM: guest memory slots, the in-kernel interrupt controllers and PIT, and the
 //! addresses KVM needs for its own use on x86.
 
+use std::sync::Arc;
+
 use kvm_bindings::{
-    KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config,
+    kvm_userspace_memory_region,
 };
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
@@ -43,15 +46,35 @@ pub enum VmError {
     /// KVM_CREATE_PIT2 failed.
     #[error("cannot create the in-kernel PIT: {0}")]
     Pit(#[source] kvm_ioctls::Error),
+    /// A read-only device region, and KVM without read-only memory slots.
+    #[error("{0}: read-only device memory needs KVM_CAP_READONLY_MEM, which this KVM lacks")]
+    NoReadonlyMemory(String),
 }
 
-/// Create a VM with `mem` as its RAM, the in-kernel PIC/IOAPIC/LAPIC and PIT. With
-/// `track_dirty_pages`, KVM logs the pages the guest writes (for diff snapshots; read
-/// with [`take_dirty_log`]).
+/// Device memory: a range of guest physical addresses backed by a mapping a device made
+/// (a virtio-pmem file), given to KVM as a memory slot of its own after RAM's, read-only
+/// if the mapping is. Not guest RAM: not in [`GuestMemory`] (so not in the memory maps,
+/// snapshots' memory files or dirty-page logs), and no dirty logging.
+#[derive(Debug, Clone)]
+pub struct DeviceMemory {
+    /// Guest physical address.
+    pub guest_addr: u64,
+    /// The mapping; the VM's owner keeps a clone of it for as long as the VM exists.
+    pub backing: Arc<pmem::Backing>,
+}
+
+/// Create a VM with `mem` as its RAM, `devices` as its device memory (slots after RAM's),
+/// the in-kernel PIC/IOAPIC/LAPIC and PIT. With `track_dirty_pages`, KVM logs the pages
+/// the guest writes to RAM (for diff snapshots; read with [`take_dirty_log`]).
 ///
 /// Memory is registered before the irqchip exists: KVM makes slot changes far costlier
 /// once an irqchip is present (~5 ms against ~0.1 ms on the project's machines).
-pub fn create_vm(kvm: &Kvm, mem: &GuestMemory, track_dirty_pages: bool) -> Result<VmFd, VmError> {
+pub fn create_vm(
+    kvm: &Kvm,
+    mem: &GuestMemory,
+    track_dirty_pages: bool,
+    devices: &[DeviceMemory],
+) -> Result<VmFd, VmError> {
     let vm = kvm.create_vm().map_err(VmError::Create)?;
     for (slot, region) in mem.iter().enumerate() {
         let slot = slot as u32;
@@ -68,6 +91,31 @@ pub fn create_vm(kvm: &Kvm, mem: &GuestMemory, track_dirty_pages: bool) -> Resul
         };
         // SAFETY: the region is a live mapping of `memory_size` bytes owned by `mem`, which
         // the VMM keeps alive (and unmoved) for as long as the VM exists.
+        unsafe { vm.set_user_memory_region(region_desc) }
+            .map_err(|source| VmError::MemorySlot { slot, source })?;
+    }
+    for (i, device) in devices.iter().enumerate() {
+        let slot = (mem.num_regions() + i) as u32;
+        let backing = &device.backing;
+        if backing.read_only() && !kvm.check_extension(Cap::ReadonlyMem) {
+            return Err(VmError::NoReadonlyMemory(
+                backing.path().display().to_string(),
+            ));
+        }
+        let region_desc = kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: device.guest_addr,
+            memory_size: backing.len(),
+            userspace_addr: backing.host_addr(),
+            flags: if backing.read_only() {
+                KVM_MEM_READONLY
+            } else {
+                0
+            },
+        };
+        // SAFETY: the backing is a live mapping of `memory_size` bytes; the VM's owner
+        // keeps a clone of its Arc for as long as the VM exists (`DeviceMemory`). A
+        // read-only mapping gets a read-only slot: KVM never writes it.
         unsafe { vm.set_user_memory_region(region_desc) }
             .map_err(|source| VmError::MemorySlot { slot, source })?;
     }

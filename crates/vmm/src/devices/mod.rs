@@ -2,4 +2,5 @@
 
 pub mod boot_timer;
 pub mod legacy;
+pub mod read_only_pmem;
 pub mod vmgenid;

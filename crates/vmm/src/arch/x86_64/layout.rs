@@ -41,6 +41,10 @@ pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 pub const RAM_ABOVE_4G_START: u64 = 0x1_0000_0000;
 /// Size of the MMIO hole.
 pub const MMIO_HOLE_SIZE: u64 = RAM_ABOVE_4G_START - MMIO_HOLE_START;
+/// Device memory (virtio-pmem regions) starts at the first multiple of this at or above
+/// both the end of RAM and 4 GiB: above everything else the guest has, out of RAM and of
+/// the 32-bit MMIO hole.
+pub const DEVICE_MEMORY_ALIGN: u64 = 1 << 30;
 /// IOAPIC MMIO base.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC MMIO base.
