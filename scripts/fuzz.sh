@@ -13,7 +13,10 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 seconds=${FUZZ_SECONDS:-20}
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-    mapfile -t targets < <(cargo fuzz list)
+    # A manifest cargo-fuzz cannot read must fail the run, not leave it with no targets.
+    list=$(cargo fuzz list) || { echo "fuzz: cargo fuzz list failed"; exit 1; }
+    mapfile -t targets <<<"$list"
+    ((${#targets[@]} > 0)) && [[ -n ${targets[0]} ]] || { echo "fuzz: no targets"; exit 1; }
 fi
 # Build them all first, unfiltered: a target that no longer compiles fails here with the
 # compiler's message (the run's filter below would hide it).
