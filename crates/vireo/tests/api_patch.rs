@@ -23,16 +23,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::http::{Client, Vireo, bad, boot_guest as boot, ok};
+use common::wait_until;
 use test_support::netns::Netns;
 use test_support::require;
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn console(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()

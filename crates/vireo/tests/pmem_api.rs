@@ -10,14 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::http::{Client, Vireo, bad, boot_guest, ok};
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+use common::wait_until;
 
 /// A backing file of 3 MiB + 5 bytes (a 4 MiB region) whose first 16 bytes the pmem
 /// guest prints.

@@ -16,25 +16,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::http::{Client, Vireo, bad, ok};
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn file_len(path: &str) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.len())
-}
-
-/// The count guest's counter, read from a snapshot's memory file.
-fn counter_in(mem_file: &str) -> u64 {
-    let bytes = std::fs::read(mem_file).unwrap();
-    let at = test_guests::COUNT_COUNTER_ADDR as usize;
-    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
-}
+use common::{counter_in, file_len, wait_until};
 
 /// Boot the count guest through the API with its console in `serial`.
 fn boot_count_guest(c: &mut Client, serial: &str, extra_machine: &str) {

@@ -22,23 +22,10 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::http::{Client, Vireo, bad, ok};
+use common::{counter_in, file_len};
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn file_len(path: &str) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.len())
-}
-
-fn counter_in(mem_file: &str) -> u64 {
-    let bytes = std::fs::read(mem_file).unwrap();
-    let at = test_guests::COUNT_COUNTER_ADDR as usize;
-    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    common::wait_within(what, Duration::from_secs(30), done);
 }
 
 /// Whether this process may create a userfaultfd (root, or the sysctl, or the device).

@@ -126,3 +126,29 @@ pub fn same_but_a_new_generation_id(after: &[u8], before: &[u8]) -> Result<(), S
     }
     Ok(())
 }
+
+/// Wait until `done`, at most `within` (then fail, naming `what`), looking every 10 ms.
+pub fn wait_within(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// [`wait_within`] 20 s.
+pub fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    wait_within(what, Duration::from_secs(20), done);
+}
+
+/// A file's length, 0 if it is not there (yet).
+pub fn file_len(path: &str) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// The count guest's counter, read from a snapshot's memory file.
+pub fn counter_in(mem_file: &str) -> u64 {
+    let bytes = std::fs::read(mem_file).unwrap();
+    let at = test_guests::COUNT_COUNTER_ADDR as usize;
+    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+}
