@@ -163,7 +163,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], path: &str) -> Result<T, Format
     })
 }
 
-/// Write `state` to `path` (created or truncated), synced to disk.
+/// Write `state` to a new file that replaces `path` once complete, synced to disk.
 pub fn write_file<T: Serialize>(path: &Path, state: &T) -> Result<(), FormatError> {
     let io_err = |source| FormatError::Io {
         path: path.display().to_string(),
@@ -173,9 +173,9 @@ pub fn write_file<T: Serialize>(path: &Path, state: &T) -> Result<(), FormatErro
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    let mut file = std::fs::File::create(path).map_err(io_err)?;
-    file.write_all(&bytes).map_err(io_err)?;
-    file.sync_all().map_err(io_err)
+    let out = super::replace::Replacement::create(path).map_err(io_err)?;
+    out.file().write_all(&bytes).map_err(io_err)?;
+    out.commit().map_err(io_err)
 }
 
 /// Read and check the state file at `path`.

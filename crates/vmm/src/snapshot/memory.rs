@@ -21,6 +21,7 @@ use vm_memory::{
     GuestRegionMmap, MemoryRegionAddress,
 };
 
+use super::replace::Replacement;
 use crate::memory::GuestMemory;
 
 /// Bytes written per call (and the unit of the zero-page check's skip).
@@ -84,7 +85,7 @@ pub fn regions(mem: &GuestMemory) -> Vec<RegionInfo> {
         .collect()
 }
 
-/// Write every non-zero page of `mem` to a new file at `path`; its size is the sum of the
+/// Write every non-zero page of `mem` to a new file that replaces `path`; its size is the sum of the
 /// regions. Returns the bytes actually written (the non-zero pages).
 pub fn write_memory_file(mem: &GuestMemory, path: &Path) -> Result<u64, MemoryFileError> {
     write_memory_file_from(mem, path, true)
@@ -103,7 +104,10 @@ pub fn write_memory_file_from(
         path: path.display().to_string(),
         source,
     };
-    let file = File::create(path).map_err(io_err)?;
+    // Written beside `path` and renamed into place: the guest may be running on the
+    // very file being replaced (restored from it), and keeps its pages.
+    let out = Replacement::create(path).map_err(io_err)?;
+    let file = out.file();
     let total: u64 = mem.iter().map(|r| r.len()).sum();
     file.set_len(total).map_err(io_err)?;
     let mut buf = vec![0u8; CHUNK];
@@ -160,7 +164,7 @@ pub fn write_memory_file_from(
         }
         file_off += region.len();
     }
-    file.sync_all().map_err(io_err)?;
+    out.commit().map_err(io_err)?;
     Ok(written)
 }
 
@@ -381,6 +385,34 @@ mod tests {
         restored.write_obj(7u64, GuestAddress(0)).unwrap();
         let again = map_memory_file(&path, &regions(&mem)).unwrap();
         assert!(same_contents(&mem, &again));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_restored_guest_can_snapshot_into_the_file_it_runs_on() {
+        // Restored from `path`, then a full snapshot written to `path` again: the guest
+        // keeps its memory (it once read zeros, the file truncated under its mapping),
+        // and the new file holds what the guest has now, its private writes included.
+        let mem = guest(16 << 20);
+        mem.write_slice(&[0x5a; 3 * 4096], GuestAddress(1 << 20))
+            .unwrap();
+        let path = temp("self");
+        write_memory_file(&mem, &path).unwrap();
+        let restored = map_memory_file(&path, &regions(&mem)).unwrap();
+        restored
+            .write_slice(b"written after restore", GuestAddress(4 << 20))
+            .unwrap();
+        write_memory_file(&restored, &path).unwrap();
+        let mut page = [0u8; 3 * 4096];
+        restored
+            .read_slice(&mut page, GuestAddress(1 << 20))
+            .unwrap();
+        assert!(
+            page.iter().all(|&b| b == 0x5a),
+            "the running guest lost its pages"
+        );
+        let again = map_memory_file(&path, &regions(&mem)).unwrap();
+        assert!(same_contents(&restored, &again));
         std::fs::remove_file(&path).unwrap();
     }
 

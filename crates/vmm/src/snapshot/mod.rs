@@ -15,5 +15,6 @@
 pub mod cpu;
 pub mod format;
 pub mod memory;
+pub mod replace;
 pub mod uffd;
 pub mod vm_state;
